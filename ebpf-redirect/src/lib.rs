@@ -1,0 +1,47 @@
+//! ebpf-redirect: the datapath. The [`Datapath`] trait is what the proxy and the cache talk to;
+//! [`MemoryDatapath`] implements it in memory for tests, the aya implementation in the kernel.
+
+pub mod memory;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use fqdn_cache::{Delta, EndpointId};
+use thiserror::Error;
+
+pub use memory::MemoryDatapath;
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error("allow map {map} is full ({capacity} entries); {entry} not added")]
+    MapFull { map: String, capacity: u32, entry: String },
+    #[error("writing map {map}")]
+    MapWrite {
+        map: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A boxed future, so the trait stays object-safe (`Arc<dyn Datapath>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Last time the datapath saw traffic to an allow-map IP of an endpoint (for zombies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastUsed {
+    pub endpoint: EndpointId,
+    pub ip: IpAddr,
+    /// How long ago, at the time of the report.
+    pub ago: Duration,
+}
+
+/// Where learned IPs go. `apply` resolves once the entries are enforceable: the proxy releases a
+/// DNS answer only after that (or after `--response-max-delay`).
+pub trait Datapath: Send + Sync + 'static {
+    fn apply(&self, delta: Delta) -> BoxFuture<'_, Result<(), DatapathError>>;
+
+    /// Last-used times of the allow entries of learned IPs, for the cache's zombie pass.
+    fn last_used(&self) -> Result<Vec<LastUsed>, DatapathError>;
+}

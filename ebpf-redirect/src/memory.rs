@@ -1,0 +1,79 @@
+//! An in-memory datapath: holds the allow entries in a set. Tests use it to see what fqdnd would
+//! have written to the kernel, and to delay acks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fqdn_cache::{AllowKey, Delta, EndpointId};
+
+use crate::{BoxFuture, Datapath, DatapathError, LastUsed};
+
+#[derive(Debug, Default)]
+pub struct MemoryDatapath {
+    entries: Mutex<BTreeSet<AllowKey>>,
+    used: Mutex<HashMap<(EndpointId, IpAddr), Instant>>,
+    ack_delay: Mutex<Duration>,
+    applied: Mutex<u64>,
+}
+
+impl MemoryDatapath {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every later `apply` waits this long before acknowledging.
+    pub fn set_ack_delay(&self, delay: Duration) {
+        *self.ack_delay.lock().unwrap() = delay;
+    }
+
+    pub fn entries(&self) -> BTreeSet<AllowKey> {
+        self.entries.lock().unwrap().clone()
+    }
+
+    pub fn contains(&self, endpoint: EndpointId, ip: IpAddr) -> bool {
+        self.entries.lock().unwrap().iter().any(|k| k.endpoint == endpoint && k.ip == ip)
+    }
+
+    /// How many deltas were fully applied.
+    pub fn applied(&self) -> u64 {
+        *self.applied.lock().unwrap()
+    }
+
+    /// Record traffic to `ip` from `endpoint` now, as the kernel program would.
+    pub fn touch(&self, endpoint: EndpointId, ip: IpAddr) {
+        self.used.lock().unwrap().insert((endpoint, ip), Instant::now());
+    }
+}
+
+impl Datapath for MemoryDatapath {
+    fn apply(&self, delta: Delta) -> BoxFuture<'_, Result<(), DatapathError>> {
+        Box::pin(async move {
+            let delay = *self.ack_delay.lock().unwrap();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            {
+                let mut entries = self.entries.lock().unwrap();
+                for key in &delta.remove {
+                    entries.remove(key);
+                }
+                entries.extend(delta.add.iter().copied());
+            }
+            *self.applied.lock().unwrap() += 1;
+            Ok(())
+        })
+    }
+
+    fn last_used(&self) -> Result<Vec<LastUsed>, DatapathError> {
+        let now = Instant::now();
+        Ok(self
+            .used
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&(endpoint, ip), &t)| LastUsed { endpoint, ip, ago: now - t })
+            .collect())
+    }
+}

@@ -1,0 +1,242 @@
+//! DNS name patterns: CiliumNetworkPolicy `matchName` and `matchPattern`.
+//!
+//! Semantics (Cilium's): names compare case-insensitively with the trailing dot optional. In a
+//! `matchPattern`, `*` inside a label matches zero or more of `[-a-zA-Z0-9_]` and never crosses a
+//! dot; a pattern made only of stars matches every name; a leading `**.` matches one or more whole
+//! labels.
+//!
+//! [`NamePattern::matches`] is the plain reference implementation. [`PatternSet`] compiles many
+//! patterns into one matcher for the query path.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// Longest DNS name a pattern may have, in characters (RFC 1035 presentation form).
+pub const MAX_NAME_LEN: usize = 255;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PatternError {
+    #[error("{kind} is empty")]
+    Empty { kind: PatternKind },
+    #[error("{kind} {text:?} has character {ch:?} outside [-a-zA-Z0-9_.{star}]", star = if *kind == PatternKind::Pattern { "*" } else { "" })]
+    InvalidChar { kind: PatternKind, text: String, ch: char },
+    #[error("{kind} {text:?} is {len} characters long; the limit is {MAX_NAME_LEN}")]
+    TooLong { kind: PatternKind, text: String, len: usize },
+}
+
+/// Which field a pattern came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PatternKind {
+    /// `matchName`: one exact name.
+    Name,
+    /// `matchPattern`: a name with `*` wildcards.
+    Pattern,
+}
+
+impl fmt::Display for PatternKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PatternKind::Name => "matchName",
+            PatternKind::Pattern => "matchPattern",
+        })
+    }
+}
+
+/// One validated `matchName` or `matchPattern`, normalized (lower case, one trailing dot).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NamePattern {
+    kind: PatternKind,
+    text: String,
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+impl NamePattern {
+    /// Validate a `matchName`.
+    pub fn match_name(text: &str) -> Result<Self, PatternError> {
+        Self::parse(PatternKind::Name, text)
+    }
+
+    /// Validate a `matchPattern`.
+    pub fn match_pattern(text: &str) -> Result<Self, PatternError> {
+        Self::parse(PatternKind::Pattern, text)
+    }
+
+    pub fn parse(kind: PatternKind, text: &str) -> Result<Self, PatternError> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(PatternError::Empty { kind });
+        }
+        if trimmed.len() > MAX_NAME_LEN {
+            return Err(PatternError::TooLong { kind, text: text.to_string(), len: trimmed.len() });
+        }
+        if let Some(ch) = trimmed
+            .chars()
+            .find(|&c| !(is_name_char(c) || c == '.' || (c == '*' && kind == PatternKind::Pattern)))
+        {
+            return Err(PatternError::InvalidChar { kind, text: text.to_string(), ch });
+        }
+        Ok(NamePattern { kind, text: crate::normalize_name(trimmed) })
+    }
+
+    pub fn kind(&self) -> PatternKind {
+        self.kind
+    }
+
+    /// The normalized text: lower case with one trailing dot (`*.cilium.io.`).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// True for a `matchPattern` of stars only, which matches every name.
+    pub fn matches_all(&self) -> bool {
+        self.kind == PatternKind::Pattern && self.text.trim_end_matches('.').chars().all(|c| c == '*')
+    }
+
+    /// Reference matcher: label by label, no compilation. `name` need not be normalized.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = crate::normalize_name(name);
+        match self.kind {
+            PatternKind::Name => name == self.text,
+            PatternKind::Pattern => {
+                if self.matches_all() {
+                    return name == "." || split_labels(&name).iter().all(|l| valid_label(l));
+                }
+                let pat = split_labels(&self.text);
+                let labels = split_labels(&name);
+                if pat.first() == Some(&"**") {
+                    let rest = &pat[1..];
+                    if labels.len() <= rest.len() {
+                        return false;
+                    }
+                    let extra = labels.len() - rest.len();
+                    labels[..extra].iter().all(|l| valid_label(l))
+                        && rest.iter().zip(&labels[extra..]).all(|(p, l)| glob_label(p, l))
+                } else {
+                    pat.len() == labels.len() && pat.iter().zip(&labels).all(|(p, l)| glob_label(p, l))
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {:?}", self.kind, self.text)
+    }
+}
+
+/// Labels of a normalized name, without the root (`a.b.` -> `["a", "b"]`, `.` -> `[]`).
+fn split_labels(name: &str) -> Vec<&str> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() { Vec::new() } else { trimmed.split('.').collect() }
+}
+
+fn valid_label(label: &str) -> bool {
+    !label.is_empty() && label.chars().all(is_name_char)
+}
+
+/// Glob one pattern label against one name label; `*` matches a run of name characters.
+fn glob_label(pattern: &str, label: &str) -> bool {
+    let p = pattern.as_bytes();
+    let l = label.as_bytes();
+    // Classic iterative wildcard match with backtracking to the last star.
+    let (mut pi, mut li) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while li < l.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, li));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == l[li] {
+            pi += 1;
+            li += 1;
+        } else if let Some((sp, sl)) = star {
+            if !is_name_char(l[sl] as char) {
+                return false;
+            }
+            pi = sp + 1;
+            li = sl + 1;
+            star = Some((sp, sl + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Many patterns compiled into one matcher. Indices returned refer to the order given to [`PatternSet::new`].
+#[derive(Clone, Debug, Default)]
+pub struct PatternSet {
+    patterns: Vec<NamePattern>,
+}
+
+impl PatternSet {
+    pub fn new(patterns: impl IntoIterator<Item = NamePattern>) -> Self {
+        PatternSet { patterns: patterns.into_iter().collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn patterns(&self) -> &[NamePattern] {
+        &self.patterns
+    }
+
+    /// Does any pattern match `name`?
+    pub fn is_match(&self, name: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(name))
+    }
+
+    /// Indices of every pattern matching `name`, ascending, written into `out` (cleared first).
+    pub fn matching_into(&self, name: &str, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend(self.patterns.iter().enumerate().filter(|(_, p)| p.matches(name)).map(|(i, _)| i));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_examples() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*.cilium.io", "sub.cilium.io", true),
+            ("*.cilium.io", "cilium.io", false),
+            ("*.cilium.io", "a.b.cilium.io", false),
+            ("*cilium.io", "cilium.io", true),
+            ("*cilium.io", "subcilium.io", true),
+            ("*cilium.io", "www.cilium.io", false),
+            ("part*ial.com", "partial.com", true),
+            ("**.cilium.io", "a.b.cilium.io", true),
+            ("**.cilium.io", "cilium.io", false),
+            ("*", "anything.at.all.", true),
+            ("**", "x.y", true),
+            ("*.Microsoft.COM.", "WWW.microsoft.com", true),
+        ];
+        for &(pat, name, want) in cases {
+            let p = NamePattern::match_pattern(pat).unwrap();
+            assert_eq!(p.matches(name), want, "pattern {pat:?} name {name:?}");
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(matches!(NamePattern::match_name("a*.com"), Err(PatternError::InvalidChar { ch: '*', .. })));
+        assert!(matches!(NamePattern::match_pattern("a b.com"), Err(PatternError::InvalidChar { ch: ' ', .. })));
+        assert!(matches!(NamePattern::match_pattern(""), Err(PatternError::Empty { .. })));
+        let long = "a".repeat(256);
+        assert!(matches!(NamePattern::match_name(&long), Err(PatternError::TooLong { len: 256, .. })));
+    }
+}

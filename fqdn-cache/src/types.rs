@@ -1,0 +1,118 @@
+//! Plain types that cross crate boundaries: endpoint ids, learned answers, datapath deltas.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A node-local endpoint number. Assigned by the agent from the endpoint inventory; the datapath
+/// uses it as the first part of every allow-map key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointId(pub u32);
+
+impl fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ep{}", self.0)
+    }
+}
+
+/// L4 protocol of a port rule. `Any` matches TCP and UDP (Cilium's `ANY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum L4Proto {
+    Any,
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for L4Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            L4Proto::Any => "ANY",
+            L4Proto::Tcp => "TCP",
+            L4Proto::Udp => "UDP",
+        })
+    }
+}
+
+/// A destination port (0 = every port) with its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortProto {
+    pub port: u16,
+    pub proto: L4Proto,
+}
+
+impl PortProto {
+    pub const ANY: PortProto = PortProto { port: 0, proto: L4Proto::Any };
+}
+
+/// One entry of an endpoint's allow map: this endpoint may send to `ip` on `port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AllowKey {
+    pub endpoint: EndpointId,
+    pub ip: IpAddr,
+    pub port: PortProto,
+}
+
+/// Changes to the datapath's allow maps produced by learning answers, expiry or policy changes.
+/// `add` entries must be in the kernel before the DNS answer that caused them is released.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub add: Vec<AllowKey>,
+    pub remove: Vec<AllowKey>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Delta) {
+        self.add.extend(other.add);
+        self.remove.extend(other.remove);
+    }
+}
+
+/// What the proxy learned from one upstream answer, as handed to the cache.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The endpoint whose query produced the answer.
+    pub endpoint: EndpointId,
+    /// The question name, normalized (see [`normalize_name`]).
+    pub qname: String,
+    /// CNAME targets in chain order, normalized. Empty when the answer has no CNAME.
+    pub cnames: Vec<String>,
+    /// A and AAAA addresses at the end of the chain.
+    pub ips: Vec<IpAddr>,
+    /// The lowest TTL along the chain, in seconds, before any floor is applied.
+    pub ttl: u32,
+}
+
+/// Lower-case a DNS name and give it exactly one trailing dot (`WWW.Example.com` -> `www.example.com.`).
+/// The root name stays `.`.
+pub fn normalize_name(name: &str) -> String {
+    let trimmed = name.trim_end_matches('.');
+    let mut out = String::with_capacity(trimmed.len() + 1);
+    for c in trimmed.chars() {
+        out.push(c.to_ascii_lowercase());
+    }
+    out.push('.');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_cases() {
+        for (input, want) in [
+            ("WWW.Example.COM", "www.example.com."),
+            ("www.example.com.", "www.example.com."),
+            ("a..", "a."),
+            ("", "."),
+            (".", "."),
+        ] {
+            assert_eq!(normalize_name(input), want, "input {input:?}");
+        }
+    }
+}

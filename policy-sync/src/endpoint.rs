@@ -1,0 +1,129 @@
+//! Endpoints: the pods (or host processes) fqdnd polices, and the endpoints file that lists them
+//! when there is no cluster.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PolicyError;
+
+/// The label Kubernetes gives every pod for its namespace; implied for every endpoint.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+
+/// One endpoint, as listed in the endpoints file. Labels are given without the `k8s:` source prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    /// The node-side veth of the endpoint, used by the datapath.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+impl Endpoint {
+    /// `namespace/name`.
+    pub fn key(&self) -> EndpointKey {
+        EndpointKey { namespace: self.namespace.clone(), name: self.name.clone() }
+    }
+
+    /// Labels including the implied namespace label, as selectors see them.
+    pub fn effective_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.insert(NAMESPACE_LABEL.to_string(), self.namespace.clone());
+        labels
+    }
+}
+
+/// `namespace/name` of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for EndpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl std::str::FromStr for EndpointKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(EndpointKey { namespace: ns.to_string(), name: name.to_string() })
+            }
+            _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+        }
+    }
+}
+
+/// Read an endpoints file: a YAML list of [`Endpoint`].
+pub fn load_endpoints_file(path: &Path) -> Result<Vec<Endpoint>, PolicyError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| PolicyError::Read { path: PathBuf::from(path), source })?;
+    parse_endpoints(path, &text)
+}
+
+/// Parse the text of an endpoints file; `path` names it in errors.
+pub fn parse_endpoints(path: &Path, text: &str) -> Result<Vec<Endpoint>, PolicyError> {
+    let de = serde_norway::Deserializer::from_str(text);
+    let endpoints: Vec<Endpoint> = serde_path_to_error::deserialize(de).map_err(|e| PolicyError::Endpoints {
+        path: PathBuf::from(path),
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    for ep in &endpoints {
+        if !seen.insert(ep.key()) {
+            return Err(PolicyError::Endpoints {
+                path: PathBuf::from(path),
+                field: ep.key().to_string(),
+                message: "endpoint listed twice".to_string(),
+            });
+        }
+    }
+    Ok(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_issue_example() {
+        let text = r#"
+- namespace: kube-system
+  name: kube-dns
+  labels: {k8s-app: kube-dns}
+  ips: [10.96.0.10]
+- namespace: default
+  name: alpine
+  labels: {app: alpine}
+  ips: [10.0.1.5, "fd00::5"]
+  interface: lxc-alpine
+"#;
+        let eps = parse_endpoints(Path::new("eps.yaml"), text).unwrap();
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[1].interface.as_deref(), Some("lxc-alpine"));
+        assert_eq!(eps[0].effective_labels().get(NAMESPACE_LABEL).map(String::as_str), Some("kube-system"));
+    }
+
+    #[test]
+    fn misspelled_key_is_named() {
+        let text = "- namespace: a\n  name: b\n  lables: {x: y}\n";
+        let err = parse_endpoints(Path::new("eps.yaml"), text).unwrap_err().to_string();
+        assert!(err.contains("lables"), "{err}");
+        assert!(err.contains("eps.yaml"), "{err}");
+    }
+}

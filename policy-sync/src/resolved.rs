@@ -1,0 +1,148 @@
+//! The policy of one endpoint, resolved from every policy that selects it: what the proxy and the
+//! datapath enforce. Plain data; no YAML, no sockets.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use fqdn_cache::pattern::{NamePattern, PatternSet};
+use fqdn_cache::{L4Proto, PortProto};
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// Which policy a rule came from. `namespace` is `None` for a CiliumClusterwideNetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PolicyRef {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{ns}/{}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// Cilium entities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Entity {
+    World,
+    Cluster,
+    Host,
+    KubeApiserver,
+    All,
+}
+
+/// The L3 side of a rule, resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Peer {
+    /// No L3 restriction: a rule with only `toPorts`.
+    Any,
+    /// Endpoints chosen by a selector; their IPs from the endpoint inventory at resolution time.
+    Endpoints { ips: Vec<IpAddr> },
+    /// `toCIDR` / `toCIDRSet`.
+    Cidr { net: IpNet, except: Vec<IpNet> },
+    /// `toEntities`, with the IP ranges it stands for on this node (`world` is "anything not
+    /// otherwise known", so it carries the known ranges it excludes).
+    Entity { entity: Entity, nets: Vec<IpNet>, except: Vec<IpNet> },
+}
+
+impl Peer {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match self {
+            Peer::Any => true,
+            Peer::Endpoints { ips } => ips.contains(&ip),
+            Peer::Cidr { net, except } => net.contains(&ip) && !except.iter().any(|e| e.contains(&ip)),
+            Peer::Entity { nets, except, .. } => {
+                nets.iter().any(|n| n.contains(&ip)) && !except.iter().any(|e| e.contains(&ip))
+            }
+        }
+    }
+}
+
+/// Does a port list (empty = every port and protocol) allow `port`/`proto`?
+pub fn ports_allow(ports: &[PortProto], port: u16, proto: L4Proto) -> bool {
+    ports.is_empty()
+        || ports
+            .iter()
+            .any(|p| (p.port == 0 || p.port == port) && (p.proto == L4Proto::Any || proto == L4Proto::Any || p.proto == proto))
+}
+
+/// `toPorts[].rules.dns` for DNS servers matching `server`, on `ports`.
+#[derive(Clone, Debug)]
+pub struct DnsRule {
+    pub server: Peer,
+    pub ports: Vec<PortProto>,
+    pub patterns: PatternSet,
+    pub policy: PolicyRef,
+}
+
+/// One `toFQDNs` selector with the ports of its rule (empty = every port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FqdnRule {
+    pub selector: NamePattern,
+    pub ports: Vec<PortProto>,
+    pub policy: PolicyRef,
+}
+
+/// An L3/L4 allow (or deny) other than toFQDNs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct L3Rule {
+    pub peer: Peer,
+    pub ports: Vec<PortProto>,
+    pub policy: PolicyRef,
+}
+
+/// Everything enforced for one endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointPolicy {
+    pub egress_default_deny: bool,
+    pub ingress_default_deny: bool,
+    pub dns_rules: Vec<DnsRule>,
+    pub fqdn_rules: Vec<FqdnRule>,
+    pub egress_allows: Vec<L3Rule>,
+    pub egress_denies: Vec<L3Rule>,
+    pub ingress_allows: Vec<L3Rule>,
+    pub ingress_denies: Vec<L3Rule>,
+    /// The policies that select this endpoint.
+    pub policies: Vec<PolicyRef>,
+}
+
+/// The proxy's decision for one query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsVerdict {
+    /// No DNS rule covers this server/port: forward untouched and learn nothing.
+    NotProxied,
+    /// A rule allows the name.
+    Allowed { policy: PolicyRef },
+    /// DNS rules cover this server/port but none allows the name.
+    Refused { policy: PolicyRef },
+}
+
+impl EndpointPolicy {
+    /// Does any DNS rule apply to this endpoint at all (so its DNS traffic must be proxied)?
+    pub fn has_dns_rules(&self) -> bool {
+        !self.dns_rules.is_empty()
+    }
+
+    /// Decide a query from this endpoint to `server:port` over `proto` for `qname`.
+    pub fn dns_verdict(&self, server: IpAddr, port: u16, proto: L4Proto, qname: &str) -> DnsVerdict {
+        let mut covering = None;
+        for rule in &self.dns_rules {
+            if !rule.server.contains(server) || !ports_allow(&rule.ports, port, proto) {
+                continue;
+            }
+            if rule.patterns.is_match(qname) {
+                return DnsVerdict::Allowed { policy: rule.policy.clone() };
+            }
+            covering.get_or_insert_with(|| rule.policy.clone());
+        }
+        match covering {
+            Some(policy) => DnsVerdict::Refused { policy },
+            None => DnsVerdict::NotProxied,
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! fqdnd: a transparent DNS proxy and FQDN egress-policy engine.
+
+mod cmd;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "fqdnd", version, about = "DNS-aware egress policy: a transparent DNS proxy and FQDN policy engine")]
+struct Cli {
+    /// Log format on stderr. The filter comes from FQDND_LOG (e.g. `info`, `fqdnd=debug,dns=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Plain)]
+    log_format: logging::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check and explain CiliumNetworkPolicies without running the agent.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::Policy(c) => cmd::policy::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("fqdnd: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
