@@ -45,3 +45,26 @@ pub trait Datapath: Send + Sync + 'static {
     /// Last-used times of the allow entries of learned IPs, for the cache's zombie pass.
     fn last_used(&self) -> Result<Vec<LastUsed>, DatapathError>;
 }
+
+/// Why the datapath dropped a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Egress default deny and no allow-map entry for the destination.
+    PolicyDenied,
+    /// An explicit deny rule matched.
+    PolicyDeny,
+}
+
+/// One packet dropped by the tc program, read from the ring buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    pub endpoint: EndpointId,
+    pub src: std::net::SocketAddr,
+    pub dst: std::net::SocketAddr,
+    pub proto: fqdn_cache::L4Proto,
+    /// TCP flags byte of the dropped segment (0 for UDP).
+    pub tcp_flags: u8,
+    pub reason: DropReason,
+    /// Wall-clock time the event was read.
+    pub time: std::time::SystemTime,
+}

@@ -6,4 +6,4 @@
 pub mod pattern;
 pub mod types;
 
-pub use types::{normalize_name, AllowKey, Answer, Delta, EndpointId, L4Proto, PortProto};
+pub use types::{AllowKey, Answer, Delta, EndpointId, L4Proto, PortProto, normalize_name};

@@ -73,9 +73,8 @@ impl NamePattern {
         if trimmed.len() > MAX_NAME_LEN {
             return Err(PatternError::TooLong { kind, text: text.to_string(), len: trimmed.len() });
         }
-        if let Some(ch) = trimmed
-            .chars()
-            .find(|&c| !(is_name_char(c) || c == '.' || (c == '*' && kind == PatternKind::Pattern)))
+        if let Some(ch) =
+            trimmed.chars().find(|&c| !(is_name_char(c) || c == '.' || (c == '*' && kind == PatternKind::Pattern)))
         {
             return Err(PatternError::InvalidChar { kind, text: text.to_string(), ch });
         }

@@ -70,8 +70,8 @@ impl std::str::FromStr for EndpointKey {
 
 /// Read an endpoints file: a YAML list of [`Endpoint`].
 pub fn load_endpoints_file(path: &Path) -> Result<Vec<Endpoint>, PolicyError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PolicyError::Read { path: PathBuf::from(path), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: PathBuf::from(path), source })?;
     parse_endpoints(path, &text)
 }
 

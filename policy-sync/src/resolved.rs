@@ -66,9 +66,9 @@ impl Peer {
 /// Does a port list (empty = every port and protocol) allow `port`/`proto`?
 pub fn ports_allow(ports: &[PortProto], port: u16, proto: L4Proto) -> bool {
     ports.is_empty()
-        || ports
-            .iter()
-            .any(|p| (p.port == 0 || p.port == port) && (p.proto == L4Proto::Any || proto == L4Proto::Any || p.proto == proto))
+        || ports.iter().any(|p| {
+            (p.port == 0 || p.port == port) && (p.proto == L4Proto::Any || proto == L4Proto::Any || p.proto == proto)
+        })
 }
 
 /// `toPorts[].rules.dns` for DNS servers matching `server`, on `ports`.
