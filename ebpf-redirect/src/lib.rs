@@ -4,10 +4,9 @@
 pub mod memory;
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
-use std::time::Duration;
 
+pub use fqdn_cache::LastUsed;
 use fqdn_cache::{Delta, EndpointId};
 use thiserror::Error;
 
@@ -27,15 +26,6 @@ pub enum DatapathError {
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Datapath>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Last time the datapath saw traffic to an allow-map IP of an endpoint (for zombies).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LastUsed {
-    pub endpoint: EndpointId,
-    pub ip: IpAddr,
-    /// How long ago, at the time of the report.
-    pub ago: Duration,
-}
 
 /// Where learned IPs go. `apply` resolves once the entries are enforceable: the proxy releases a
 /// DNS answer only after that (or after `--response-max-delay`).

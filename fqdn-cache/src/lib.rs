@@ -6,4 +6,4 @@
 pub mod pattern;
 pub mod types;
 
-pub use types::{AllowKey, Answer, Delta, EndpointId, L4Proto, PortProto, normalize_name};
+pub use types::{AllowKey, Answer, Delta, EndpointId, L4Proto, LastUsed, PortProto, normalize_name};

@@ -72,6 +72,15 @@ impl Delta {
     }
 }
 
+/// Last time the datapath saw traffic to an allow-map IP of an endpoint (for zombies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastUsed {
+    pub endpoint: EndpointId,
+    pub ip: IpAddr,
+    /// How long ago, at the time of the report.
+    pub ago: std::time::Duration,
+}
+
 /// What the proxy learned from one upstream answer, as handed to the cache.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
