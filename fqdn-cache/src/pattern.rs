@@ -12,6 +12,10 @@ use std::fmt;
 
 use thiserror::Error;
 
+mod set;
+
+pub use set::PatternSet;
+
 /// Longest DNS name a pattern may have, in characters (RFC 1035 presentation form).
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -50,7 +54,7 @@ pub struct NamePattern {
     text: String,
 }
 
-fn is_name_char(c: char) -> bool {
+pub(crate) fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
@@ -91,8 +95,51 @@ impl NamePattern {
     }
 
     /// True for a `matchPattern` of stars only, which matches every name.
+    ///
+    /// At least one star is needed: a pattern of dots only normalizes to the root name `.`, which
+    /// matches only the root (as in Cilium, where it becomes the anchored regex `^[.]$`).
     pub fn matches_all(&self) -> bool {
-        self.kind == PatternKind::Pattern && self.text.trim_end_matches('.').chars().all(|c| c == '*')
+        let stem = self.text.trim_end_matches('.');
+        self.kind == PatternKind::Pattern && !stem.is_empty() && stem.chars().all(|c| c == '*')
+    }
+
+    /// The anchored regular expression equivalent to this pattern, over a normalized name (lower
+    /// case, one trailing dot). Used by [`PatternSet`] for patterns its hash indexes do not cover,
+    /// and handy to explain a pattern.
+    pub fn to_regex(&self) -> String {
+        const LABEL_CHAR: &str = "[-0-9a-z_]";
+        if self.matches_all() {
+            return format!("^(?:(?:{LABEL_CHAR}+\\.)*|\\.)$");
+        }
+        let mut out = String::from("^");
+        if self.text == "." {
+            out.push_str("\\.$");
+            return out;
+        }
+        let labels = split_labels(&self.text);
+        let mut rest = &labels[..];
+        if self.kind == PatternKind::Pattern && labels.first() == Some(&"**") && labels.len() > 1 {
+            out.push_str(&format!("(?:{LABEL_CHAR}+\\.)+"));
+            rest = &labels[1..];
+        }
+        for label in rest {
+            for c in label.chars() {
+                if c == '*' && self.kind == PatternKind::Pattern {
+                    out.push_str(LABEL_CHAR);
+                    out.push('*');
+                } else {
+                    // Only [-0-9a-z_] reach here (validated, lower-cased): none is a metacharacter
+                    // outside a class, but escaping keeps that true if validation ever widens.
+                    if !is_name_char(c) {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+            }
+            out.push_str("\\.");
+        }
+        out.push('$');
+        out
     }
 
     /// Reference matcher: label by label, no compilation. `name` need not be normalized.
@@ -129,12 +176,12 @@ impl fmt::Display for NamePattern {
 }
 
 /// Labels of a normalized name, without the root (`a.b.` -> `["a", "b"]`, `.` -> `[]`).
-fn split_labels(name: &str) -> Vec<&str> {
+pub(crate) fn split_labels(name: &str) -> Vec<&str> {
     let trimmed = name.strip_suffix('.').unwrap_or(name);
     if trimmed.is_empty() { Vec::new() } else { trimmed.split('.').collect() }
 }
 
-fn valid_label(label: &str) -> bool {
+pub(crate) fn valid_label(label: &str) -> bool {
     !label.is_empty() && label.chars().all(is_name_char)
 }
 
@@ -167,41 +214,6 @@ fn glob_label(pattern: &str, label: &str) -> bool {
         pi += 1;
     }
     pi == p.len()
-}
-
-/// Many patterns compiled into one matcher. Indices returned refer to the order given to [`PatternSet::new`].
-#[derive(Clone, Debug, Default)]
-pub struct PatternSet {
-    patterns: Vec<NamePattern>,
-}
-
-impl PatternSet {
-    pub fn new(patterns: impl IntoIterator<Item = NamePattern>) -> Self {
-        PatternSet { patterns: patterns.into_iter().collect() }
-    }
-
-    pub fn len(&self) -> usize {
-        self.patterns.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
-    pub fn patterns(&self) -> &[NamePattern] {
-        &self.patterns
-    }
-
-    /// Does any pattern match `name`?
-    pub fn is_match(&self, name: &str) -> bool {
-        self.patterns.iter().any(|p| p.matches(name))
-    }
-
-    /// Indices of every pattern matching `name`, ascending, written into `out` (cleared first).
-    pub fn matching_into(&self, name: &str, out: &mut Vec<usize>) {
-        out.clear();
-        out.extend(self.patterns.iter().enumerate().filter(|(_, p)| p.matches(name)).map(|(i, _)| i));
-    }
 }
 
 #[cfg(test)]
