@@ -34,6 +34,69 @@ pub enum Entity {
     Host,
     KubeApiserver,
     All,
+    WorldIpv4,
+    WorldIpv6,
+    RemoteNode,
+    Health,
+    Init,
+    Ingress,
+    Unmanaged,
+    None,
+}
+
+impl Entity {
+    /// Every entity Cilium accepts in `toEntities` / `fromEntities`.
+    pub const KNOWN: [Entity; 13] = [
+        Entity::All,
+        Entity::World,
+        Entity::WorldIpv4,
+        Entity::WorldIpv6,
+        Entity::Cluster,
+        Entity::Host,
+        Entity::RemoteNode,
+        Entity::KubeApiserver,
+        Entity::Health,
+        Entity::Init,
+        Entity::Ingress,
+        Entity::Unmanaged,
+        Entity::None,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::World => "world",
+            Entity::Cluster => "cluster",
+            Entity::Host => "host",
+            Entity::KubeApiserver => "kube-apiserver",
+            Entity::All => "all",
+            Entity::WorldIpv4 => "world-ipv4",
+            Entity::WorldIpv6 => "world-ipv6",
+            Entity::RemoteNode => "remote-node",
+            Entity::Health => "health",
+            Entity::Init => "init",
+            Entity::Ingress => "ingress",
+            Entity::Unmanaged => "unmanaged",
+            Entity::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Entity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Entity {
+    type Err = String;
+
+    /// Cilium compares entity names exactly (the CRD enum is case-sensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Entity::KNOWN.into_iter().find(|e| e.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = Entity::KNOWN.iter().map(|e| e.as_str()).collect();
+            format!("unsupported entity: {s} (known: {})", known.join(", "))
+        })
+    }
 }
 
 /// The L3 side of a rule, resolved.

@@ -1,0 +1,205 @@
+//! Why a query or connection of one endpoint is allowed, denied or refused: the same decisions
+//! the proxy and the datapath make, with the rule that made them.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use fqdn_cache::L4Proto;
+use serde::Serialize;
+
+use crate::resolve::{Origin, Traced};
+use crate::resolved::{DnsVerdict, Entity, L3Rule, Peer, ports_allow};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// DNS only: the query may reach the server, but no `rules.dns` pattern allows the name.
+    Refused,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allowed => "ALLOWED",
+            Verdict::Denied => "DENIED",
+            Verdict::Refused => "REFUSED",
+        })
+    }
+}
+
+/// A verdict, the policy that decided it (`namespace/name`, or the name of a clusterwide policy;
+/// none when no rule decided, e.g. no default deny), and the rule and reasoning in words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub verdict: Verdict,
+    pub policy: Option<String>,
+    pub reason: String,
+}
+
+impl Explanation {
+    fn new(verdict: Verdict, origin: Option<&Origin>, reason: String) -> Self {
+        Explanation { verdict, policy: origin.map(|o| o.policy.to_string()), reason }
+    }
+}
+
+fn at(o: &Origin) -> String {
+    format!("rule {} of policy {}", o.rule, o.policy)
+}
+
+fn proto_name(proto: L4Proto) -> &'static str {
+    match proto {
+        L4Proto::Tcp => "tcp",
+        L4Proto::Udp => "udp",
+        L4Proto::Any => "any",
+    }
+}
+
+fn no_default_deny(t: &Traced) -> String {
+    if t.policy.policies.is_empty() {
+        "no policy selects this endpoint, so its egress is not restricted".to_string()
+    } else {
+        let names: Vec<String> = t.policy.policies.iter().map(ToString::to_string).collect();
+        format!("the policies selecting this endpoint ({}) do not put its egress in default deny", names.join(", "))
+    }
+}
+
+fn default_deny_reason(t: &Traced) -> String {
+    match &t.egress_default_deny_from {
+        Some(o) => format!("egress is default deny (from {})", at(o)),
+        None => "egress is default deny".to_string(),
+    }
+}
+
+fn first_match<'a>(
+    rules: &'a [L3Rule],
+    origins: &'a [Origin],
+    f: impl Fn(&L3Rule) -> bool,
+) -> Option<(&'a L3Rule, &'a Origin)> {
+    rules.iter().zip(origins).find(|(r, _)| f(r))
+}
+
+/// May the endpoint open a connection to `ip:port` over `proto`? Deny rules first, then the
+/// default posture, then the allow rules. IPs allowed through toFQDNs are only known once a name
+/// has been resolved; see [`explain_fqdn`].
+pub fn explain_connection(t: &Traced, ip: IpAddr, port: u16, proto: L4Proto) -> Explanation {
+    let dest = format!("{ip}:{port}/{}", proto_name(proto));
+    let p = &t.policy;
+    if let Some((_, o)) =
+        first_match(&p.egress_denies, &t.egress_denies, |r| r.peer.contains(ip) && ports_allow(&r.ports, port, proto))
+    {
+        return Explanation::new(Verdict::Denied, Some(o), format!("{dest} is denied by egressDeny {}", at(o)));
+    }
+    if !p.egress_default_deny {
+        return Explanation::new(Verdict::Allowed, None, format!("{dest}: {}", no_default_deny(t)));
+    }
+    if let Some((_, o)) =
+        first_match(&p.egress_allows, &t.egress_allows, |r| r.peer.contains(ip) && ports_allow(&r.ports, port, proto))
+    {
+        return Explanation::new(Verdict::Allowed, Some(o), format!("{dest} is allowed by {}", at(o)));
+    }
+    let mut reason = format!("{}; no rule allows {dest}", default_deny_reason(t));
+    if !p.fqdn_rules.is_empty() {
+        reason.push_str(" (toFQDNs rules allow an IP only after a DNS answer for a matching name: see --to-name)");
+    }
+    Explanation::new(Verdict::Denied, t.egress_default_deny_from.as_ref(), reason)
+}
+
+/// A query for `qname` to `server:port` over `proto`: the packets must be allowed at L3/L4 first;
+/// then, if `rules.dns` cover that server and port, a pattern must allow the name (else the proxy
+/// refuses it); without `rules.dns` the query is not proxied and passes.
+pub fn explain_dns(t: &Traced, qname: &str, server: IpAddr, port: u16, proto: L4Proto) -> Explanation {
+    let conn = explain_connection(t, server, port, proto);
+    if conn.verdict != Verdict::Allowed {
+        return Explanation {
+            verdict: Verdict::Denied,
+            policy: conn.policy,
+            reason: format!("the query cannot reach the server: {}", conn.reason),
+        };
+    }
+    let dest = format!("{server}:{port}/{}", proto_name(proto));
+    let covering = |f: &dyn Fn(&crate::resolved::DnsRule) -> bool| {
+        t.policy
+            .dns_rules
+            .iter()
+            .zip(&t.dns_rules)
+            .find(|(r, _)| r.server.contains(server) && ports_allow(&r.ports, port, proto) && f(r))
+    };
+    match t.policy.dns_verdict(server, port, proto, qname) {
+        DnsVerdict::NotProxied => Explanation {
+            verdict: Verdict::Allowed,
+            policy: conn.policy,
+            reason: format!("{}; no rules.dns cover {dest}, so the query is not proxied", conn.reason),
+        },
+        DnsVerdict::Allowed { .. } => {
+            let (rule, o) = covering(&|r| r.patterns.is_match(qname)).expect("dns_verdict found a matching rule");
+            let pattern = rule.patterns.patterns().iter().find(|pat| pat.matches(qname));
+            let what = pattern.map_or_else(|| "a pattern".to_string(), ToString::to_string);
+            Explanation::new(
+                Verdict::Allowed,
+                Some(o),
+                format!("{qname} to {dest} is allowed by rules.dns {what} in {}", at(o)),
+            )
+        }
+        DnsVerdict::Refused { .. } => {
+            let (_, o) = covering(&|_| true).expect("dns_verdict found a covering rule");
+            Explanation::new(
+                Verdict::Refused,
+                Some(o),
+                format!(
+                    "rules.dns for {dest} (first in {}) allow no pattern matching {qname}; the proxy refuses it",
+                    at(o)
+                ),
+            )
+        }
+    }
+}
+
+/// Would a connection to `port`/`proto` of an IP that `name` resolved to be allowed? That is
+/// what toFQDNs decides: a selector matching the name with a matching port, or a rule allowing
+/// every destination on that port, or no egress default deny. A deny rule that covers every
+/// destination wins over all of them.
+pub fn explain_fqdn(t: &Traced, name: &str, port: u16, proto: L4Proto) -> Explanation {
+    let dest = format!("{name}:{port}/{}", proto_name(proto));
+    let p = &t.policy;
+    let everywhere = |peer: &Peer| matches!(peer, Peer::Any | Peer::Entity { entity: Entity::All, .. });
+    if let Some((_, o)) =
+        first_match(&p.egress_denies, &t.egress_denies, |r| everywhere(&r.peer) && ports_allow(&r.ports, port, proto))
+    {
+        return Explanation::new(Verdict::Denied, Some(o), format!("{dest} is denied by egressDeny {}", at(o)));
+    }
+    if !p.egress_default_deny {
+        return Explanation::new(Verdict::Allowed, None, format!("{dest}: {}", no_default_deny(t)));
+    }
+    if let Some((r, o)) = p
+        .fqdn_rules
+        .iter()
+        .zip(&t.fqdn_rules)
+        .find(|(r, _)| r.selector.matches(name) && ports_allow(&r.ports, port, proto))
+    {
+        return Explanation::new(
+            Verdict::Allowed,
+            Some(o),
+            format!(
+                "{dest} is allowed by toFQDNs {} in {} once the name is resolved through the proxy",
+                r.selector,
+                at(o)
+            ),
+        );
+    }
+    if let Some((_, o)) =
+        first_match(&p.egress_allows, &t.egress_allows, |r| everywhere(&r.peer) && ports_allow(&r.ports, port, proto))
+    {
+        return Explanation::new(
+            Verdict::Allowed,
+            Some(o),
+            format!("{dest}: every destination is allowed by {}", at(o)),
+        );
+    }
+    let mut reason = format!("{}; no toFQDNs selector allows {dest}", default_deny_reason(t));
+    if p.egress_allows.iter().any(|r| matches!(r.peer, Peer::Entity { entity: Entity::World, .. })) {
+        reason.push_str(" (a toEntities world rule may still allow it if the name resolves outside the cluster)");
+    }
+    Explanation::new(Verdict::Denied, t.egress_default_deny_from.as_ref(), reason)
+}

@@ -1,0 +1,96 @@
+//! A validated policy, compiled for resolution: selectors compiled, ports parsed, name patterns
+//! validated and grouped. Built by [`crate::validate`]; consumed by [`crate::resolve`].
+
+use std::path::PathBuf;
+
+use fqdn_cache::PortProto;
+use fqdn_cache::pattern::{NamePattern, PatternSet};
+use ipnet::IpNet;
+
+use crate::resolved::{Entity, PolicyRef};
+use crate::selector::Selector;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// CiliumNetworkPolicy: lives in a namespace and selects endpoints there.
+    Namespaced,
+    /// CiliumClusterwideNetworkPolicy.
+    Clusterwide,
+}
+
+/// One policy document that passed validation.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub reference: PolicyRef,
+    pub kind: PolicyKind,
+    /// The file it came from and its 1-based document number there.
+    pub source: PathBuf,
+    pub doc: usize,
+    pub rules: Vec<Rule>,
+}
+
+/// Whom a rule applies to.
+#[derive(Clone, Debug)]
+pub enum Subject {
+    Endpoints(Selector),
+    /// `nodeSelector` (host policy). fqdnd polices endpoints, not the node itself, so these
+    /// rules are validated but select no endpoint.
+    Nodes(Selector),
+}
+
+/// `spec` or one element of `specs`.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// `spec` or `specs[N]`: the prefix of the field paths of this rule.
+    pub path: String,
+    pub subject: Subject,
+    pub egress_default_deny: bool,
+    pub ingress_default_deny: bool,
+    pub egress: Vec<PeerRule>,
+    pub egress_deny: Vec<PeerRule>,
+    pub ingress: Vec<PeerRule>,
+    pub ingress_deny: Vec<PeerRule>,
+}
+
+/// The L3 side of one egress/ingress rule, before the inventory is consulted.
+#[derive(Clone, Debug)]
+pub enum PeerSpec {
+    /// `toEndpoints`/`fromEndpoints`: any of these selectors.
+    Endpoints(Vec<Selector>),
+    Cidr {
+        net: IpNet,
+        except: Vec<IpNet>,
+    },
+    Entity(Entity),
+}
+
+/// `rules.dns` of one `toPorts` entry, with that entry's ports.
+#[derive(Clone, Debug)]
+pub struct DnsSpec {
+    pub ports: Vec<PortProto>,
+    pub patterns: PatternSet,
+}
+
+/// One element of `egress`, `egressDeny`, `ingress` or `ingressDeny`.
+#[derive(Clone, Debug)]
+pub struct PeerRule {
+    /// Field path, e.g. `spec.egress[1]`.
+    pub path: String,
+    /// Whether any L3 field (`toEndpoints`, `toCIDR`, ...) was given. A rule without one but with
+    /// `toPorts` allows those ports to every peer; a rule with neither (`{}`) selects nothing.
+    pub has_l3: bool,
+    pub peers: Vec<PeerSpec>,
+    /// Whether `toPorts` was given (non-empty).
+    pub has_ports: bool,
+    /// Union of the ports of every `toPorts` entry; empty = every port.
+    pub ports: Vec<PortProto>,
+    pub dns: Vec<DnsSpec>,
+    pub fqdns: Vec<NamePattern>,
+}
+
+impl PeerRule {
+    /// True for a rule that can allow (or deny) nothing, like `egress: [{}]`.
+    pub fn selects_nothing(&self) -> bool {
+        !self.has_l3 && !self.has_ports && self.fqdns.is_empty()
+    }
+}

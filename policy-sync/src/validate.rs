@@ -1,0 +1,556 @@
+//! Validation with Cilium's semantics: turns one parsed document into a [`Policy`], or into the
+//! list of everything wrong with it. Every check runs, so a user fixes a document in one pass.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use fqdn_cache::pattern::{NamePattern, PatternSet};
+use fqdn_cache::{L4Proto, PortProto};
+use ipnet::IpNet;
+
+use crate::model::{self, Document, FqdnSelector, LabelSelector, Operator};
+use crate::policy::{DnsSpec, PeerRule, PeerSpec, Policy, PolicyKind, Rule, Subject};
+use crate::resolved::{Entity, PolicyRef};
+use crate::selector::{Scope, Selector};
+
+/// Namespace of a CiliumNetworkPolicy that names none, as `kubectl apply` would place it.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Widest `port`..`endPort` range fqdnd expands into single ports. The shared port type has no
+/// range, and a range wider than this would flood the datapath's allow maps.
+pub const MAX_PORT_RANGE: u32 = 1024;
+
+/// One problem in a document: a field path (`spec.egress[1].toFQDNs[0].matchPattern`, or empty
+/// for the document as a whole) and what is wrong there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Problems(Vec<FieldProblem>);
+
+impl Problems {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldProblem { field: field.into(), message: message.into() });
+    }
+}
+
+fn unsupported(p: &mut Problems, present: bool, field: String, what: &str) {
+    if present {
+        p.push(field, format!("{what} is not supported by fqdnd; remove it or enforce this policy with Cilium"));
+    }
+}
+
+/// Check apiVersion and kind before anything else: a document of another kind is reported once,
+/// not with a cascade of field errors.
+pub fn check_header(header: &model::Header) -> Result<PolicyKind, Vec<FieldProblem>> {
+    let mut p = Problems::default();
+    match header.api_version.as_deref() {
+        Some(model::API_VERSION) => {}
+        Some(other) => p.push("apiVersion", format!("{other:?} is not supported; expected {:?}", model::API_VERSION)),
+        None => p.push("apiVersion", format!("missing; expected {:?}", model::API_VERSION)),
+    }
+    let kind = match header.kind.as_deref() {
+        Some(model::KIND_CNP) => Some(PolicyKind::Namespaced),
+        Some(model::KIND_CCNP) => Some(PolicyKind::Clusterwide),
+        Some(other) => {
+            p.push("kind", format!("{other:?} is not {} or {}", model::KIND_CNP, model::KIND_CCNP));
+            None
+        }
+        None => {
+            p.push("kind", format!("missing; expected {} or {}", model::KIND_CNP, model::KIND_CCNP));
+            None
+        }
+    };
+    match kind {
+        Some(k) if p.0.is_empty() => Ok(k),
+        _ => Err(p.0),
+    }
+}
+
+/// Validate a deserialized document of a known kind. `source`/`doc` are recorded in the policy.
+pub fn validate_document(
+    doc: &Document,
+    kind: PolicyKind,
+    source: &Path,
+    doc_no: usize,
+) -> Result<Policy, Vec<FieldProblem>> {
+    let mut p = Problems::default();
+    let name = match doc.metadata.name.as_deref().map(str::trim) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => {
+            p.push("metadata.name", "missing: every policy needs a name");
+            String::new()
+        }
+    };
+    let namespace = match kind {
+        PolicyKind::Namespaced => Some(
+            doc.metadata.namespace.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        ),
+        // Cluster-scoped: Kubernetes drops a namespace given here, so does fqdnd.
+        PolicyKind::Clusterwide => None,
+    };
+    let mut rules = Vec::new();
+    match (&doc.spec, &doc.specs) {
+        (None, None) => p.push("spec", "missing: a policy needs spec or specs"),
+        (None, Some(specs)) if specs.is_empty() => p.push("specs", "empty: a policy needs at least one rule"),
+        _ => {}
+    }
+    let all = doc.spec.iter().map(|r| ("spec".to_string(), r));
+    let all = all.chain(doc.specs.iter().flatten().enumerate().map(|(i, r)| (format!("specs[{i}]"), r)));
+    for (path, raw) in all {
+        if let Some(rule) = validate_rule(raw, &path, kind, namespace.as_deref(), &mut p) {
+            rules.push(rule);
+        }
+    }
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    Ok(Policy { reference: PolicyRef { namespace, name }, kind, source: source.to_path_buf(), doc: doc_no, rules })
+}
+
+fn validate_rule(
+    raw: &model::Rule,
+    path: &str,
+    kind: PolicyKind,
+    namespace: Option<&str>,
+    p: &mut Problems,
+) -> Option<Rule> {
+    let before = p.0.len();
+    let subject = match (&raw.endpoint_selector, &raw.node_selector) {
+        (Some(_), Some(_)) => {
+            p.push(path, "a rule cannot have both endpointSelector and nodeSelector");
+            None
+        }
+        (None, None) => {
+            p.push(path, "a rule needs endpointSelector or nodeSelector");
+            None
+        }
+        (Some(es), None) => {
+            check_selector(es, &format!("{path}.endpointSelector"), p);
+            let scope = match namespace {
+                Some(ns) => Scope::Subject(ns),
+                None => Scope::AsWritten,
+            };
+            Some(Subject::Endpoints(Selector::compile(es, scope)))
+        }
+        (None, Some(ns_sel)) => {
+            if kind == PolicyKind::Namespaced {
+                p.push(
+                    format!("{path}.nodeSelector"),
+                    "nodeSelector is only allowed in a CiliumClusterwideNetworkPolicy",
+                );
+            }
+            check_selector(ns_sel, &format!("{path}.nodeSelector"), p);
+            Some(Subject::Nodes(Selector::compile(ns_sel, Scope::AsWritten)))
+        }
+    };
+    let host_policy = matches!(subject, Some(Subject::Nodes(_)));
+    let peer_scope = match namespace {
+        Some(ns) => Scope::Peer(ns),
+        None => Scope::ClusterPeer,
+    };
+    let ctx = DirCtx { scope: peer_scope, host_policy };
+
+    let egress = list(&raw.egress, |i, r| egress_rule(r, &format!("{path}.egress[{i}]"), false, &ctx, p));
+    let egress_deny = list(&raw.egress_deny, |i, r| egress_rule(r, &format!("{path}.egressDeny[{i}]"), true, &ctx, p));
+    let ingress = list(&raw.ingress, |i, r| ingress_rule(r, &format!("{path}.ingress[{i}]"), false, &ctx, p));
+    let ingress_deny =
+        list(&raw.ingress_deny, |i, r| ingress_rule(r, &format!("{path}.ingressDeny[{i}]"), true, &ctx, p));
+
+    // Cilium's default posture: a direction with any rule (allow or deny) is default deny, unless
+    // enableDefaultDeny says otherwise for that direction.
+    let dd = raw.enable_default_deny.as_ref();
+    let egress_default_deny = dd.and_then(|d| d.egress).unwrap_or(!egress.is_empty() || !egress_deny.is_empty());
+    let ingress_default_deny = dd.and_then(|d| d.ingress).unwrap_or(!ingress.is_empty() || !ingress_deny.is_empty());
+
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Rule {
+        path: path.to_string(),
+        subject: subject?,
+        egress_default_deny,
+        ingress_default_deny,
+        egress,
+        egress_deny,
+        ingress,
+        ingress_deny,
+    })
+}
+
+fn list<T>(raw: &Option<Vec<T>>, mut f: impl FnMut(usize, &T) -> PeerRule) -> Vec<PeerRule> {
+    raw.iter().flatten().enumerate().map(|(i, r)| f(i, r)).collect()
+}
+
+struct DirCtx<'a> {
+    scope: Scope<'a>,
+    host_policy: bool,
+}
+
+fn len<T>(v: &Option<Vec<T>>) -> usize {
+    v.as_ref().map_or(0, Vec::len)
+}
+
+/// Cilium allows one kind of L3 peer per rule.
+fn check_l3_combination(members: &[(&str, usize)], path: &str, p: &mut Problems) {
+    let present: Vec<&str> = members.iter().filter(|(_, n)| *n > 0).map(|(name, _)| *name).collect();
+    if present.len() < 2 {
+        return;
+    }
+    // Name toFQDNs first when it is involved: it is the combination users hit most.
+    let first = if present.contains(&"toFQDNs") { "toFQDNs" } else { present[0] };
+    let others: Vec<&str> = present.iter().copied().filter(|m| *m != first).collect();
+    p.push(
+        format!("{path}.{first}"),
+        format!(
+            "combining {first} and {} in one rule is not supported; write a separate rule for each",
+            others.join(" and ")
+        ),
+    );
+}
+
+fn egress_rule(r: &model::EgressRule, path: &str, deny: bool, ctx: &DirCtx<'_>, p: &mut Problems) -> PeerRule {
+    check_l3_combination(
+        &[
+            ("toFQDNs", len(&r.to_fqdns)),
+            ("toEndpoints", len(&r.to_endpoints)),
+            ("toCIDR", len(&r.to_cidr)),
+            ("toCIDRSet", len(&r.to_cidr_set)),
+            ("toEntities", len(&r.to_entities)),
+        ],
+        path,
+        p,
+    );
+    unsupported(p, r.to_services.is_some(), format!("{path}.toServices"), "toServices");
+    unsupported(p, r.to_groups.is_some(), format!("{path}.toGroups"), "toGroups");
+    unsupported(p, r.to_nodes.is_some(), format!("{path}.toNodes"), "toNodes");
+    unsupported(p, r.to_requires.is_some(), format!("{path}.toRequires"), "toRequires");
+    unsupported(p, r.icmps.is_some(), format!("{path}.icmps"), "icmps");
+    unsupported(p, r.authentication.is_some(), format!("{path}.authentication"), "authentication");
+    if deny && r.to_fqdns.is_some() {
+        p.push(format!("{path}.toFQDNs"), "toFQDNs is not allowed in egressDeny (Cilium has no FQDN deny)");
+    }
+    let mut rule = common(
+        path,
+        ("toEndpoints", &r.to_endpoints),
+        ("toCIDR", &r.to_cidr),
+        ("toCIDRSet", &r.to_cidr_set),
+        ("toEntities", &r.to_entities),
+        ctx,
+        p,
+    );
+    for (i, sel) in r.to_fqdns.iter().flatten().enumerate() {
+        if let Some(pat) = fqdn_selector(sel, &format!("{path}.toFQDNs[{i}]"), p) {
+            rule.fqdns.push(pat);
+        }
+    }
+    ports(&mut rule, &r.to_ports, path, Direction { ingress: false, deny }, ctx, p);
+    if !rule.fqdns.is_empty() && !rule.dns.is_empty() {
+        p.push(format!("{path}.toPorts"), "rules.dns together with toFQDNs in one rule is not supported by fqdnd");
+    }
+    rule
+}
+
+fn ingress_rule(r: &model::IngressRule, path: &str, deny: bool, ctx: &DirCtx<'_>, p: &mut Problems) -> PeerRule {
+    check_l3_combination(
+        &[
+            ("fromEndpoints", len(&r.from_endpoints)),
+            ("fromCIDR", len(&r.from_cidr)),
+            ("fromCIDRSet", len(&r.from_cidr_set)),
+            ("fromEntities", len(&r.from_entities)),
+        ],
+        path,
+        p,
+    );
+    unsupported(p, r.from_nodes.is_some(), format!("{path}.fromNodes"), "fromNodes");
+    unsupported(p, r.from_groups.is_some(), format!("{path}.fromGroups"), "fromGroups");
+    unsupported(p, r.from_requires.is_some(), format!("{path}.fromRequires"), "fromRequires");
+    unsupported(p, r.icmps.is_some(), format!("{path}.icmps"), "icmps");
+    unsupported(p, r.authentication.is_some(), format!("{path}.authentication"), "authentication");
+    let mut rule = common(
+        path,
+        ("fromEndpoints", &r.from_endpoints),
+        ("fromCIDR", &r.from_cidr),
+        ("fromCIDRSet", &r.from_cidr_set),
+        ("fromEntities", &r.from_entities),
+        ctx,
+        p,
+    );
+    ports(&mut rule, &r.to_ports, path, Direction { ingress: true, deny }, ctx, p);
+    rule
+}
+
+/// The L3 fields egress and ingress share (under their own names).
+fn common(
+    path: &str,
+    endpoints: (&str, &Option<Vec<LabelSelector>>),
+    cidr: (&str, &Option<Vec<String>>),
+    cidr_set: (&str, &Option<Vec<model::CidrRule>>),
+    entities: (&str, &Option<Vec<String>>),
+    ctx: &DirCtx<'_>,
+    p: &mut Problems,
+) -> PeerRule {
+    let mut peers = Vec::new();
+    let mut has_l3 = false;
+    if let Some(sels) = endpoints.1.as_ref().filter(|v| !v.is_empty()) {
+        has_l3 = true;
+        let mut compiled = Vec::with_capacity(sels.len());
+        for (i, s) in sels.iter().enumerate() {
+            check_selector(s, &format!("{path}.{}[{i}]", endpoints.0), p);
+            compiled.push(Selector::compile(s, ctx.scope));
+        }
+        peers.push(PeerSpec::Endpoints(compiled));
+    }
+    for (i, text) in cidr.1.iter().flatten().enumerate() {
+        has_l3 = true;
+        match parse_cidr(text) {
+            Ok(net) => peers.push(PeerSpec::Cidr { net, except: Vec::new() }),
+            Err(e) => p.push(format!("{path}.{}[{i}]", cidr.0), e),
+        }
+    }
+    for (i, rule) in cidr_set.1.iter().flatten().enumerate() {
+        has_l3 = true;
+        let field = format!("{path}.{}[{i}]", cidr_set.0);
+        if rule.cidr_group_ref.is_some() || rule.cidr_group_selector.is_some() {
+            p.push(&field, "CiliumCIDRGroup references are not supported by fqdnd; write the cidr here");
+            continue;
+        }
+        let Some(text) = rule.cidr.as_deref() else {
+            p.push(format!("{field}.cidr"), "missing");
+            continue;
+        };
+        // Unlike toCIDR, Cilium requires prefix notation here.
+        let net = match IpNet::from_str(text) {
+            Ok(n) => n.trunc(),
+            Err(e) => {
+                p.push(format!("{field}.cidr"), format!("unable to parse CIDR {text:?}: {e}"));
+                continue;
+            }
+        };
+        let mut except = Vec::new();
+        for (j, ex) in rule.except.iter().enumerate() {
+            match IpNet::from_str(ex) {
+                Ok(e) if net.contains(&e) => except.push(e.trunc()),
+                Ok(_) => p.push(
+                    format!("{field}.except[{j}]"),
+                    format!("allow CIDR prefix {net} does not contain exclude CIDR prefix {ex}"),
+                ),
+                Err(e) => p.push(format!("{field}.except[{j}]"), format!("unable to parse CIDR {ex:?}: {e}")),
+            }
+        }
+        peers.push(PeerSpec::Cidr { net, except });
+    }
+    for (i, text) in entities.1.iter().flatten().enumerate() {
+        has_l3 = true;
+        match Entity::from_str(text) {
+            Ok(e) => peers.push(PeerSpec::Entity(e)),
+            Err(msg) => p.push(format!("{path}.{}[{i}]", entities.0), msg),
+        }
+    }
+    PeerRule {
+        path: path.to_string(),
+        has_l3,
+        peers,
+        has_ports: false,
+        ports: Vec::new(),
+        dns: Vec::new(),
+        fqdns: Vec::new(),
+    }
+}
+
+/// `toCIDR` takes a prefix or a bare address (a host route).
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = IpNet::from_str(text) {
+        return Ok(net.trunc());
+    }
+    match IpAddr::from_str(text) {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => Err(format!("unable to parse CIDR {text:?}: expected an address or address/prefix")),
+    }
+}
+
+fn check_selector(s: &LabelSelector, path: &str, p: &mut Problems) {
+    for (i, e) in s.match_expressions.iter().enumerate() {
+        let field = format!("{path}.matchExpressions[{i}].values");
+        match e.operator {
+            Operator::In | Operator::NotIn if e.values.is_empty() => {
+                p.push(field, format!("values must be non-empty for operator {:?}", e.operator))
+            }
+            Operator::Exists | Operator::DoesNotExist if !e.values.is_empty() => {
+                p.push(field, format!("values must be empty for operator {:?}", e.operator))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One `toFQDNs` or `rules.dns` entry: exactly one of matchName / matchPattern, in the allowed
+/// alphabet and length.
+fn fqdn_selector(s: &FqdnSelector, path: &str, p: &mut Problems) -> Option<NamePattern> {
+    match (&s.match_name, &s.match_pattern) {
+        (Some(_), Some(_)) => {
+            p.push(path, "only one of matchName or matchPattern is allowed");
+            None
+        }
+        (None, None) => {
+            p.push(path, "one of matchName or matchPattern is required");
+            None
+        }
+        (Some(name), None) => {
+            NamePattern::match_name(name).map_err(|e| p.push(format!("{path}.matchName"), e.to_string())).ok()
+        }
+        (None, Some(pattern)) => {
+            NamePattern::match_pattern(pattern).map_err(|e| p.push(format!("{path}.matchPattern"), e.to_string())).ok()
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Direction {
+    ingress: bool,
+    deny: bool,
+}
+
+fn ports(
+    rule: &mut PeerRule,
+    raw: &Option<Vec<model::PortRule>>,
+    path: &str,
+    dir: Direction,
+    ctx: &DirCtx<'_>,
+    p: &mut Problems,
+) {
+    for (i, pr) in raw.iter().flatten().enumerate() {
+        rule.has_ports = true;
+        let field = format!("{path}.toPorts[{i}]");
+        unsupported(p, pr.server_names.is_some(), format!("{field}.serverNames"), "serverNames");
+        unsupported(p, pr.listener.is_some(), format!("{field}.listener"), "listener");
+        unsupported(p, pr.terminating_tls.is_some(), format!("{field}.terminatingTLS"), "terminatingTLS");
+        unsupported(p, pr.originating_tls.is_some(), format!("{field}.originatingTLS"), "originatingTLS");
+
+        let dns = pr.rules.as_ref().and_then(|r| r.dns.as_ref());
+        let has_l7 = pr.rules.as_ref().is_some_and(|r| {
+            r.dns.is_some() || r.http.is_some() || r.kafka.is_some() || r.l7proto.is_some() || r.l7.is_some()
+        });
+        if let Some(rules) = &pr.rules {
+            let rf = format!("{field}.rules");
+            if dir.deny {
+                p.push(&rf, "deny rules take no L7 rules");
+            } else {
+                unsupported(p, rules.http.is_some(), format!("{rf}.http"), "rules.http");
+                unsupported(p, rules.kafka.is_some(), format!("{rf}.kafka"), "rules.kafka");
+                unsupported(p, rules.l7proto.is_some() || rules.l7.is_some(), format!("{rf}.l7proto"), "rules.l7proto");
+                if ctx.host_policy && has_l7 {
+                    p.push(&rf, "host policies do not support L7 rules");
+                }
+                if dir.ingress && dns.is_some() {
+                    p.push(format!("{rf}.dns"), "DNS rules are not allowed on ingress");
+                }
+            }
+        }
+        let mut these = Vec::new();
+        let raw_ports = pr.ports.as_deref().unwrap_or_default();
+        if raw_ports.is_empty() {
+            if dns.is_some() {
+                p.push(format!("{field}.ports"), "a port (53) must be specified for DNS rules");
+            }
+            // A toPorts entry without ports restricts no port.
+            these.push(PortProto::ANY);
+        }
+        for (j, pp) in raw_ports.iter().enumerate() {
+            let pf = format!("{field}.ports[{j}]");
+            let proto = match parse_proto(pp.protocol.as_deref()) {
+                Ok(proto) => proto,
+                Err(msg) => {
+                    p.push(format!("{pf}.protocol"), msg);
+                    continue;
+                }
+            };
+            let Some(text) = &pp.port else {
+                p.push(format!("{pf}.port"), "port must be specified");
+                continue;
+            };
+            let port = match parse_port(&text.0) {
+                Ok(port) => port,
+                Err(msg) => {
+                    p.push(format!("{pf}.port"), msg);
+                    continue;
+                }
+            };
+            if port == 0 && has_l7 {
+                p.push(format!("{pf}.port"), "L7 rules can not be used when a port is 0");
+            }
+            let end = pp.end_port.unwrap_or(0);
+            if end > i64::from(port) {
+                if dns.is_some() {
+                    p.push(format!("{pf}.endPort"), "DNS rules do not support port ranges");
+                    continue;
+                }
+                if end > i64::from(u16::MAX) {
+                    p.push(format!("{pf}.endPort"), format!("{end} is not a port number"));
+                    continue;
+                }
+                let width = (end - i64::from(port) + 1) as u32;
+                if port == 0 || width > MAX_PORT_RANGE {
+                    p.push(
+                        format!("{pf}.endPort"),
+                        format!(
+                            "port range {port}-{end} is wider than {MAX_PORT_RANGE} ports, which fqdnd does not expand"
+                        ),
+                    );
+                    continue;
+                }
+                these.extend((port..=end as u16).map(|port| PortProto { port, proto }));
+            } else {
+                // Cilium ignores an endPort that is not above port.
+                these.push(PortProto { port, proto });
+            }
+        }
+        if let Some(sels) = dns {
+            let mut pats = Vec::with_capacity(sels.len());
+            for (k, s) in sels.iter().enumerate() {
+                if let Some(pat) = fqdn_selector(s, &format!("{field}.rules.dns[{k}]"), p) {
+                    pats.push(pat);
+                }
+            }
+            rule.dns.push(DnsSpec { ports: these.clone(), patterns: PatternSet::new(pats) });
+        }
+        for pp in these {
+            if !rule.ports.contains(&pp) {
+                rule.ports.push(pp);
+            }
+        }
+    }
+}
+
+/// Cilium fixes up the case of protocol names; an empty protocol means ANY.
+fn parse_proto(text: Option<&str>) -> Result<L4Proto, String> {
+    match text.map(str::to_ascii_uppercase).as_deref() {
+        None | Some("") | Some("ANY") => Ok(L4Proto::Any),
+        Some("TCP") => Ok(L4Proto::Tcp),
+        Some("UDP") => Ok(L4Proto::Udp),
+        Some(p @ ("SCTP" | "ICMP" | "ICMPV6")) => {
+            Err(format!("protocol {p} is not supported by fqdnd (TCP, UDP or ANY)"))
+        }
+        Some(_) => Err(format!("invalid protocol {:?}, must be one of TCP, UDP, ANY", text.unwrap_or_default())),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<u32>() {
+        return u16::try_from(n).map_err(|_| format!("{n} is not a port number (0-65535)"));
+    }
+    // Cilium resolves an IANA service name against the destination pod's named container
+    // ports; the endpoint inventory has none.
+    if !t.is_empty()
+        && t.chars().any(|c| c.is_ascii_alphabetic())
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(format!("named port {t:?} is not supported by fqdnd: endpoints carry no container port names"));
+    }
+    Err(format!("unable to parse port {text:?}"))
+}
