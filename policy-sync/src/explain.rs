@@ -203,3 +203,82 @@ pub fn explain_fqdn(t: &Traced, name: &str, port: u16, proto: L4Proto) -> Explan
     }
     Explanation::new(Verdict::Denied, t.egress_default_deny_from.as_ref(), reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::tests::{alpine, inventory, policies};
+    use crate::resolve::{NodeInfo, resolve_traced};
+
+    fn traced(text: &str) -> Traced {
+        resolve_traced(&policies(text), &alpine(), &inventory(), &NodeInfo::default())
+    }
+
+    const HEAD: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {matchLabels: {app: alpine}}\n";
+
+    #[test]
+    fn deny_overrides_allow() {
+        let t = traced(&format!(
+            "{HEAD}  egress:\n  - toCIDR: [1.1.1.0/24]\n  egressDeny:\n  - toCIDR: [1.1.1.1/32]\n    toPorts: [{{ports: [{{port: '443', protocol: TCP}}]}}]\n"
+        ));
+        let ip = "1.1.1.1".parse().unwrap();
+        let denied = explain_connection(&t, ip, 443, L4Proto::Tcp);
+        assert_eq!(denied.verdict, Verdict::Denied);
+        assert!(denied.reason.contains("egressDeny rule spec.egressDeny[0]"), "{}", denied.reason);
+        assert_eq!(explain_connection(&t, ip, 80, L4Proto::Tcp).verdict, Verdict::Allowed);
+        assert_eq!(explain_connection(&t, "1.1.1.2".parse().unwrap(), 443, L4Proto::Tcp).verdict, Verdict::Allowed);
+    }
+
+    #[test]
+    fn deny_applies_without_default_deny() {
+        let t =
+            traced(&format!("{HEAD}  egressDeny: [{{toEntities: [world]}}]\n  enableDefaultDeny: {{egress: false}}\n"));
+        assert!(!t.policy.egress_default_deny);
+        assert_eq!(explain_connection(&t, "8.8.8.8".parse().unwrap(), 53, L4Proto::Udp).verdict, Verdict::Denied);
+        assert_eq!(explain_connection(&t, "10.96.0.10".parse().unwrap(), 53, L4Proto::Udp).verdict, Verdict::Allowed);
+    }
+
+    #[test]
+    fn dns_table() {
+        let server = "10.96.0.10".parse().unwrap();
+        let proxied = format!(
+            "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchName: api.example.com}}, {{matchPattern: '*.corp.example'}}]}}}}]\n"
+        );
+        let not_proxied_open = format!(
+            "{HEAD}  egress: [{{toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchPattern: '*.a.com'}}]}}}}]}}]\n  enableDefaultDeny: {{egress: false}}\n"
+        );
+        // (case, policy, qname, port, proto, verdict)
+        let cases = [
+            ("matchName", proxied.as_str(), "api.example.com", 53, L4Proto::Udp, Verdict::Allowed),
+            ("matchPattern over tcp", proxied.as_str(), "x.corp.example.", 53, L4Proto::Tcp, Verdict::Allowed),
+            ("no pattern", proxied.as_str(), "evil.example.com", 53, L4Proto::Udp, Verdict::Refused),
+            ("other port", proxied.as_str(), "api.example.com", 5353, L4Proto::Udp, Verdict::Denied),
+            ("no default deny still proxies", not_proxied_open.as_str(), "b.com", 53, L4Proto::Udp, Verdict::Refused),
+            ("no default deny, other port", not_proxied_open.as_str(), "b.com", 5353, L4Proto::Udp, Verdict::Allowed),
+        ];
+        for (name, text, qname, port, proto, want) in cases {
+            let e = explain_dns(&traced(text), qname, server, port, proto);
+            assert_eq!(e.verdict, want, "case {name}: {}", e.reason);
+            if want != Verdict::Allowed || port == 53 {
+                assert_eq!(e.policy.as_deref(), Some("default/p"), "case {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn fqdn_ports() {
+        let t = traced(&format!(
+            "{HEAD}  egress:\n  - toFQDNs: [{{matchName: api.example.com}}]\n    toPorts: [{{ports: [{{port: '443', protocol: TCP}}]}}]\n"
+        ));
+        assert_eq!(explain_fqdn(&t, "API.example.com.", 443, L4Proto::Tcp).verdict, Verdict::Allowed);
+        assert_eq!(explain_fqdn(&t, "api.example.com", 80, L4Proto::Tcp).verdict, Verdict::Denied);
+        assert_eq!(explain_fqdn(&t, "api.example.com", 443, L4Proto::Udp).verdict, Verdict::Denied);
+        assert_eq!(explain_fqdn(&t, "www.example.com", 443, L4Proto::Tcp).verdict, Verdict::Denied);
+    }
+
+    #[test]
+    fn json_shape() {
+        let e = Explanation { verdict: Verdict::Refused, policy: None, reason: "r".into() };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"verdict":"REFUSED","policy":null,"reason":"r"}"#);
+    }
+}

@@ -163,3 +163,147 @@ pub fn parse_value(path: &Path, doc_no: usize, value: serde_norway::Value) -> Re
     })?;
     validate::validate_document(&doc, kind, path, doc_no)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyKind;
+
+    const CNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n";
+
+    fn parse(text: &str) -> (Vec<Policy>, Vec<String>) {
+        let (p, probs) = parse_file(Path::new("p.yaml"), text);
+        (p, probs.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn seed_policies_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies/seed");
+        let report = load_paths(&[dir]);
+        // Four files, each defining default/locking-down-alpine: loaded together, the first wins
+        // and the others are reported as duplicates.
+        assert_eq!(report.files.len(), 4);
+        assert_eq!(report.policies.len(), 1);
+        assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
+        assert!(report.problems.iter().all(|p| p.message.contains("already defined")));
+        for file in &report.files {
+            let text = std::fs::read_to_string(file).unwrap();
+            let (policies, problems) = parse_file(file, &text);
+            assert!(problems.is_empty(), "{file:?}: {problems:?}");
+            assert_eq!(policies.len(), 1);
+            assert_eq!(policies[0].reference.to_string(), "default/locking-down-alpine");
+        }
+    }
+
+    #[test]
+    fn parsing_table() {
+        // (name, text, policies parsed, problems as displayed)
+        let cases: Vec<(&str, String, usize, Vec<&str>)> = vec![
+            ("one document", format!("{CNP}metadata: {{name: a}}\nspec: {{endpointSelector: {{}}}}\n"), 1, vec![]),
+            (
+                "multi-document with an empty one",
+                format!("{CNP}metadata: {{name: a}}\nspec: {{endpointSelector: {{}}}}\n---\n---\n{CNP}metadata: {{name: b}}\nspecs: [{{endpointSelector: {{}}}}]\n"),
+                2,
+                vec![],
+            ),
+            (
+                "json",
+                r#"{"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy", "metadata": {"name": "j"}, "spec": {"endpointSelector": {}, "egress": [{"toPorts": [{"ports": [{"port": 53, "protocol": "ANY"}]}]}]}}"#.to_string(),
+                1,
+                vec![],
+            ),
+            (
+                "misspelled key named, good document after it still parsed",
+                format!("{CNP}metadata: {{name: a}}\nspec:\n  endpointSelector: {{}}\n  egress:\n  - toFQDN: [{{matchName: a.com}}]\n---\n{CNP}metadata: {{name: b}}\nspec: {{endpointSelector: {{}}}}\n"),
+                1,
+                vec!["p.yaml: doc 1: spec.egress[0].toFQDN: unknown field `toFQDN`, expected one of `toEndpoints`, `toCIDR`, `toCIDRSet`, `toEntities`, `toFQDNs`, `toPorts`, `toServices`, `toGroups`, `toNodes`, `toRequires`, `icmps`, `authentication`"],
+            ),
+            (
+                "wrong kind",
+                "apiVersion: cilium.io/v2\nkind: NetworkPolicy\nmetadata: {name: a}\n".to_string(),
+                0,
+                vec!["p.yaml: doc 1: kind: \"NetworkPolicy\" is not CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy"],
+            ),
+            (
+                "wrong apiVersion",
+                "apiVersion: cilium.io/v1\nkind: CiliumNetworkPolicy\nmetadata: {name: a}\n".to_string(),
+                0,
+                vec!["p.yaml: doc 1: apiVersion: \"cilium.io/v1\" is not supported; expected \"cilium.io/v2\""],
+            ),
+            (
+                "missing name",
+                format!("{CNP}metadata: {{namespace: x}}\nspec: {{endpointSelector: {{}}}}\n"),
+                0,
+                vec!["p.yaml: doc 1: metadata.name: missing: every policy needs a name"],
+            ),
+            ("not a mapping", "- a\n- b\n".to_string(), 0, vec!["p.yaml: doc 1: not a mapping: expected a policy object"]),
+            (
+                "port as number and as string",
+                format!("{CNP}metadata: {{name: a}}\nspec:\n  endpointSelector: {{}}\n  egress:\n  - toPorts: [{{ports: [{{port: 53}}, {{port: \"443\", protocol: tcp}}]}}]\n"),
+                1,
+                vec![],
+            ),
+            (
+                "label value of the wrong type",
+                format!("{CNP}metadata: {{name: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: [x]}}}}\n"),
+                0,
+                vec!["p.yaml: doc 1: spec.endpointSelector.matchLabels.app: invalid type: sequence, expected a string"],
+            ),
+            (
+                "unknown operator",
+                format!("{CNP}metadata: {{name: a}}\nspec:\n  endpointSelector: {{matchExpressions: [{{key: a, operator: Is}}]}}\n"),
+                0,
+                vec!["p.yaml: doc 1: spec.endpointSelector.matchExpressions[0].operator: unknown variant `Is`, expected one of `In`, `NotIn`, `Exists`, `DoesNotExist`"],
+            ),
+        ];
+        for (name, text, want_policies, want_problems) in cases {
+            let (policies, problems) = parse(&text);
+            assert_eq!(problems, want_problems, "case {name}");
+            assert_eq!(policies.len(), want_policies, "case {name}");
+        }
+    }
+
+    #[test]
+    fn namespaces_and_kinds() {
+        let text = format!(
+            "{CNP}metadata: {{name: a}}\nspec: {{endpointSelector: {{}}}}\n---\n{CNP}metadata: {{name: b, namespace: prod}}\nspec: {{endpointSelector: {{}}}}\n---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: c, namespace: ignored}}\nspec: {{endpointSelector: {{}}}}\n"
+        );
+        let (policies, problems) = parse(&text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let refs: Vec<String> = policies.iter().map(|p| p.reference.to_string()).collect();
+        assert_eq!(refs, ["default/a", "prod/b", "c"]);
+        assert_eq!(policies[2].kind, PolicyKind::Clusterwide);
+        assert_eq!(policies.iter().map(|p| p.doc).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn yaml_syntax_error_is_reported() {
+        let (policies, problems) = parse(&format!("{CNP}metadata: {{name: a}}\nspec: [unclosed\n"));
+        assert!(policies.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("p.yaml: doc 1: invalid YAML:"), "{problems:?}");
+    }
+
+    #[test]
+    fn directories_sorted_and_filtered_duplicates_reported() {
+        let dir = std::env::temp_dir().join(format!("policy-sync-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = |name: &str| format!("{CNP}metadata: {{name: {name}}}\nspec: {{endpointSelector: {{}}}}\n");
+        std::fs::write(dir.join("b.yml"), body("x")).unwrap();
+        std::fs::write(dir.join("a.yaml"), body("x")).unwrap();
+        std::fs::write(dir.join("c.json"), body("y")).unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a policy").unwrap();
+        let report = load_paths(std::slice::from_ref(&dir));
+        let names: Vec<_> =
+            report.files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["a.yaml", "b.yml", "c.json"]);
+        assert_eq!(report.policies.len(), 2);
+        assert_eq!(report.problems.len(), 1);
+        let msg = report.problems[0].to_string();
+        assert!(msg.contains("b.yml: doc 1: metadata.name: policy default/x is already defined in"), "{msg}");
+        let missing = load_paths(&[dir.join("missing.yaml")]);
+        assert_eq!(missing.problems.len(), 1);
+        assert!(missing.problems[0].to_string().contains("missing.yaml: reading:"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -76,7 +76,7 @@ pub struct DnsSpec {
 pub struct PeerRule {
     /// Field path, e.g. `spec.egress[1]`.
     pub path: String,
-    /// Whether any L3 field (`toEndpoints`, `toCIDR`, ...) was given. A rule without one but with
+    /// Whether any L3 field (`toEndpoints`, `toCIDR`, `toFQDNs`, ...) was given. A rule without one but with
     /// `toPorts` allows those ports to every peer; a rule with neither (`{}`) selects nothing.
     pub has_l3: bool,
     pub peers: Vec<PeerSpec>,
@@ -91,6 +91,6 @@ pub struct PeerRule {
 impl PeerRule {
     /// True for a rule that can allow (or deny) nothing, like `egress: [{}]`.
     pub fn selects_nothing(&self) -> bool {
-        !self.has_l3 && !self.has_ports && self.fqdns.is_empty()
+        !self.has_l3 && !self.has_ports
     }
 }

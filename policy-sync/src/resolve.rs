@@ -146,7 +146,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The resolved L3 peers of a rule. A rule with ports but no L3 field allows every peer;
-    /// a rule with neither (`{}`) and toFQDNs-only rules have no L3 peer here.
+    /// a rule with neither (`{}`) has none, and toFQDNs peers are only known from DNS answers
+    /// (they become [`FqdnRule`]s).
     fn peers(&mut self, r: &PeerRule) -> Vec<Peer> {
         if !r.has_l3 {
             return if r.has_ports { vec![Peer::Any] } else { Vec::new() };
@@ -202,5 +203,196 @@ impl Ctx<'_> {
             }
         };
         Peer::Entity { entity, nets, except }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::Path;
+
+    use fqdn_cache::{L4Proto, PortProto};
+
+    use super::*;
+    use crate::endpoint::parse_endpoints;
+    use crate::load::parse_file;
+
+    pub(crate) fn policies(text: &str) -> Vec<Policy> {
+        let (policies, problems) = parse_file(Path::new("t.yaml"), text);
+        assert!(problems.is_empty(), "{problems:?}");
+        policies
+    }
+
+    pub(crate) fn inventory() -> Vec<Endpoint> {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/endpoints.yaml")).unwrap();
+        let mut eps = parse_endpoints(Path::new("endpoints.yaml"), &text).unwrap();
+        eps.push(Endpoint {
+            namespace: "prod".into(),
+            name: "web".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ips: vec!["10.0.2.7".parse().unwrap()],
+            interface: None,
+        });
+        eps
+    }
+
+    pub(crate) fn alpine() -> Endpoint {
+        inventory().into_iter().find(|e| e.name == "alpine").unwrap()
+    }
+
+    fn cnp(name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  endpointSelector: {{matchLabels: {{app: alpine}}}}\n{spec}"
+        )
+    }
+
+    fn seed(n: usize) -> Vec<Policy> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies/seed");
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{n}-")))
+            .unwrap();
+        policies(&std::fs::read_to_string(file).unwrap())
+    }
+
+    #[test]
+    fn default_deny_table() {
+        // (case, spec, egress default deny, ingress default deny)
+        let cases = [
+            ("selector only", "", false, false),
+            ("egress [{}] ingress [{}]", "  egress: [{}]\n  ingress: [{}]\n", true, true),
+            ("empty lists", "  egress: []\n  ingress: []\n", false, false),
+            ("egressDeny only", "  egressDeny: [{toEntities: [world]}]\n", true, false),
+            ("ingressDeny only", "  ingressDeny: [{fromEntities: [world]}]\n", false, true),
+            ("toFQDNs only", "  egress: [{toFQDNs: [{matchPattern: '*.a.com'}]}]\n", true, false),
+            (
+                "enableDefaultDeny egress false",
+                "  egress: [{toEntities: [world]}]\n  enableDefaultDeny: {egress: false}\n",
+                false,
+                false,
+            ),
+            ("enableDefaultDeny ingress true alone", "  enableDefaultDeny: {ingress: true}\n", false, true),
+        ];
+        for (name, spec, egress, ingress) in cases {
+            let ep = resolve(&policies(&cnp("p", spec)), &alpine(), &inventory());
+            assert_eq!((ep.egress_default_deny, ep.ingress_default_deny), (egress, ingress), "case {name}");
+        }
+    }
+
+    #[test]
+    fn any_selecting_policy_with_default_deny_wins() {
+        let text = format!(
+            "{}---\n{}",
+            cnp("open", "  egress: [{toEntities: [all]}]\n  enableDefaultDeny: {egress: false}\n"),
+            cnp("closed", "  egress: [{}]\n")
+        );
+        let ep = resolve(&policies(&text), &alpine(), &inventory());
+        assert!(ep.egress_default_deny);
+        assert_eq!(ep.policies.len(), 2);
+    }
+
+    #[test]
+    fn seed_stages_resolve() {
+        let inv = inventory();
+        let kube_dns = Peer::Endpoints { ips: vec!["10.96.0.10".parse().unwrap()] };
+        let udp53 = vec![PortProto { port: 53, proto: L4Proto::Udp }];
+
+        let s1 = resolve(&seed(1), &alpine(), &inv);
+        assert!(!s1.egress_default_deny && !s1.ingress_default_deny);
+        assert_eq!(s1.policies.len(), 1);
+
+        let s2 = resolve(&seed(2), &alpine(), &inv);
+        assert!(s2.egress_default_deny && s2.ingress_default_deny);
+        assert!(s2.egress_allows.is_empty() && s2.ingress_allows.is_empty());
+
+        let s3 = resolve(&seed(3), &alpine(), &inv);
+        assert!(s3.egress_default_deny);
+        assert_eq!(s3.egress_allows.len(), 1);
+        assert_eq!(s3.egress_allows[0].peer, kube_dns);
+        assert_eq!(s3.egress_allows[0].ports, udp53);
+        assert!(s3.dns_rules.is_empty() && s3.fqdn_rules.is_empty());
+
+        let s4 = resolve(&seed(4), &alpine(), &inv);
+        assert_eq!(s4.dns_rules.len(), 1);
+        assert_eq!(s4.dns_rules[0].server, kube_dns);
+        assert_eq!(s4.dns_rules[0].ports, udp53);
+        assert!(s4.dns_rules[0].patterns.is_match("anything.example."));
+        assert_eq!(s4.fqdn_rules.len(), 1);
+        assert_eq!(s4.fqdn_rules[0].selector.as_str(), "*.microsoft.com.");
+        assert!(s4.fqdn_rules[0].ports.is_empty());
+
+        let other = Endpoint { labels: [("app".to_string(), "other".to_string())].into(), ..alpine() };
+        let unaffected = resolve(&seed(4), &other, &inv);
+        assert!(!unaffected.egress_default_deny && unaffected.policies.is_empty());
+    }
+
+    #[test]
+    fn peers_and_entities() {
+        let text = cnp(
+            "p",
+            "  egress:\n  - toEndpoints: [{}]\n  - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: prod}}]\n  - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]\n  - toEntities: [world, host, cluster]\n  - toPorts: [{ports: [{port: '443', protocol: TCP}]}]\n",
+        );
+        let node = NodeInfo { host: vec!["192.168.1.10/32".parse().unwrap()], kube_apiserver: Vec::new() };
+        let ep = resolve_on(&policies(&text), &alpine(), &inventory(), &node);
+        let peers: Vec<&Peer> = ep.egress_allows.iter().map(|r| &r.peer).collect();
+        // {} in a CNP: every endpoint of the policy's namespace (alpine itself here).
+        assert_eq!(peers[0], &Peer::Endpoints { ips: alpine().ips });
+        assert_eq!(peers[1], &Peer::Endpoints { ips: vec!["10.0.2.7".parse().unwrap()] });
+        assert!(peers[2].contains("10.0.2.7".parse().unwrap()));
+        assert!(!peers[2].contains("10.96.0.10".parse().unwrap()));
+        let world = peers[3];
+        assert!(world.contains("1.1.1.1".parse().unwrap()));
+        assert!(world.contains("2001:db8::1".parse().unwrap()));
+        assert!(!world.contains("10.96.0.10".parse().unwrap()));
+        assert!(!world.contains("192.168.1.10".parse().unwrap()));
+        assert!(peers[4].contains("192.168.1.10".parse().unwrap()) && !peers[4].contains("10.0.1.5".parse().unwrap()));
+        assert!(peers[5].contains("10.0.1.5".parse().unwrap()) && peers[5].contains("192.168.1.10".parse().unwrap()));
+        assert!(!peers[5].contains("1.1.1.1".parse().unwrap()));
+        assert_eq!(peers[6], &Peer::Any);
+    }
+
+    #[test]
+    fn clusterwide_policy_selects_across_namespaces() {
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: cw}\nspec:\n  endpointSelector: {matchExpressions: [{key: app, operator: In, values: [alpine, web]}]}\n  egress:\n  - toEndpoints: [{matchLabels: {app: web}}]\n";
+        let pols = policies(text);
+        let inv = inventory();
+        let web = inv.iter().find(|e| e.name == "web").unwrap();
+        for ep in [&alpine(), web] {
+            let resolved = resolve(&pols, ep, &inv);
+            assert!(resolved.egress_default_deny, "{}", ep.key());
+            assert_eq!(resolved.egress_allows[0].peer, Peer::Endpoints { ips: web.ips.clone() });
+            assert_eq!(resolved.policies[0].to_string(), "cw");
+        }
+        let dns = inv.iter().find(|e| e.name == "kube-dns").unwrap();
+        assert!(resolve(&pols, dns, &inv).policies.is_empty());
+    }
+
+    #[test]
+    fn cnp_selects_only_its_namespace() {
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: prod}\nspec:\n  endpointSelector: {}\n  egress: [{}]\n";
+        let inv = inventory();
+        let web = inv.iter().find(|e| e.name == "web").unwrap();
+        assert!(resolve(&policies(text), web, &inv).egress_default_deny);
+        assert!(!resolve(&policies(text), &alpine(), &inv).egress_default_deny);
+    }
+
+    #[test]
+    fn fqdn_rule_with_ports_allows_no_ip_by_itself() {
+        let text = cnp(
+            "p",
+            "  egress:\n  - toFQDNs: [{matchName: a.com}]\n    toPorts: [{ports: [{port: '443', protocol: TCP}]}]\n",
+        );
+        let ep = resolve(&policies(&text), &alpine(), &inventory());
+        assert!(ep.egress_allows.is_empty(), "{:?}", ep.egress_allows);
+        assert_eq!(ep.fqdn_rules[0].ports, [PortProto { port: 443, proto: L4Proto::Tcp }]);
+    }
+
+    #[test]
+    fn deterministic() {
+        let pols = seed(4);
+        let a = format!("{:?}", resolve(&pols, &alpine(), &inventory()));
+        let b = format!("{:?}", resolve(&pols, &alpine(), &inventory()));
+        assert_eq!(a, b);
     }
 }

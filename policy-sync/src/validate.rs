@@ -243,6 +243,10 @@ fn egress_rule(r: &model::EgressRule, path: &str, deny: bool, ctx: &DirCtx<'_>, 
         ctx,
         p,
     );
+    // toFQDNs is an L3 peer: with toPorts it must not turn into "these ports to anyone".
+    if len(&r.to_fqdns) > 0 {
+        rule.has_l3 = true;
+    }
     for (i, sel) in r.to_fqdns.iter().flatten().enumerate() {
         if let Some(pat) = fqdn_selector(sel, &format!("{path}.toFQDNs[{i}]"), p) {
             rule.fqdns.push(pat);
@@ -553,4 +557,153 @@ fn parse_port(text: &str) -> Result<u16, String> {
         return Err(format!("named port {t:?} is not supported by fqdnd: endpoints carry no container port names"));
     }
     Err(format!("unable to parse port {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::load::parse_file;
+
+    /// Problems of one document whose `spec` is `spec`, as `field: message`.
+    fn problems(kind: &str, spec: &str) -> Vec<String> {
+        let text = format!("apiVersion: cilium.io/v2\nkind: {kind}\nmetadata: {{name: t}}\nspec:\n{spec}");
+        let (_, probs) = parse_file(Path::new("t.yaml"), &text);
+        probs.iter().map(|p| format!("{}: {}", p.field, p.message)).collect()
+    }
+
+    const SEL: &str = "  endpointSelector: {matchLabels: {app: alpine}}\n";
+
+    #[test]
+    fn validation_messages() {
+        let long = format!("{}.com", "a".repeat(252));
+        let cases: Vec<(&str, String, Vec<String>)> = vec![
+            ("valid seed stage 4 shape", format!("{SEL}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s-app: kube-dns}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: UDP}}], rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n  - toFQDNs: [{{matchPattern: '*.microsoft.com'}}]\n"), vec![]),
+            (
+                "toFQDNs with toEndpoints",
+                format!("{SEL}  egress:\n  - {{}}\n  - toFQDNs: [{{matchName: a.com}}]\n    toEndpoints: [{{}}]\n"),
+                vec!["spec.egress[1].toFQDNs: combining toFQDNs and toEndpoints in one rule is not supported; write a separate rule for each".into()],
+            ),
+            (
+                "toFQDNs with toCIDR and toEntities",
+                format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: a.com}}]\n    toCIDR: [10.0.0.0/8]\n    toEntities: [world]\n"),
+                vec!["spec.egress[0].toFQDNs: combining toFQDNs and toCIDR and toEntities in one rule is not supported; write a separate rule for each".into()],
+            ),
+            (
+                "both matchName and matchPattern",
+                format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: a.com, matchPattern: '*.a.com'}}]\n"),
+                vec!["spec.egress[0].toFQDNs[0]: only one of matchName or matchPattern is allowed".into()],
+            ),
+            (
+                "neither",
+                format!("{SEL}  egress:\n  - toFQDNs: [{{}}]\n"),
+                vec!["spec.egress[0].toFQDNs[0]: one of matchName or matchPattern is required".into()],
+            ),
+            (
+                "bad character in a pattern, second rule",
+                format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: a.com}}]\n  - toFQDNs: [{{matchName: b.com}}, {{matchPattern: 'a/b.com'}}]\n"),
+                vec!["spec.egress[1].toFQDNs[1].matchPattern: matchPattern \"a/b.com\" has character '/' outside [-a-zA-Z0-9_.*]".into()],
+            ),
+            (
+                "star in matchName",
+                format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: '*.a.com'}}]\n"),
+                vec!["spec.egress[0].toFQDNs[0].matchName: matchName \"*.a.com\" has character '*' outside [-a-zA-Z0-9_.]".into()],
+            ),
+            (
+                "name over 255",
+                format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: {long}}}]\n"),
+                vec![format!("spec.egress[0].toFQDNs[0].matchName: matchName {long:?} is 256 characters long; the limit is 255")],
+            ),
+            (
+                "DNS rules on ingress",
+                format!("{SEL}  ingress:\n  - toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n"),
+                vec!["spec.ingress[0].toPorts[0].rules.dns: DNS rules are not allowed on ingress".into()],
+            ),
+            (
+                "DNS rules without a port",
+                format!("{SEL}  egress:\n  - toPorts: [{{rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n"),
+                vec!["spec.egress[0].toPorts[0].ports: a port (53) must be specified for DNS rules".into()],
+            ),
+            (
+                "DNS rules on port 0 and a range",
+                format!("{SEL}  egress:\n  - toPorts: [{{ports: [{{port: '0'}}, {{port: '53', endPort: 54}}], rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n"),
+                vec![
+                    "spec.egress[0].toPorts[0].ports[0].port: L7 rules can not be used when a port is 0".into(),
+                    "spec.egress[0].toPorts[0].ports[1].endPort: DNS rules do not support port ranges".into(),
+                ],
+            ),
+            (
+                "unknown entity",
+                format!("{SEL}  egress:\n  - toEntities: [world, galaxy]\n"),
+                vec!["spec.egress[0].toEntities[1]: unsupported entity: galaxy (known: all, world, world-ipv4, world-ipv6, cluster, host, remote-node, kube-apiserver, health, init, ingress, unmanaged, none)".into()],
+            ),
+            (
+                "except outside cidr",
+                format!("{SEL}  egress:\n  - toCIDRSet: [{{cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]\n"),
+                vec!["spec.egress[0].toCIDRSet[0].except[0]: allow CIDR prefix 10.0.0.0/8 does not contain exclude CIDR prefix 192.168.0.0/16".into()],
+            ),
+            (
+                "bad cidr, protocol, port, named port",
+                format!("{SEL}  egress:\n  - toCIDR: [10.0.0.0/33]\n    toPorts: [{{ports: [{{port: '70000'}}, {{port: '80', protocol: SCTP}}, {{port: dns}}, {{port: '1', protocol: IP}}]}}]\n"),
+                vec![
+                    "spec.egress[0].toCIDR[0]: unable to parse CIDR \"10.0.0.0/33\": expected an address or address/prefix".into(),
+                    "spec.egress[0].toPorts[0].ports[0].port: 70000 is not a port number (0-65535)".into(),
+                    "spec.egress[0].toPorts[0].ports[1].protocol: protocol SCTP is not supported by fqdnd (TCP, UDP or ANY)".into(),
+                    "spec.egress[0].toPorts[0].ports[2].port: named port \"dns\" is not supported by fqdnd: endpoints carry no container port names".into(),
+                    "spec.egress[0].toPorts[0].ports[3].protocol: invalid protocol \"IP\", must be one of TCP, UDP, ANY".into(),
+                ],
+            ),
+            (
+                "L7 http rules are refused, not ignored",
+                format!("{SEL}  egress:\n  - toPorts: [{{ports: [{{port: '80', protocol: TCP}}], rules: {{http: [{{method: GET}}]}}}}]\n"),
+                vec!["spec.egress[0].toPorts[0].rules.http: rules.http is not supported by fqdnd; remove it or enforce this policy with Cilium".into()],
+            ),
+            (
+                "toFQDNs in egressDeny",
+                format!("{SEL}  egressDeny:\n  - toFQDNs: [{{matchName: a.com}}]\n"),
+                vec!["spec.egressDeny[0].toFQDNs: toFQDNs is not allowed in egressDeny (Cilium has no FQDN deny)".into()],
+            ),
+            ("no selector", "  egress: [{}]\n".into(), vec!["spec: a rule needs endpointSelector or nodeSelector".into()]),
+            (
+                "nodeSelector in a namespaced policy",
+                "  nodeSelector: {}\n".into(),
+                vec!["spec.nodeSelector: nodeSelector is only allowed in a CiliumClusterwideNetworkPolicy".into()],
+            ),
+            (
+                "matchExpressions values",
+                "  endpointSelector: {matchExpressions: [{key: a, operator: In}, {key: b, operator: Exists, values: [x]}]}\n".into(),
+                vec![
+                    "spec.endpointSelector.matchExpressions[0].values: values must be non-empty for operator In".into(),
+                    "spec.endpointSelector.matchExpressions[1].values: values must be empty for operator Exists".into(),
+                ],
+            ),
+        ];
+        for (name, spec, want) in cases {
+            assert_eq!(problems("CiliumNetworkPolicy", &spec), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn clusterwide_host_policy_without_l7_is_valid() {
+        assert_eq!(
+            problems("CiliumClusterwideNetworkPolicy", "  nodeSelector: {}\n  egress: [{toEntities: [world]}]\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems(
+                "CiliumClusterwideNetworkPolicy",
+                "  nodeSelector: {}\n  egress: [{toPorts: [{ports: [{port: '53'}], rules: {dns: [{matchPattern: '*'}]}}]}]\n"
+            ),
+            vec!["spec.egress[0].toPorts[0].rules: host policies do not support L7 rules".to_string()]
+        );
+    }
+
+    #[test]
+    fn port_ranges_expand() {
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: t}\nspec:\n  endpointSelector: {}\n  egress: [{toPorts: [{ports: [{port: '8000', endPort: 8002, protocol: TCP}, {port: 9000, endPort: 1}]}]}]\n";
+        let (policies, probs) = parse_file(Path::new("t.yaml"), text);
+        assert!(probs.is_empty(), "{probs:?}");
+        let ports: Vec<u16> = policies[0].rules[0].egress[0].ports.iter().map(|p| p.port).collect();
+        assert_eq!(ports, [8000, 8001, 8002, 9000]);
+    }
 }
