@@ -1,0 +1,177 @@
+//! What an upstream answer teaches: the CNAME chain from the question name, the A/AAAA addresses
+//! at its end, and the lowest TTL along the way.
+
+use std::net::IpAddr;
+
+use fqdn_cache::{Answer, EndpointId};
+use hickory_proto::op::Message;
+use hickory_proto::rr::{Name, RData, RecordType};
+
+/// A chain longer than this is treated as a loop and cut.
+const MAX_CHAIN: usize = 16;
+
+/// The answer section read along the CNAME chain that starts at the question name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    /// CNAME targets in order, normalized.
+    pub cnames: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    /// Lowest TTL of the CNAMEs followed and the addresses found; `None` if the chain has no records.
+    pub ttl: Option<u32>,
+    /// Record types present in the answer section (for flows).
+    pub rrtypes: Vec<RecordType>,
+}
+
+impl Chain {
+    pub fn into_answer(self, endpoint: EndpointId, qname: String) -> Answer {
+        Answer { endpoint, qname, cnames: self.cnames, ips: self.ips, ttl: self.ttl.unwrap_or(0) }
+    }
+}
+
+/// Follow the chain from `qname` through the answer section of `msg`. Records not on the chain
+/// (an upstream's unrelated extras) are ignored: they were not asked for and must not be learned.
+pub fn extract_chain(msg: &Message, qname: &Name) -> Chain {
+    let mut chain = Chain::default();
+    for r in &msg.answers {
+        let t = r.record_type();
+        if !chain.rrtypes.contains(&t) {
+            chain.rrtypes.push(t);
+        }
+    }
+    let mut current = qname.clone();
+    let mut ttl: Option<u32> = None;
+    for _ in 0..MAX_CHAIN {
+        let next = msg.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) if r.name.eq_ignore_root(&current) => Some((target.0.clone(), r.ttl)),
+            _ => None,
+        });
+        match next {
+            Some((target, t)) => {
+                ttl = Some(ttl.map_or(t, |v| v.min(t)));
+                chain.cnames.push(normalized(&target));
+                current = target;
+            }
+            None => break,
+        }
+    }
+    for r in &msg.answers {
+        if !r.name.eq_ignore_root(&current) {
+            continue;
+        }
+        let ip = match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        ttl = Some(ttl.map_or(r.ttl, |v| v.min(r.ttl)));
+        if !chain.ips.contains(&ip) {
+            chain.ips.push(ip);
+        }
+    }
+    chain.ttl = ttl;
+    chain
+}
+
+fn normalized(name: &Name) -> String {
+    let mut s = name.to_ascii();
+    s.make_ascii_lowercase();
+    if !s.ends_with('.') {
+        s.push('.');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::{MessageType, OpCode};
+    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn msg(records: Vec<Record>) -> Message {
+        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+        m.add_answers(records);
+        m
+    }
+
+    fn cname(from: &str, to: &str, ttl: u32) -> Record {
+        Record::from_rdata(n(from), ttl, RData::CNAME(CNAME(n(to))))
+    }
+
+    fn a(name: &str, ip: [u8; 4], ttl: u32) -> Record {
+        Record::from_rdata(n(name), ttl, RData::A(A::new(ip[0], ip[1], ip[2], ip[3])))
+    }
+
+    #[test]
+    fn chain_cases() {
+        type Case<'a> = (&'a str, Vec<Record>, Vec<&'a str>, Vec<&'a str>, Option<u32>);
+        let cases: Vec<Case<'_>> = vec![
+            ("www.example.com.", vec![a("www.example.com.", [1, 2, 3, 4], 300)], vec![], vec!["1.2.3.4"], Some(300)),
+            (
+                "WWW.example.com.",
+                vec![
+                    cname("www.example.com.", "edge.Example.net.", 600),
+                    cname("edge.example.net.", "e1.cdn.net.", 30),
+                    a("e1.cdn.net.", [10, 0, 0, 1], 120),
+                    a("e1.cdn.net.", [10, 0, 0, 2], 90),
+                ],
+                vec!["edge.example.net.", "e1.cdn.net."],
+                vec!["10.0.0.1", "10.0.0.2"],
+                Some(30),
+            ),
+            // An address record off the chain is not learned, and its TTL does not count.
+            (
+                "www.example.com.",
+                vec![a("other.example.com.", [9, 9, 9, 9], 1), a("www.example.com.", [1, 1, 1, 1], 50)],
+                vec![],
+                vec!["1.1.1.1"],
+                Some(50),
+            ),
+            ("nx.example.com.", vec![], vec![], vec![], None),
+            (
+                "v6.example.com.",
+                vec![Record::from_rdata(n("v6.example.com."), 70, RData::AAAA(AAAA::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)))],
+                vec![],
+                vec!["fd00::1"],
+                Some(70),
+            ),
+        ];
+        for (q, records, cnames, ips, ttl) in cases {
+            let c = extract_chain(&msg(records), &n(q));
+            assert_eq!(c.cnames, cnames, "{q}");
+            let want: Vec<IpAddr> = ips.iter().map(|s| s.parse().unwrap()).collect();
+            assert_eq!(c.ips, want, "{q}");
+            assert_eq!(c.ttl, ttl, "{q}");
+        }
+    }
+
+    #[test]
+    fn cname_loop_terminates() {
+        let c = extract_chain(&msg(vec![cname("a.x.", "b.x.", 10), cname("b.x.", "a.x.", 10)]), &n("a.x."));
+        assert_eq!(c.cnames.len(), MAX_CHAIN);
+        assert!(c.ips.is_empty());
+    }
+
+    proptest! {
+        /// The TTL is the minimum over every CNAME and address on the chain.
+        #[test]
+        fn ttl_is_lowest_along_chain(ttls in proptest::collection::vec(0u32..1_000_000, 1..8), a_ttl in 0u32..1_000_000) {
+            let mut records = Vec::new();
+            let names: Vec<String> = (0..=ttls.len()).map(|i| format!("n{i}.example.")).collect();
+            for (i, t) in ttls.iter().enumerate() {
+                records.push(cname(&names[i], &names[i + 1], *t));
+            }
+            records.push(a(names.last().unwrap(), [10, 1, 1, 1], a_ttl));
+            let c = extract_chain(&msg(records), &n(&names[0]));
+            let want = ttls.iter().copied().chain([a_ttl]).min();
+            prop_assert_eq!(c.ttl, want);
+            prop_assert_eq!(c.cnames.len(), ttls.len());
+        }
+    }
+}

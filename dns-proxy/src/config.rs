@@ -1,0 +1,78 @@
+//! The proxy's settings, already validated by the agent's config loader.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How queries reach the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Clients address the proxy; it forwards to the configured upstream.
+    Plain,
+    /// The datapath steers pods' DNS packets to the proxy's transparent sockets; the server is the
+    /// packet's original destination and replies leave from that address.
+    Transparent,
+}
+
+/// The response code of a refusal (Cilium's `--tofqdns-dns-reject-response-code`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectCode {
+    /// NXDOMAIN: musl goes on to its next search suffix (see DESIGN.md).
+    #[serde(rename = "nameError")]
+    NameError,
+    #[serde(rename = "refused")]
+    Refused,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProxyConfig {
+    pub mode: Mode,
+    /// Listening addresses; each gets a UDP and a TCP socket.
+    pub listen: Vec<SocketAddr>,
+    /// The server in plain mode. Ignored in transparent mode (the original destination is used).
+    pub upstream: Option<SocketAddr>,
+    pub reject: RejectCode,
+    /// Longest wait for the datapath to acknowledge an answer's update before releasing it anyway.
+    #[serde(with = "humantime_serde_compat")]
+    pub response_max_delay: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub upstream_timeout: Duration,
+    /// Queries in flight at once, all endpoints together.
+    pub max_inflight: usize,
+    /// Queries in flight at once for one endpoint (or for all unknown sources together).
+    pub max_inflight_per_endpoint: usize,
+    /// A TCP connection without a query for this long is closed (RFC 7766 6.2.3).
+    #[serde(with = "humantime_serde_compat")]
+    pub tcp_idle_timeout: Duration,
+    /// Random-port UDP sockets per address family used towards upstreams.
+    pub upstream_sockets: usize,
+}
+
+impl ProxyConfig {
+    /// Defaults for plain mode towards `upstream`, listening on `listen`.
+    pub fn plain(listen: Vec<SocketAddr>, upstream: SocketAddr) -> Self {
+        ProxyConfig {
+            mode: Mode::Plain,
+            listen,
+            upstream: Some(upstream),
+            reject: RejectCode::NameError,
+            response_max_delay: Duration::from_millis(100),
+            upstream_timeout: Duration::from_secs(2),
+            max_inflight: 4096,
+            max_inflight_per_endpoint: 1024,
+            tcp_idle_timeout: Duration::from_secs(10),
+            upstream_sockets: 32,
+        }
+    }
+}
+
+/// Durations in the effective-config log line as humantime text (`100ms`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{d:?}"))
+    }
+}

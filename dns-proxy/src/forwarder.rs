@@ -1,0 +1,248 @@
+//! The upstream client. Every forwarded query gets a fresh random ID and leaves from one of a pool
+//! of UDP sockets bound to kernel-chosen random ports (rotated after a number of queries), never the
+//! client's ID or port. A reply is accepted only if its source address, ID and question all match a
+//! query waiting on that socket; anything else is dropped and counted (cache-poisoning defence).
+//! TCP queries go over a fresh TCP connection per query.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Notify, oneshot};
+
+use crate::stats::{ProxyStats, inc};
+use crate::wire::{self, HEADER_LEN, MAX_MESSAGE, ReplyCheck};
+
+/// A socket serves this many queries before it is replaced by one on a new random port.
+const ROTATE_AFTER: u32 = 2048;
+
+/// One query to forward.
+pub struct Outgoing<'a> {
+    /// The query exactly as the client sent it; its ID is replaced on the way out.
+    pub packet: &'a [u8],
+    /// `packet[HEADER_LEN..question_end]`.
+    pub question_end: usize,
+    pub upstream: SocketAddr,
+}
+
+/// Why forwarding failed.
+#[derive(Debug)]
+pub enum ForwardError {
+    Timeout,
+    Io(io::Error),
+    /// TCP reply that is not a DNS message for our query.
+    BadReply,
+}
+
+pub struct Forwarder {
+    timeout: Duration,
+    pool_size: usize,
+    v4: Pool,
+    v6: Pool,
+    stats: Arc<ProxyStats>,
+}
+
+impl Forwarder {
+    pub fn new(timeout: Duration, pool_size: usize, stats: Arc<ProxyStats>) -> Self {
+        Forwarder { timeout, pool_size: pool_size.max(1), v4: Pool::default(), v6: Pool::default(), stats }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Forward over UDP and return the reply with the client's ID restored.
+    pub async fn udp(&self, q: Outgoing<'_>) -> Result<Vec<u8>, ForwardError> {
+        let pool = if q.upstream.is_ipv4() { &self.v4 } else { &self.v6 };
+        let sock = pool.pick(q.upstream, self.pool_size, &self.stats).map_err(ForwardError::Io)?;
+        let client_id = wire::id(q.packet).unwrap_or(0);
+        let mut out = q.packet.to_vec();
+        let question = Bytes::copy_from_slice(&q.packet[HEADER_LEN..q.question_end]);
+        let (tx, rx) = oneshot::channel();
+        let id = sock.register(q.upstream, question, tx);
+        wire::set_id(&mut out, id);
+        let guard = PendingGuard { sock: &sock, id };
+        sock.socket.send_to(&out, q.upstream).await.map_err(ForwardError::Io)?;
+        let mut reply = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) | Err(_) => return Err(ForwardError::Timeout),
+        };
+        drop(guard);
+        wire::set_id(&mut reply, client_id);
+        Ok(reply)
+    }
+
+    /// Forward over a new TCP connection and return the reply with the client's ID restored.
+    pub async fn tcp(&self, q: Outgoing<'_>) -> Result<Vec<u8>, ForwardError> {
+        let client_id = wire::id(q.packet).unwrap_or(0);
+        let id: u16 = rand::random();
+        let question = &q.packet[HEADER_LEN..q.question_end];
+        let fut = async {
+            let mut stream = TcpStream::connect(q.upstream).await.map_err(ForwardError::Io)?;
+            stream.set_nodelay(true).map_err(ForwardError::Io)?;
+            let mut out = Vec::with_capacity(q.packet.len() + 2);
+            out.extend_from_slice(&(q.packet.len() as u16).to_be_bytes());
+            out.extend_from_slice(q.packet);
+            wire::set_id(&mut out[2..], id);
+            stream.write_all(&out).await.map_err(ForwardError::Io)?;
+            loop {
+                let len = stream.read_u16().await.map_err(ForwardError::Io)? as usize;
+                let mut reply = vec![0u8; len];
+                stream.read_exact(&mut reply).await.map_err(ForwardError::Io)?;
+                match wire::check_reply(&reply, id, question) {
+                    ReplyCheck::Match => {
+                        wire::set_id(&mut reply, client_id);
+                        return Ok(reply);
+                    }
+                    ReplyCheck::NotAResponse => return Err(ForwardError::BadReply),
+                    ReplyCheck::WrongId => inc(&self.stats.spoofed_unknown_id),
+                    ReplyCheck::WrongQuestion => inc(&self.stats.spoofed_wrong_question),
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| ForwardError::Timeout)?
+    }
+}
+
+/// Removes the pending entry when the query finishes or is abandoned (timeout, cancelled task).
+struct PendingGuard<'a> {
+    sock: &'a UpstreamSocket,
+    id: u16,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.sock.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    slots: Mutex<Vec<Arc<UpstreamSocket>>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn pick(&self, upstream: SocketAddr, size: usize, stats: &Arc<ProxyStats>) -> io::Result<Arc<UpstreamSocket>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % size;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() <= i {
+            let s = UpstreamSocket::open(upstream, stats.clone())?;
+            slots.push(s.clone());
+            return Ok(s);
+        }
+        if slots[i].uses.fetch_add(1, Ordering::Relaxed) >= ROTATE_AFTER {
+            let fresh = UpstreamSocket::open(upstream, stats.clone())?;
+            let old = std::mem::replace(&mut slots[i], fresh.clone());
+            old.retire();
+            return Ok(fresh);
+        }
+        Ok(slots[i].clone())
+    }
+}
+
+struct Pending {
+    upstream: SocketAddr,
+    question: Bytes,
+    reply: oneshot::Sender<Vec<u8>>,
+}
+
+struct UpstreamSocket {
+    socket: UdpSocket,
+    pending: Mutex<HashMap<u16, Pending>>,
+    uses: AtomicU32,
+    retired: AtomicBool,
+    retire: Notify,
+    stats: Arc<ProxyStats>,
+}
+
+impl UpstreamSocket {
+    fn open(upstream: SocketAddr, stats: Arc<ProxyStats>) -> io::Result<Arc<Self>> {
+        // Port 0: the kernel picks a random ephemeral port (Linux randomizes since 3.x).
+        let bind: SocketAddr = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let std = std::net::UdpSocket::bind(bind)?;
+        std.set_nonblocking(true)?;
+        let socket = UdpSocket::from_std(std)?;
+        let sock = Arc::new(UpstreamSocket {
+            socket,
+            pending: Mutex::default(),
+            uses: AtomicU32::new(1),
+            retired: AtomicBool::new(false),
+            retire: Notify::new(),
+            stats,
+        });
+        tokio::spawn(read_replies(sock.clone()));
+        Ok(sock)
+    }
+
+    /// Register a waiting query under a random ID not in use on this socket.
+    fn register(&self, upstream: SocketAddr, question: Bytes, reply: oneshot::Sender<Vec<u8>>) -> u16 {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut id: u16 = rand::random();
+        while pending.contains_key(&id) {
+            id = rand::random();
+        }
+        pending.insert(id, Pending { upstream, question, reply });
+        id
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.retire.notify_one();
+    }
+
+    fn deliver(&self, from: SocketAddr, reply: &[u8]) {
+        let Some(id) = wire::id(reply) else { return };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = pending.get(&id) else {
+            inc(&self.stats.spoofed_unknown_id);
+            return;
+        };
+        if p.upstream != from {
+            inc(&self.stats.spoofed_wrong_source);
+            return;
+        }
+        match wire::check_reply(reply, id, &p.question) {
+            ReplyCheck::Match => {
+                if let Some(p) = pending.remove(&id) {
+                    // The query may have timed out just now; then nobody listens and that is fine.
+                    let _ = p.reply.send(reply.to_vec());
+                }
+            }
+            ReplyCheck::WrongId | ReplyCheck::NotAResponse => inc(&self.stats.spoofed_unknown_id),
+            ReplyCheck::WrongQuestion => inc(&self.stats.spoofed_wrong_question),
+        }
+    }
+}
+
+async fn read_replies(sock: Arc<UpstreamSocket>) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let received = if sock.retired.load(Ordering::Acquire) {
+            if sock.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                return;
+            }
+            // Queries still waiting time out on their own; a quiet retired socket just goes away.
+            match tokio::time::timeout(Duration::from_secs(1), sock.socket.recv_from(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => continue,
+            }
+        } else {
+            tokio::select! {
+                r = sock.socket.recv_from(&mut buf) => r,
+                () = sock.retire.notified() => continue,
+            }
+        };
+        match received {
+            Ok((len, from)) => sock.deliver(from, &buf[..len]),
+            // ICMP errors surface here on some kernels; the waiting query times out.
+            Err(e) => tracing::trace!(error = %e, "upstream socket receive"),
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! One query from packet to reply: who asks, may they, forward, learn, wait for the datapath,
+//! release. Shared by the UDP and TCP servers of both modes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use ebpf_redirect::Datapath;
+use fqdn_cache::{EndpointId, L4Proto};
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use hickory_proto::rr::Name;
+use policy_sync::{DnsVerdict, PolicyRef};
+use tokio::sync::broadcast;
+
+use crate::answer::{Chain, extract_chain};
+use crate::config::ProxyConfig;
+use crate::endpoints::{EndpointEntry, EndpointTable};
+use crate::error::ProxyError;
+use crate::flow::{DnsFlow, DnsFlowKind, Verdict};
+use crate::forwarder::{ForwardError, Forwarder, Outgoing};
+use crate::learner::Learner;
+use crate::limits::Limiter;
+use crate::name_lock::NameLocks;
+use crate::refusal;
+use crate::stats::{ProxyStats, inc};
+use crate::wire::{self, ParsedQuery, QueryParseError};
+
+/// Flow events buffered for slow readers before the oldest are dropped (readers see `Lagged`).
+const FLOW_CHANNEL: usize = 4096;
+
+/// Where a query came from and where it was going.
+#[derive(Clone, Copy, Debug)]
+pub struct QueryMeta {
+    pub client: SocketAddr,
+    /// The original destination (transparent mode) or the upstream (plain mode).
+    pub server: SocketAddr,
+    pub proto: L4Proto,
+    pub received: Instant,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: ProxyConfig,
+    pub(crate) endpoints: ArcSwap<EndpointTable>,
+    pub(crate) learner: Arc<dyn Learner>,
+    pub(crate) datapath: Arc<dyn Datapath>,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) flows: broadcast::Sender<DnsFlow>,
+    pub(crate) stats: Arc<ProxyStats>,
+    pub(crate) limiter: Limiter,
+    pub(crate) names: NameLocks,
+}
+
+/// What the handler decided about one query, for the access log and flows.
+struct Decision<'a> {
+    endpoint: Option<&'a EndpointEntry>,
+    policy: Option<&'a PolicyRef>,
+    learn: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(config: ProxyConfig, learner: Arc<dyn Learner>, datapath: Arc<dyn Datapath>) -> Self {
+        let stats = Arc::new(ProxyStats::default());
+        Shared {
+            forwarder: Forwarder::new(config.upstream_timeout, config.upstream_sockets, stats.clone()),
+            limiter: Limiter::new(config.max_inflight, config.max_inflight_per_endpoint),
+            endpoints: ArcSwap::from_pointee(EndpointTable::new()),
+            flows: broadcast::channel(FLOW_CHANNEL).0,
+            names: NameLocks::default(),
+            config,
+            learner,
+            datapath,
+            stats,
+        }
+    }
+
+    /// Handle one query packet; the reply to send back on the same transport, if any.
+    pub(crate) async fn handle(&self, packet: &[u8], meta: QueryMeta) -> Option<Vec<u8>> {
+        let query = match wire::parse_query(packet) {
+            Ok(q) => q,
+            Err(e) => return self.unparsable(packet, e, meta),
+        };
+        inc(&self.stats.queries);
+        if query.metadata.op_code != OpCode::Query {
+            let err = ProxyError::UnsupportedOpcode { client: meta.client, opcode: query.metadata.op_code };
+            inc(&self.stats.malformed);
+            return self.fail(&query, packet, &err, meta, None, None);
+        }
+
+        let table = self.endpoints.load();
+        let endpoint = table.lookup(meta.client.ip()).map(|e| &**e);
+        let verdict = match endpoint {
+            Some(ep) => ep.policy.dns_verdict(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
+            None => DnsVerdict::NotProxied,
+        };
+        let (policy, refused) = match &verdict {
+            DnsVerdict::NotProxied => (None, false),
+            DnsVerdict::Allowed { policy } => (Some(policy), false),
+            DnsVerdict::Refused { policy } => (Some(policy), true),
+        };
+        let decision = Decision { endpoint, policy, learn: matches!(verdict, DnsVerdict::Allowed { .. }) };
+        self.request_flow(&query, meta, &decision, if refused { Verdict::Dropped } else { Verdict::Forwarded });
+
+        if refused {
+            inc(&self.stats.refused);
+            let err = ProxyError::Refused { qname: query.qname.clone(), policy: policy.cloned().expect("refused") };
+            return self.fail(&query, packet, &err, meta, endpoint, policy);
+        }
+
+        let endpoint_id = endpoint.map(|e| e.id);
+        let _permit = match meta.proto {
+            L4Proto::Tcp => self.limiter.acquire(endpoint_id, self.forwarder.timeout()).await,
+            _ => self.limiter.try_acquire(endpoint_id),
+        };
+        if _permit.is_none() {
+            inc(&self.stats.overloaded);
+            let err = ProxyError::Overloaded { client: meta.client, endpoint: endpoint_id, qname: query.qname.clone() };
+            return self.fail(&query, packet, &err, meta, endpoint, policy);
+        }
+
+        inc(&self.stats.forwarded);
+        let outgoing = Outgoing { packet, question_end: query.question_end, upstream: meta.server };
+        let result = match meta.proto {
+            L4Proto::Tcp => self.forwarder.tcp(outgoing).await,
+            _ => self.forwarder.udp(outgoing).await,
+        };
+        let reply = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let err = self.forward_error(e, &query, meta);
+                return self.fail(&query, packet, &err, meta, endpoint, policy);
+            }
+        };
+        Some(self.release(&query, packet, reply, meta, &decision).await)
+    }
+
+    fn forward_error(&self, e: ForwardError, query: &ParsedQuery, meta: QueryMeta) -> ProxyError {
+        let qname = query.qname.clone();
+        match e {
+            ForwardError::Timeout => {
+                inc(&self.stats.upstream_timeouts);
+                ProxyError::UpstreamTimeout { upstream: meta.server, qname, timeout: self.forwarder.timeout() }
+            }
+            ForwardError::Io(source) => {
+                inc(&self.stats.upstream_errors);
+                ProxyError::UpstreamIo { upstream: meta.server, qname, source }
+            }
+            ForwardError::BadReply => {
+                inc(&self.stats.upstream_errors);
+                ProxyError::UpstreamReply {
+                    upstream: meta.server,
+                    qname,
+                    source: hickory_proto::serialize::binary::DecodeError::InsufficientBytes,
+                }
+            }
+        }
+    }
+
+    /// Learn from an allowed answer, wait for the datapath, and shape the reply for the transport.
+    async fn release(
+        &self,
+        query: &ParsedQuery,
+        packet: &[u8],
+        reply: Vec<u8>,
+        meta: QueryMeta,
+        decision: &Decision<'_>,
+    ) -> Vec<u8> {
+        let rcode = ResponseCode::from(0, wire::rcode_low(&reply));
+        let want_flow = self.flows.receiver_count() > 0;
+        let learnable = decision.learn && rcode == ResponseCode::NoError && !wire::is_truncated(&reply);
+        let chain = if learnable || want_flow {
+            match Message::from_vec(&reply) {
+                Ok(msg) => Name::from_ascii(&query.qname).ok().map(|n| extract_chain(&msg, &n)),
+                Err(e) => {
+                    tracing::debug!(dns.qname = %query.qname, error = %e, "upstream reply not decodable; not learned");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        if learnable
+            && let (Some(chain), Some(ep)) = (&chain, decision.endpoint)
+            && !chain.ips.is_empty()
+        {
+            self.learn(ep.id, query, chain).await;
+        }
+
+        let out = if meta.proto == L4Proto::Udp && reply.len() > query.udp_limit() {
+            inc(&self.stats.truncated);
+            refusal::truncated_reply(&reply, query.question(packet)).unwrap_or(reply)
+        } else {
+            reply
+        };
+        self.access_log(query, meta, decision, rcode, Verdict::Forwarded);
+        if want_flow {
+            self.response_flow(query, meta, decision, Verdict::Forwarded, rcode, chain);
+        }
+        out
+    }
+
+    async fn learn(&self, endpoint: EndpointId, query: &ParsedQuery, chain: &Chain) {
+        let answer = chain.clone().into_answer(endpoint, query.qname.clone());
+        let names = std::iter::once(answer.qname.as_str()).chain(answer.cnames.iter().map(String::as_str));
+        let _serialized = self.names.lock(names).await;
+        inc(&self.stats.learned);
+        let delta = self.learner.learn(&answer);
+        if delta.is_empty() {
+            return;
+        }
+        let max = self.config.response_max_delay;
+        match tokio::time::timeout(max, self.datapath.apply(delta)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                inc(&self.stats.datapath_errors);
+                tracing::warn!(dns.qname = %query.qname, endpoint = %endpoint, error = %e, "datapath update failed; answer released");
+            }
+            Err(_) => {
+                inc(&self.stats.datapath_timeouts);
+                tracing::warn!(
+                    dns.qname = %query.qname, endpoint = %endpoint, max_delay = ?max,
+                    "datapath did not acknowledge within --response-max-delay; answer released"
+                );
+            }
+        }
+    }
+
+    fn unparsable(&self, packet: &[u8], e: QueryParseError, meta: QueryMeta) -> Option<Vec<u8>> {
+        inc(&self.stats.malformed);
+        let (metadata, err) = match e {
+            QueryParseError::NoHeader | QueryParseError::NotAQuery => return None,
+            QueryParseError::Malformed { metadata, source } => {
+                (metadata, ProxyError::MalformedQuery { client: meta.client, source })
+            }
+            QueryParseError::QuestionCount { metadata, count } => {
+                (metadata, ProxyError::QuestionCount { client: meta.client, count })
+            }
+        };
+        let _ = packet;
+        tracing::debug!(target: "dns", error = %err, src.ip = %meta.client.ip(), "malformed query");
+        let rcode = refusal::response_code(&err, self.config.reject)?;
+        Some(refusal::error_reply(&metadata, &[], rcode))
+    }
+
+    /// Answer a query the proxy could not or would not forward.
+    fn fail(
+        &self,
+        query: &ParsedQuery,
+        packet: &[u8],
+        err: &ProxyError,
+        meta: QueryMeta,
+        endpoint: Option<&EndpointEntry>,
+        policy: Option<&PolicyRef>,
+    ) -> Option<Vec<u8>> {
+        let verdict = if matches!(err, ProxyError::Refused { .. }) { Verdict::Dropped } else { Verdict::Error };
+        if verdict == Verdict::Error {
+            tracing::debug!(dns.qname = %query.qname, src.ip = %meta.client.ip(), error = %err, "query failed");
+        }
+        let rcode = refusal::response_code(err, self.config.reject);
+        let decision = Decision { endpoint, policy, learn: false };
+        let logged_rcode = rcode.unwrap_or(ResponseCode::ServFail);
+        self.access_log(query, meta, &decision, logged_rcode, verdict);
+        if self.flows.receiver_count() > 0 {
+            self.response_flow(query, meta, &decision, verdict, logged_rcode, None);
+        }
+        Some(refusal::error_reply(&query.metadata, query.question(packet), rcode?))
+    }
+
+    fn access_log(
+        &self,
+        query: &ParsedQuery,
+        meta: QueryMeta,
+        decision: &Decision<'_>,
+        rcode: ResponseCode,
+        verdict: Verdict,
+    ) {
+        tracing::debug!(
+            target: "dns",
+            verdict = ?verdict,
+            dns.qname = %query.qname,
+            dns.qtype = %query.qtype,
+            src.ip = %meta.client.ip(),
+            src.port = meta.client.port(),
+            dst = %meta.server,
+            proto = %meta.proto,
+            endpoint = decision.endpoint.map(|e| tracing::field::display(&e.key)),
+            policy.name = decision.policy.map(tracing::field::display),
+            dns.rcode = %rcode,
+            latency_us = meta.received.elapsed().as_micros() as u64,
+        );
+    }
+
+    fn request_flow(&self, query: &ParsedQuery, meta: QueryMeta, decision: &Decision<'_>, verdict: Verdict) {
+        if self.flows.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.flows.send(base_flow(query, meta, decision, DnsFlowKind::Request, verdict));
+    }
+
+    fn response_flow(
+        &self,
+        query: &ParsedQuery,
+        meta: QueryMeta,
+        decision: &Decision<'_>,
+        verdict: Verdict,
+        rcode: ResponseCode,
+        chain: Option<Chain>,
+    ) {
+        let mut flow = base_flow(query, meta, decision, DnsFlowKind::Response, verdict);
+        flow.rcode = Some(rcode.to_str().to_string());
+        flow.latency = Some(meta.received.elapsed());
+        if let Some(c) = chain {
+            flow.ttl = c.ttl;
+            flow.rrtypes = c.rrtypes.iter().map(|t| t.to_string()).collect();
+            flow.ips = c.ips;
+            flow.cnames = c.cnames;
+        }
+        let _ = self.flows.send(flow);
+    }
+}
+
+fn base_flow(
+    query: &ParsedQuery,
+    meta: QueryMeta,
+    decision: &Decision<'_>,
+    kind: DnsFlowKind,
+    verdict: Verdict,
+) -> DnsFlow {
+    DnsFlow {
+        time: SystemTime::now(),
+        kind,
+        verdict,
+        endpoint: decision.endpoint.map(|e| e.id),
+        client: meta.client,
+        server: meta.server,
+        protocol: meta.proto,
+        qname: query.qname.clone(),
+        qtypes: vec![query.qtype.to_string()],
+        rcode: None,
+        ips: Vec::new(),
+        ttl: None,
+        cnames: Vec::new(),
+        rrtypes: Vec::new(),
+        policy: decision.policy.map(|p| p.to_string()),
+        latency: None,
+    }
+}

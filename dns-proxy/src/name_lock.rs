@@ -1,0 +1,69 @@
+//! Per-name serialization of learn + datapath update: a later answer for a name must not be
+//! released while an earlier answer's update for that name (or a CNAME target it shares) is still
+//! on its way to the kernel, or the client could connect before the entry exists.
+//!
+//! A fixed array of shards hashed by name: no allocation per query, and two names sharing a shard
+//! only wait for each other. Several names are locked in shard order, so two answers never deadlock.
+
+use std::hash::BuildHasher;
+
+use tokio::sync::{Mutex, MutexGuard};
+
+const SHARDS: usize = 1024;
+
+pub struct NameLocks {
+    shards: Box<[Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for NameLocks {
+    fn default() -> Self {
+        NameLocks { shards: (0..SHARDS).map(|_| Mutex::new(())).collect(), hasher: Default::default() }
+    }
+}
+
+impl std::fmt::Debug for NameLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NameLocks").field("shards", &self.shards.len()).finish()
+    }
+}
+
+impl NameLocks {
+    fn shard(&self, name: &str) -> usize {
+        (self.hasher.hash_one(name) as usize) % self.shards.len()
+    }
+
+    /// Lock every name of `names` (normalized names); held until the guards drop.
+    pub async fn lock<'a>(&'a self, names: impl Iterator<Item = &str>) -> Vec<MutexGuard<'a, ()>> {
+        let mut idx: Vec<usize> = names.map(|n| self.shard(n)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let mut guards = Vec::with_capacity(idx.len());
+        for i in idx {
+            guards.push(self.shards[i].lock().await);
+        }
+        guards
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn same_name_waits_other_names_do_not_deadlock() {
+        let locks = Arc::new(NameLocks::default());
+        let held = locks.lock(["a.example.", "b.example."].into_iter()).await;
+        let l2 = locks.clone();
+        let waiter = tokio::spawn(async move {
+            let _g = l2.lock(["b.example.", "a.example."].into_iter()).await;
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "second lock of the same names must wait");
+        drop(held);
+        waiter.await.unwrap();
+    }
+}

@@ -1,0 +1,221 @@
+//! The proxy as a whole: bind its sockets, serve until shut down, swap endpoint tables, hand out
+//! flow subscriptions and counters.
+
+mod tcp;
+mod udp;
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use ebpf_redirect::Datapath;
+use fqdn_cache::L4Proto;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Mode, ProxyConfig};
+use crate::endpoints::EndpointTable;
+use crate::error::ProxyError;
+use crate::flow::DnsFlow;
+use crate::handler::Shared;
+use crate::learner::Learner;
+use crate::stats::{ProxyStats, StatsSnapshot};
+use crate::transparent;
+
+/// A running (or ready to run) DNS proxy. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+/// One bound listening socket, for logs and for the datapath: the eBPF program finds the
+/// transparent sockets by these addresses (`bpf_sk_lookup_udp` / `bpf_skc_lookup_tcp` on the
+/// listener's address and port), or takes them by file descriptor into a socket map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerInfo {
+    pub proto: L4Proto,
+    pub addr: SocketAddr,
+    pub transparent: bool,
+    /// Valid while the [`Bound`] that reported it is alive.
+    #[serde(skip)]
+    pub fd: RawFd,
+}
+
+/// The proxy's sockets, bound, not yet serving.
+pub struct Bound {
+    shared: Arc<Shared>,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+}
+
+impl Proxy {
+    pub fn new(
+        config: ProxyConfig,
+        learner: Arc<dyn Learner>,
+        datapath: Arc<dyn Datapath>,
+    ) -> Result<Self, ProxyError> {
+        if config.mode == Mode::Plain && config.upstream.is_none() {
+            return Err(ProxyError::NoUpstream);
+        }
+        Ok(Proxy { shared: Arc::new(Shared::new(config, learner, datapath)) })
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.shared.config
+    }
+
+    /// Replace the source-IP -> endpoint table; queries already in flight finish with the old one.
+    pub fn set_endpoints(&self, table: EndpointTable) {
+        self.shared.endpoints.store(Arc::new(table));
+    }
+
+    pub fn endpoints(&self) -> Arc<EndpointTable> {
+        self.shared.endpoints.load_full()
+    }
+
+    /// Flow events from now on. A reader that falls more than 4096 events behind loses the oldest
+    /// (it sees `RecvError::Lagged` with the count); the query path never waits for readers.
+    pub fn subscribe(&self) -> broadcast::Receiver<DnsFlow> {
+        self.shared.flows.subscribe()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The live counters, for an exporter that reads them on scrape.
+    pub fn stats_handle(&self) -> Arc<ProxyStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Bind a UDP socket and a TCP listener on every listen address. Port 0 picks a free port
+    /// (the same for UDP and TCP of one address when possible).
+    pub fn bind(&self) -> Result<Bound, ProxyError> {
+        let transparent = self.shared.config.mode == Mode::Transparent;
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for &addr in &self.shared.config.listen {
+            let t = if transparent { transparent::tcp_listener(addr)? } else { plain_tcp(addr)? };
+            // Bind UDP on the port TCP got, so `:0` yields one port for both.
+            let port = t.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+            let uaddr = SocketAddr::new(addr.ip(), port);
+            let u = if transparent { transparent::udp_socket(uaddr)? } else { plain_udp(uaddr)? };
+            udp.push(u);
+            tcp.push(t);
+        }
+        Ok(Bound { shared: self.shared.clone(), udp, tcp })
+    }
+}
+
+fn plain_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {
+    let proto = L4Proto::Udp;
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)
+        .map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(|source| ProxyError::SocketOption {
+            option: "IPV6_V6ONLY",
+            proto,
+            addr,
+            source,
+        })?;
+    }
+    sock.set_nonblocking(true).map_err(|source| ProxyError::SocketOption {
+        option: "O_NONBLOCK",
+        proto,
+        addr,
+        source,
+    })?;
+    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    Ok(sock.into())
+}
+
+fn plain_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
+    let proto = L4Proto::Tcp;
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+        .map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(|source| ProxyError::SocketOption {
+            option: "IPV6_V6ONLY",
+            proto,
+            addr,
+            source,
+        })?;
+    }
+    sock.set_reuse_address(true).map_err(|source| ProxyError::SocketOption {
+        option: "SO_REUSEADDR",
+        proto,
+        addr,
+        source,
+    })?;
+    sock.set_nonblocking(true).map_err(|source| ProxyError::SocketOption {
+        option: "O_NONBLOCK",
+        proto,
+        addr,
+        source,
+    })?;
+    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    sock.listen(1024).map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    Ok(sock.into())
+}
+
+impl Bound {
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        let transparent = self.shared.config.mode == Mode::Transparent;
+        let udp = self.udp.iter().filter_map(|s| {
+            Some(ListenerInfo { proto: L4Proto::Udp, addr: s.local_addr().ok()?, transparent, fd: s.as_raw_fd() })
+        });
+        let tcp = self.tcp.iter().filter_map(|s| {
+            Some(ListenerInfo { proto: L4Proto::Tcp, addr: s.local_addr().ok()?, transparent, fd: s.as_raw_fd() })
+        });
+        udp.chain(tcp).collect()
+    }
+
+    /// Serve until `shutdown` is cancelled; then stop accepting and wait for queries in flight
+    /// (bounded by the upstream timeout and the response max delay).
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ProxyError> {
+        let tracker = TaskTracker::new();
+        let transparent = self.shared.config.mode == Mode::Transparent;
+        let replies = Arc::new(udp::ReplySockets::default());
+        for sock in self.udp {
+            let addr = sock.local_addr().map_err(|source| ProxyError::Bind {
+                proto: L4Proto::Udp,
+                addr: "0.0.0.0:0".parse().expect("literal"),
+                source,
+            })?;
+            let sock = tokio::net::UdpSocket::from_std(sock).map_err(|source| ProxyError::Bind {
+                proto: L4Proto::Udp,
+                addr,
+                source,
+            })?;
+            let ctx = udp::UdpServer {
+                shared: self.shared.clone(),
+                socket: Arc::new(sock),
+                transparent,
+                replies: replies.clone(),
+                tracker: tracker.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tracker.spawn(ctx.run());
+        }
+        for listener in self.tcp {
+            let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+                proto: L4Proto::Tcp,
+                addr: "0.0.0.0:0".parse().expect("literal"),
+                source,
+            })?;
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| ProxyError::Bind {
+                proto: L4Proto::Tcp,
+                addr,
+                source,
+            })?;
+            tracker.spawn(tcp::serve(self.shared.clone(), listener, transparent, tracker.clone(), shutdown.clone()));
+        }
+        shutdown.cancelled().await;
+        tracker.close();
+        tracker.wait().await;
+        replies.clear();
+        Ok(())
+    }
+}

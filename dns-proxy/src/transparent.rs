@@ -1,0 +1,209 @@
+//! Transparent-mode sockets. The datapath assigns pods' DNS packets (still addressed to the DNS
+//! server they chose) to these sockets with `bpf_sk_assign`; `IP_TRANSPARENT` lets the kernel hand
+//! them over and lets the proxy answer from the server's address, which is not local.
+//!
+//! UDP: the original destination comes from the `IP_ORIGDSTADDR` / `IPV6_ORIGDSTADDR` control
+//! message (`IP_RECVORIGDSTADDR`). Replies leave from a socket bound to that address and port
+//! (`IP_TRANSPARENT` + `SO_REUSEADDR`), not via `IP_PKTINFO`: PKTINFO can set the source address
+//! but not the source port, and the pod expects the reply from the port it asked (53), while the
+//! listener sits on the proxy's own port.
+//! TCP: the accepted socket's local address (`getsockname`) is the original destination.
+
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use fqdn_cache::L4Proto;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::ProxyError;
+
+fn domain(addr: SocketAddr) -> Domain {
+    if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }
+}
+
+fn opt_err(option: &'static str, proto: L4Proto, addr: SocketAddr) -> impl FnOnce(io::Error) -> ProxyError {
+    move |source| match source.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => ProxyError::TransparentNotPermitted { option, proto, addr, source },
+        _ => ProxyError::SocketOption { option, proto, addr, source },
+    }
+}
+
+fn set_transparent(sock: &Socket, proto: L4Proto, addr: SocketAddr) -> Result<(), ProxyError> {
+    if addr.is_ipv4() {
+        sock.set_ip_transparent_v4(true).map_err(opt_err("IP_TRANSPARENT", proto, addr))
+    } else {
+        sock.set_ip_transparent_v6(true).map_err(opt_err("IPV6_TRANSPARENT", proto, addr))
+    }
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd and a pointer to an int that lives for the call.
+    let rc = unsafe {
+        libc::setsockopt(fd, level, name, (&raw const one).cast(), mem::size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// A non-blocking UDP socket with `IP_TRANSPARENT`, reporting each packet's original destination,
+/// bound to `addr` (the listener, or an original destination for replies).
+pub fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {
+    let proto = L4Proto::Udp;
+    let sock = Socket::new(domain(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(|source| ProxyError::Bind {
+        proto,
+        addr,
+        source,
+    })?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(opt_err("IPV6_V6ONLY", proto, addr))?;
+    }
+    // Reply sockets share the original destination's address with each other and with a
+    // wildcard listener.
+    sock.set_reuse_address(true).map_err(opt_err("SO_REUSEADDR", proto, addr))?;
+    set_transparent(&sock, proto, addr)?;
+    if addr.is_ipv4() {
+        set_int(sock.as_raw_fd(), libc::SOL_IP, libc::IP_RECVORIGDSTADDR).map_err(opt_err(
+            "IP_RECVORIGDSTADDR",
+            proto,
+            addr,
+        ))?;
+    } else {
+        set_int(sock.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR).map_err(opt_err(
+            "IPV6_RECVORIGDSTADDR",
+            proto,
+            addr,
+        ))?;
+    }
+    sock.set_nonblocking(true).map_err(opt_err("O_NONBLOCK", proto, addr))?;
+    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    Ok(sock.into())
+}
+
+/// A non-blocking TCP listener with `IP_TRANSPARENT` bound to `addr`.
+pub fn tcp_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
+    let proto = L4Proto::Tcp;
+    let sock = Socket::new(domain(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|source| ProxyError::Bind {
+        proto,
+        addr,
+        source,
+    })?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(opt_err("IPV6_V6ONLY", proto, addr))?;
+    }
+    sock.set_reuse_address(true).map_err(opt_err("SO_REUSEADDR", proto, addr))?;
+    set_transparent(&sock, proto, addr)?;
+    sock.set_nonblocking(true).map_err(opt_err("O_NONBLOCK", proto, addr))?;
+    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    sock.listen(1024).map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    Ok(sock.into())
+}
+
+/// Read a `sockaddr_in` or `sockaddr_in6`.
+///
+/// # Safety
+/// `sa` points to a `sockaddr_storage` (or at least as many bytes as its family needs).
+unsafe fn sockaddr_to_std(sa: *const libc::sockaddr) -> Option<SocketAddr> {
+    // SAFETY: guaranteed by the caller; unaligned reads because control data need not be aligned.
+    unsafe {
+        match i32::from((*sa).sa_family) {
+            libc::AF_INET => {
+                let sin = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in>());
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+            }
+            libc::AF_INET6 => {
+                let sin6 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in6>());
+                let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One datagram with its source and original destination.
+pub struct Received {
+    pub len: usize,
+    pub source: SocketAddr,
+    /// `None` if the kernel sent no original-destination message (socket without the option).
+    pub original_dst: Option<SocketAddr>,
+}
+
+/// `recvmsg` on a non-blocking socket, reading the original-destination control message.
+pub fn recv_original_dst(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    let mut source = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; zero is a valid initial state.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = source.as_mut_ptr().cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(&control);
+    // SAFETY: every pointer in msg refers to a live buffer of the stated length.
+    let n = unsafe { libc::recvmsg(fd, &raw mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled msg_namelen bytes of the storage (zeroed beyond).
+    let source = unsafe { sockaddr_to_std(source.as_ptr().cast()) }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address"))?;
+
+    let mut original_dst = None;
+    // SAFETY: CMSG_* walk the control buffer the kernel filled, within msg_controllen; the data of
+    // an ORIGDSTADDR message is a sockaddr_in / sockaddr_in6.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            let hdr = &*cmsg;
+            let is_v4 = hdr.cmsg_level == libc::SOL_IP && hdr.cmsg_type == libc::IP_ORIGDSTADDR;
+            let is_v6 = hdr.cmsg_level == libc::SOL_IPV6 && hdr.cmsg_type == libc::IPV6_ORIGDSTADDR;
+            if is_v4 || is_v6 {
+                let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+                let len = hdr.cmsg_len as usize - (libc::CMSG_DATA(cmsg) as usize - cmsg as usize);
+                let len = len.min(mem::size_of::<libc::sockaddr_storage>());
+                std::ptr::copy_nonoverlapping(libc::CMSG_DATA(cmsg), storage.as_mut_ptr().cast::<u8>(), len);
+                original_dst = sockaddr_to_std(storage.as_ptr().cast());
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    Ok(Received { len: n as usize, source, original_dst })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unprivileged runs get the clear error; privileged runs get a socket that reports the
+    /// destination of what it receives.
+    #[test]
+    fn transparent_udp_reports_destination_or_needs_privilege() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        match udp_socket(addr) {
+            Err(ProxyError::TransparentNotPermitted { option, .. }) => assert_eq!(option, "IP_TRANSPARENT"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(sock) => {
+                let local = sock.local_addr().unwrap();
+                let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                client.send_to(b"hello", local).unwrap();
+                sock.set_nonblocking(false).unwrap();
+                let mut buf = [0u8; 64];
+                let got = recv_original_dst(sock.as_raw_fd(), &mut buf).unwrap();
+                assert_eq!(&buf[..got.len], b"hello");
+                assert_eq!(got.source, client.local_addr().unwrap());
+                assert_eq!(got.original_dst, Some(local));
+            }
+        }
+    }
+}
