@@ -84,6 +84,10 @@ fn first_match<'a>(
 /// default posture, then the allow rules. IPs allowed through toFQDNs are only known once a name
 /// has been resolved; see [`explain_fqdn`].
 pub fn explain_connection(t: &Traced, ip: IpAddr, port: u16, proto: L4Proto) -> Explanation {
+    connection(t, ip, port, proto, true)
+}
+
+fn connection(t: &Traced, ip: IpAddr, port: u16, proto: L4Proto, fqdn_hint: bool) -> Explanation {
     let dest = format!("{ip}:{port}/{}", proto_name(proto));
     let p = &t.policy;
     if let Some((_, o)) =
@@ -100,7 +104,7 @@ pub fn explain_connection(t: &Traced, ip: IpAddr, port: u16, proto: L4Proto) -> 
         return Explanation::new(Verdict::Allowed, Some(o), format!("{dest} is allowed by {}", at(o)));
     }
     let mut reason = format!("{}; no rule allows {dest}", default_deny_reason(t));
-    if !p.fqdn_rules.is_empty() {
+    if fqdn_hint && !p.fqdn_rules.is_empty() {
         reason.push_str(" (toFQDNs rules allow an IP only after a DNS answer for a matching name: see --to-name)");
     }
     Explanation::new(Verdict::Denied, t.egress_default_deny_from.as_ref(), reason)
@@ -110,7 +114,7 @@ pub fn explain_connection(t: &Traced, ip: IpAddr, port: u16, proto: L4Proto) -> 
 /// then, if `rules.dns` cover that server and port, a pattern must allow the name (else the proxy
 /// refuses it); without `rules.dns` the query is not proxied and passes.
 pub fn explain_dns(t: &Traced, qname: &str, server: IpAddr, port: u16, proto: L4Proto) -> Explanation {
-    let conn = explain_connection(t, server, port, proto);
+    let conn = connection(t, server, port, proto, false);
     if conn.verdict != Verdict::Allowed {
         return Explanation {
             verdict: Verdict::Denied,
