@@ -1,0 +1,236 @@
+//! The admin socket server. Each connection is its own task; a follower reads from its own bounded
+//! queue in the hub, so a client that stops reading only ever loses its own flows.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fqdn_cache::pattern::NamePattern;
+use policy_sync::endpoint::EndpointKey;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+use super::protocol::{AgentStatus, CacheEntryView, LostEvent, Request, Response};
+use crate::flows::{Flow, FlowFilter, FlowHub, FlowResponse};
+use crate::metrics::Readiness;
+
+/// What `fqdnd cache list` reads. The agent implements it over the fqdn cache.
+pub trait CacheLister: Send + Sync + 'static {
+    /// Every entry of `endpoint`, or of every endpoint when `None`; any order.
+    fn list(&self, endpoint: Option<&EndpointKey>) -> Vec<CacheEntryView>;
+}
+
+/// What the admin socket serves.
+#[derive(Clone)]
+pub struct AdminState {
+    pub hub: Arc<FlowHub>,
+    pub cache: Arc<dyn CacheLister>,
+    pub readiness: Arc<Readiness>,
+    pub started: SystemTime,
+}
+
+/// A listening admin socket. Dropping it stops accepting and removes the socket file.
+pub struct AdminServer {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A request line longer than this is refused (a filter is a few hundred bytes).
+const MAX_REQUEST_LINE: u64 = 64 * 1024;
+/// A client must send its request line within this, or it is dropped (not a test timing).
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bind the socket at `path` and serve it on the current tokio runtime. A stale socket (no agent
+/// behind it) is removed first; a live one is an error: two agents must not share a state dir.
+pub fn serve(path: &Path, state: AdminState) -> io::Result<AdminServer> {
+    let ctx =
+        |what: &str, e: io::Error| io::Error::new(e.kind(), format!("admin socket {}: {what}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ctx("creating its directory", e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("admin socket {}: another fqdnd agent is serving it", path.display()),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| ctx("removing the stale socket", e))?;
+            tracing::info!(path = %path.display(), "removed a stale admin socket");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ctx("checking for a stale socket", e)),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| ctx("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| ctx("setting mode 0600", e))?;
+    tracing::info!(path = %path.display(), "admin socket listening");
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, state).await {
+                            tracing::debug!(error = %e, "admin connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket: accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(AdminServer { path: path.to_path_buf(), task })
+}
+
+async fn connection(stream: UnixStream, state: AdminState) -> io::Result<()> {
+    let (read, write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut out = BufWriter::new(write);
+    let mut line = String::new();
+    let mut limited = (&mut reader).take(MAX_REQUEST_LINE);
+    match tokio::time::timeout(REQUEST_READ_TIMEOUT, limited.read_line(&mut line)).await {
+        Ok(Ok(0)) | Err(_) => return Ok(()),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+    }
+    let request = match serde_json::from_str::<Request>(line.trim_end()) {
+        Ok(r) => r,
+        Err(e) => {
+            let error = if line.ends_with('\n') {
+                format!("bad request: {e}")
+            } else {
+                format!("bad request: no complete line within {MAX_REQUEST_LINE} bytes")
+            };
+            write_line(&mut out, &Response::Error { error }).await?;
+            return out.flush().await;
+        }
+    };
+    match request {
+        Request::Flows { filter, last, follow } => flows(&state, &filter, last, follow, reader, &mut out).await?,
+        Request::CacheList { endpoint, pattern } => {
+            let response = cache_list(&state, endpoint.as_deref(), pattern.as_deref())
+                .map(|cache_entries| Response::CacheEntries { cache_entries })
+                .unwrap_or_else(|error| Response::Error { error });
+            write_line(&mut out, &response).await?;
+        }
+        Request::Status => write_line(&mut out, &Response::Status { status: status(&state) }).await?,
+    }
+    out.flush().await
+}
+
+fn flow_line(hub: &FlowHub, flow: &Flow) -> Response {
+    Response::Flow(Box::new(FlowResponse {
+        flow: flow.clone(),
+        node_name: hub.node_name().to_string(),
+        time: flow.time,
+    }))
+}
+
+async fn flows<R, W>(
+    state: &AdminState,
+    filter: &FlowFilter,
+    last: Option<usize>,
+    follow: bool,
+    mut client: R,
+    out: &mut BufWriter<W>,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let hub = &state.hub;
+    let sub = hub.subscribe(filter, last, follow);
+    for flow in &sub.history {
+        write_line(out, &flow_line(hub, flow)).await?;
+    }
+    out.flush().await?;
+    let Some(mut follower) = sub.follower else { return Ok(()) };
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            next = follower.recv() => {
+                let Some(flow) = next else { return Ok(()) };
+                let lost = follower.take_lost();
+                if lost > 0 {
+                    write_line(out, &Response::LostEvents { lost_events: LostEvent::queue_overflow(lost) }).await?;
+                }
+                write_line(out, &flow_line(hub, &flow)).await?;
+                // Batch what is already queued into one write.
+                while let Some(flow) = follower.try_recv() {
+                    write_line(out, &flow_line(hub, &flow)).await?;
+                }
+                out.flush().await?;
+            }
+            // The client sends nothing after its request: EOF (or an error) means it is gone,
+            // and its follower slot should go now rather than at the next matching flow.
+            n = client.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn cache_list(
+    state: &AdminState,
+    endpoint: Option<&str>,
+    pattern: Option<&str>,
+) -> Result<Vec<CacheEntryView>, String> {
+    let endpoint = endpoint.map(|e| e.parse::<EndpointKey>().map_err(|e| format!("endpoint: {e}"))).transpose()?;
+    let pattern = pattern.map(|p| NamePattern::match_pattern(p).map_err(|e| format!("pattern: {e}"))).transpose()?;
+    let mut entries = state.cache.list(endpoint.as_ref());
+    if let Some(key) = &endpoint {
+        let key = key.to_string();
+        entries.retain(|e| e.endpoint == key);
+    }
+    if let Some(p) = &pattern {
+        entries.retain(|e| p.matches(&e.fqdn));
+    }
+    entries.sort_by(|a, b| (&a.endpoint, &a.fqdn, a.source as u8).cmp(&(&b.endpoint, &b.fqdn, b.source as u8)));
+    Ok(entries)
+}
+
+fn status(state: &AdminState) -> AgentStatus {
+    let stats = state.hub.stats();
+    let not_loaded: Vec<String> = state.readiness.missing().into_iter().map(String::from).collect();
+    AgentStatus {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ready: not_loaded.is_empty(),
+        not_loaded,
+        uptime_seconds: SystemTime::now().duration_since(state.started).map(|d| d.as_secs()).unwrap_or(0),
+        flows_buffered: stats.buffered,
+        flows_capacity: stats.capacity,
+        followers: stats.followers,
+    }
+}
+
+async fn write_line<W: AsyncWrite + Unpin>(out: &mut BufWriter<W>, r: &Response) -> io::Result<()> {
+    let mut text = serde_json::to_vec(r).map_err(io::Error::other)?;
+    text.push(b'\n');
+    out.write_all(&text).await
+}

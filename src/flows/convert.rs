@@ -1,0 +1,426 @@
+//! Turning the proxy's `DnsFlow` and the datapath's `DropEvent` into Hubble-shaped flows: endpoints
+//! named by namespace/pod and labels, drops annotated with the names the endpoint resolved to the IP.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use dns_proxy::{DnsFlow, DnsFlowKind};
+use ebpf_redirect::DropEvent;
+use fqdn_cache::{EndpointId, L4Proto};
+
+use super::model::{
+    CiliumEventType, Dns, DropReason, EVENT_TYPE_ACCESS_LOG, EVENT_TYPE_DROP, Endpoint, Flow, FlowType, Ip, IpVersion,
+    L7FlowType, Layer4, Layer7, Tcp, TcpFlags, TrafficDirection, Udp, Verdict,
+};
+
+/// Where the DNS flows come from, as Hubble's `observation_source` (Cilium's proxy says the same).
+pub const OBSERVATION_SOURCE_PROXY: &str = "proxy";
+
+/// An endpoint as flows name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub id: EndpointId,
+    pub namespace: String,
+    pub name: String,
+    /// `k8s:key=value`, sorted, namespace label included (as Cilium shows pod labels).
+    pub labels: Vec<String>,
+}
+
+impl EndpointInfo {
+    pub fn from_endpoint(id: EndpointId, ep: &policy_sync::endpoint::Endpoint) -> Self {
+        let labels = ep.effective_labels().into_iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
+        EndpointInfo { id, namespace: ep.namespace.clone(), name: ep.name.clone(), labels }
+    }
+
+    fn to_flow_endpoint(&self) -> Endpoint {
+        Endpoint {
+            id: self.id.0,
+            identity: 0,
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            pod_name: self.name.clone(),
+        }
+    }
+}
+
+/// Who is who: the agent implements this over its endpoint inventory.
+pub trait EndpointLookup: Send + Sync {
+    fn by_id(&self, id: EndpointId) -> Option<Arc<EndpointInfo>>;
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<EndpointInfo>>;
+}
+
+/// The names an endpoint resolved to an IP (the cache's `names_for_ip`), for drop flows.
+pub trait NamesLookup: Send + Sync {
+    fn names_for_ip(&self, endpoint: EndpointId, ip: IpAddr) -> Vec<String>;
+}
+
+/// No names known (no cache yet, or tests).
+pub struct NoNames;
+
+impl NamesLookup for NoNames {
+    fn names_for_ip(&self, _: EndpointId, _: IpAddr) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// An immutable endpoint table; the agent builds a new one when the inventory changes.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointTable {
+    by_id: HashMap<EndpointId, Arc<EndpointInfo>>,
+    by_ip: HashMap<IpAddr, Arc<EndpointInfo>>,
+}
+
+impl EndpointTable {
+    pub fn new<'a>(endpoints: impl IntoIterator<Item = (EndpointId, &'a policy_sync::endpoint::Endpoint)>) -> Self {
+        let mut table = EndpointTable::default();
+        for (id, ep) in endpoints {
+            let info = Arc::new(EndpointInfo::from_endpoint(id, ep));
+            for ip in &ep.ips {
+                table.by_ip.insert(*ip, info.clone());
+            }
+            table.by_id.insert(id, info);
+        }
+        table
+    }
+}
+
+impl EndpointLookup for EndpointTable {
+    fn by_id(&self, id: EndpointId) -> Option<Arc<EndpointInfo>> {
+        self.by_id.get(&id).cloned()
+    }
+
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<EndpointInfo>> {
+        self.by_ip.get(&ip).cloned()
+    }
+}
+
+/// A DNS request or response seen by the proxy, as Hubble's proxy flows look: L7, observation
+/// source `proxy`, responses flipped (source = the server) and marked `is_reply`.
+pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Flow {
+    let client_ep = f.endpoint.and_then(|id| lookup.by_id(id)).or_else(|| lookup.by_ip(f.client.ip()));
+    let server_ep = lookup.by_ip(f.server.ip());
+    let is_reply = f.kind == DnsFlowKind::Response;
+    let (src, dst, src_ep, dst_ep) =
+        if is_reply { (f.server, f.client, server_ep, client_ep) } else { (f.client, f.server, client_ep, server_ep) };
+    let rcode = f.rcode.as_deref().map(rcode_number).unwrap_or(0);
+    let dns = Dns {
+        query: f.qname.clone(),
+        ips: f.ips.iter().map(IpAddr::to_string).collect(),
+        ttl: f.ttl.unwrap_or(0),
+        cnames: f.cnames.clone(),
+        observation_source: OBSERVATION_SOURCE_PROXY.to_string(),
+        rcode,
+        qtypes: f.qtypes.clone(),
+        rrtypes: f.rrtypes.clone(),
+    };
+    let summary = dns_summary(f, &dns);
+    Flow {
+        time: f.time,
+        verdict: f.verdict.into(),
+        drop_reason: 0,
+        ip: Some(ip_of(src, dst)),
+        l4: l4_of(f.protocol, src, dst, None),
+        source: src_ep.map(|e| e.to_flow_endpoint()),
+        destination: dst_ep.map(|e| e.to_flow_endpoint()),
+        flow_type: FlowType::L7,
+        node_name: node_name.to_string(),
+        destination_names: Vec::new(),
+        l7: Some(Layer7 {
+            l7_type: if is_reply { L7FlowType::Response } else { L7FlowType::Request },
+            latency_ns: f.latency.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0),
+            dns: Some(dns),
+        }),
+        event_type: Some(CiliumEventType { event_type: EVENT_TYPE_ACCESS_LOG, sub_type: 0 }),
+        traffic_direction: TrafficDirection::Egress,
+        drop_reason_desc: None,
+        is_reply: Some(is_reply),
+        summary,
+    }
+}
+
+/// A packet the datapath dropped. `names` are the names this endpoint resolved to the destination.
+pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesLookup, node_name: &str) -> Flow {
+    let reason = DropReason::from(ev.reason);
+    let flags = TcpFlags::from_byte(ev.tcp_flags);
+    let src_ep = lookup.by_id(ev.endpoint).or_else(|| lookup.by_ip(ev.src.ip()));
+    let dst_ep = lookup.by_ip(ev.dst.ip());
+    let destination_names =
+        names.names_for_ip(ev.endpoint, ev.dst.ip()).into_iter().map(|n| display_name(&n).to_string()).collect();
+    let summary = match ev.proto {
+        L4Proto::Tcp => format!("TCP Flags: {}", flags.names().join(", ")),
+        L4Proto::Udp => "UDP".to_string(),
+        L4Proto::Any => if ev.dst.is_ipv4() { "IPv4" } else { "IPv6" }.to_string(),
+    };
+    // A bare SYN opens a connection, so it cannot be a reply; for anything else the datapath does
+    // not say (Hubble leaves is_reply out for drops for the same reason).
+    let is_reply = (ev.proto == L4Proto::Tcp && flags.syn && !flags.ack).then_some(false);
+    Flow {
+        time: ev.time,
+        verdict: Verdict::Dropped,
+        drop_reason: reason.code(),
+        ip: Some(ip_of(ev.src, ev.dst)),
+        l4: l4_of(ev.proto, ev.src, ev.dst, Some(flags)),
+        source: src_ep.map(|e| e.to_flow_endpoint()),
+        destination: dst_ep.map(|e| e.to_flow_endpoint()),
+        flow_type: FlowType::L3L4,
+        node_name: node_name.to_string(),
+        destination_names,
+        l7: None,
+        event_type: Some(CiliumEventType { event_type: EVENT_TYPE_DROP, sub_type: reason.code() as i32 }),
+        traffic_direction: TrafficDirection::Egress,
+        drop_reason_desc: Some(reason),
+        is_reply,
+        summary,
+    }
+}
+
+/// Hubble shows names without the root dot (`api.github.com`), the cache keeps it.
+fn display_name(name: &str) -> &str {
+    if name.len() > 1 { name.strip_suffix('.').unwrap_or(name) } else { name }
+}
+
+fn ip_of(src: SocketAddr, dst: SocketAddr) -> Ip {
+    Ip {
+        source: src.ip().to_string(),
+        destination: dst.ip().to_string(),
+        ip_version: if src.is_ipv4() { IpVersion::IPv4 } else { IpVersion::IPv6 },
+    }
+}
+
+fn l4_of(proto: L4Proto, src: SocketAddr, dst: SocketAddr, flags: Option<TcpFlags>) -> Option<Layer4> {
+    let (source_port, destination_port) = (u32::from(src.port()), u32::from(dst.port()));
+    match proto {
+        L4Proto::Tcp => Some(Layer4::Tcp(Tcp { source_port, destination_port, flags })),
+        L4Proto::Udp => Some(Layer4::Udp(Udp { source_port, destination_port })),
+        L4Proto::Any => None,
+    }
+}
+
+/// (number, the proxy's name for it, the text Hubble prints in summaries).
+const RCODES: &[(u32, &str, &str)] = &[
+    (0, "NoError", "No Error"),
+    (1, "FormErr", "Format Error"),
+    (2, "ServFail", "Server Failure"),
+    (3, "NXDomain", "Non-Existent Domain"),
+    (4, "NotImp", "Not Implemented"),
+    (5, "Refused", "Query Refused"),
+    (6, "YXDomain", "Name Exists when it should not"),
+    (7, "YXRRSet", "RR Set Exists when it should not"),
+    (8, "NXRRSet", "RR Set that should exist does not"),
+    (9, "NotAuth", "Server Not Authoritative for zone"),
+    (10, "NotZone", "Name not contained in zone"),
+];
+
+/// The rcode number from the proxy's name (`NXDomain`), Hubble's text, or digits; unknown: 0.
+pub fn rcode_number(name: &str) -> u32 {
+    if let Ok(n) = name.parse() {
+        return n;
+    }
+    RCODES
+        .iter()
+        .find(|(_, short, long)| short.eq_ignore_ascii_case(name) || long.eq_ignore_ascii_case(name))
+        .map(|(n, _, _)| *n)
+        .unwrap_or(0)
+}
+
+fn is_no_error(name: &str) -> bool {
+    name == "0" || name.eq_ignore_ascii_case("NoError") || name.eq_ignore_ascii_case("No Error")
+}
+
+fn rcode_text(n: u32) -> String {
+    RCODES.iter().find(|(c, _, _)| *c == n).map(|(_, _, t)| t.to_string()).unwrap_or_else(|| format!("{n}"))
+}
+
+/// Hubble's DNS summary for proxy flows.
+fn dns_summary(f: &DnsFlow, dns: &Dns) -> String {
+    let qtypes = dns.qtypes.join(",");
+    match f.kind {
+        DnsFlowKind::Request => format!("DNS Query {} {qtypes}", dns.query),
+        DnsFlowKind::Response => {
+            let answer = match f.rcode.as_deref() {
+                _ if dns.rcode != 0 => format!("RCode: {}", rcode_text(dns.rcode)),
+                Some(raw) if !is_no_error(raw) => format!("RCode: {raw}"),
+                _ => {
+                    let mut a = format!("{:?}", dns.ips.join(","));
+                    if !dns.cnames.is_empty() {
+                        a.push_str(&format!(" CNAMEs: {:?}", dns.cnames.join(",")));
+                    }
+                    a.push_str(&format!(" TTL: {}", dns.ttl));
+                    a
+                }
+            };
+            format!("DNS Answer {answer} (Proxy {} {qtypes})", dns.query)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    pub(crate) fn table() -> EndpointTable {
+        let alpine = policy_sync::endpoint::Endpoint {
+            namespace: "default".into(),
+            name: "alpine".into(),
+            labels: BTreeMap::from([("app".to_string(), "alpine".to_string())]),
+            ips: vec!["10.0.1.5".parse().unwrap()],
+            interface: None,
+        };
+        let dns = policy_sync::endpoint::Endpoint {
+            namespace: "kube-system".into(),
+            name: "kube-dns".into(),
+            labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+            ips: vec!["10.96.0.10".parse().unwrap()],
+            interface: None,
+        };
+        EndpointTable::new([(EndpointId(7), &alpine), (EndpointId(9), &dns)])
+    }
+
+    pub(crate) fn dns_response() -> DnsFlow {
+        DnsFlow {
+            time: SystemTime::UNIX_EPOCH + Duration::new(1_701_079_201, 123_000_000),
+            kind: DnsFlowKind::Response,
+            verdict: dns_proxy::Verdict::Forwarded,
+            endpoint: Some(EndpointId(7)),
+            client: "10.0.1.5:41234".parse().unwrap(),
+            server: "10.96.0.10:53".parse().unwrap(),
+            protocol: L4Proto::Udp,
+            qname: "www.microsoft.com.".into(),
+            qtypes: vec!["A".into()],
+            rcode: Some("NoError".into()),
+            ips: vec!["13.107.1.1".parse().unwrap()],
+            ttl: Some(300),
+            cnames: vec![],
+            rrtypes: vec!["A".into()],
+            policy: Some("default/allow-ms".into()),
+            latency: Some(Duration::from_micros(1500)),
+        }
+    }
+
+    pub(crate) fn dns_request() -> DnsFlow {
+        DnsFlow {
+            kind: DnsFlowKind::Request,
+            rcode: None,
+            ips: vec![],
+            ttl: None,
+            rrtypes: vec![],
+            latency: None,
+            ..dns_response()
+        }
+    }
+
+    pub(crate) fn drop_event() -> DropEvent {
+        DropEvent {
+            endpoint: EndpointId(7),
+            src: "10.0.1.5:43344".parse().unwrap(),
+            dst: "13.107.1.1:443".parse().unwrap(),
+            proto: L4Proto::Tcp,
+            tcp_flags: 0x02,
+            reason: ebpf_redirect::DropReason::PolicyDenied,
+            time: SystemTime::UNIX_EPOCH + Duration::new(1_701_079_202, 0),
+        }
+    }
+
+    pub(crate) struct Names;
+
+    impl NamesLookup for Names {
+        fn names_for_ip(&self, endpoint: EndpointId, ip: IpAddr) -> Vec<String> {
+            if endpoint == EndpointId(7) && ip == "13.107.1.1".parse::<IpAddr>().unwrap() {
+                vec!["www.microsoft.com.".into()]
+            } else {
+                vec![]
+            }
+        }
+    }
+
+    #[test]
+    fn request_names_both_ends_and_is_not_a_reply() {
+        let f = dns_flow(&dns_request(), &table(), "node1");
+        assert_eq!(f.source.as_ref().unwrap().pod_name, "alpine");
+        assert_eq!(f.source.as_ref().unwrap().labels, ["k8s:app=alpine", "k8s:io.kubernetes.pod.namespace=default"]);
+        assert_eq!(f.destination.as_ref().unwrap().pod_name, "kube-dns");
+        assert_eq!(f.l4, Some(Layer4::Udp(Udp { source_port: 41234, destination_port: 53 })));
+        assert_eq!(f.is_reply, Some(false));
+        assert_eq!(f.summary, "DNS Query www.microsoft.com. A");
+        assert_eq!(f.l7.as_ref().unwrap().l7_type, L7FlowType::Request);
+    }
+
+    #[test]
+    fn response_is_flipped_and_summarised() {
+        let f = dns_flow(&dns_response(), &table(), "node1");
+        assert_eq!(f.ip.as_ref().unwrap().source, "10.96.0.10");
+        assert_eq!(f.source.as_ref().unwrap().pod_name, "kube-dns");
+        assert_eq!(f.destination.as_ref().unwrap().pod_name, "alpine");
+        assert_eq!(f.l4, Some(Layer4::Udp(Udp { source_port: 53, destination_port: 41234 })));
+        assert_eq!(f.is_reply, Some(true));
+        assert_eq!(f.summary, r#"DNS Answer "13.107.1.1" TTL: 300 (Proxy www.microsoft.com. A)"#);
+        assert_eq!(f.l7.as_ref().unwrap().latency_ns, 1_500_000);
+    }
+
+    #[test]
+    fn response_summaries() {
+        let base = dns_response();
+        for (flow, want) in [
+            (
+                DnsFlow { rcode: Some("NXDomain".into()), ips: vec![], ttl: None, ..base.clone() },
+                "DNS Answer RCode: Non-Existent Domain (Proxy www.microsoft.com. A)",
+            ),
+            (
+                DnsFlow { rcode: Some("Refused".into()), ..base.clone() },
+                "DNS Answer RCode: Query Refused (Proxy www.microsoft.com. A)",
+            ),
+            (
+                DnsFlow {
+                    cnames: vec!["a.msedge.net.".into()],
+                    ips: vec!["13.107.1.1".parse().unwrap(), "13.107.1.2".parse().unwrap()],
+                    qtypes: vec!["A".into(), "AAAA".into()],
+                    ..base.clone()
+                },
+                r#"DNS Answer "13.107.1.1,13.107.1.2" CNAMEs: "a.msedge.net." TTL: 300 (Proxy www.microsoft.com. A,AAAA)"#,
+            ),
+            (
+                DnsFlow { ips: vec![], ttl: None, ..base.clone() },
+                r#"DNS Answer "" TTL: 0 (Proxy www.microsoft.com. A)"#,
+            ),
+        ] {
+            assert_eq!(dns_flow(&flow, &table(), "").summary, want);
+        }
+    }
+
+    #[test]
+    fn rcode_numbers() {
+        for (name, n) in [("NoError", 0), ("NXDomain", 3), ("nxdomain", 3), ("Refused", 5), ("5", 5), ("Bogus", 0)] {
+            assert_eq!(rcode_number(name), n, "{name}");
+        }
+    }
+
+    #[test]
+    fn drop_names_what_the_endpoint_resolved() {
+        let f = drop_flow(&drop_event(), &table(), &Names, "node1");
+        assert_eq!(f.destination_names, ["www.microsoft.com"]);
+        assert_eq!(f.destination, None);
+        assert_eq!(f.source.as_ref().unwrap().pod_name, "alpine");
+        assert_eq!(f.summary, "TCP Flags: SYN");
+        assert_eq!(f.drop_reason, 133);
+        assert_eq!(f.drop_reason_desc, Some(DropReason::PolicyDenied));
+        assert_eq!(f.is_reply, Some(false));
+        let udp = DropEvent { proto: L4Proto::Udp, tcp_flags: 0, ..drop_event() };
+        let f = drop_flow(&udp, &table(), &NoNames, "");
+        assert_eq!((f.summary.as_str(), f.is_reply), ("UDP", None));
+        assert!(f.destination_names.is_empty());
+    }
+
+    #[test]
+    fn unknown_client_is_just_an_ip() {
+        let mut req = dns_request();
+        req.endpoint = None;
+        req.client = "192.0.2.1:5000".parse().unwrap();
+        let f = dns_flow(&req, &table(), "");
+        assert_eq!(f.source, None);
+        assert_eq!(f.ip.unwrap().source, "192.0.2.1");
+    }
+}

@@ -1,0 +1,213 @@
+//! `fqdnd observe` filters. They travel to the agent over the admin socket and run there, so a
+//! follower's queue only ever holds flows it asked for.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Endpoint, Flow, FlowKind, Verdict};
+
+/// Every set field must match (like one Hubble `FlowFilter`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowFilter {
+    /// Flows from or to this pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSelector>,
+    /// Flows from or to an endpoint of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FlowKind>,
+    /// Flows at or after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time")]
+    pub since: Option<SystemTime>,
+}
+
+impl FlowFilter {
+    pub fn matches(&self, f: &Flow) -> bool {
+        let ends = [f.source.as_ref(), f.destination.as_ref()];
+        if let Some(pod) = &self.pod
+            && !ends.iter().flatten().any(|e| pod.matches(e))
+        {
+            return false;
+        }
+        if let Some(ns) = &self.namespace
+            && !ends.iter().flatten().any(|e| &e.namespace == ns)
+        {
+            return false;
+        }
+        if self.verdict.is_some_and(|v| v != f.verdict) {
+            return false;
+        }
+        if self.kind.is_some_and(|k| k != f.kind()) {
+            return false;
+        }
+        if self.since.is_some_and(|t| f.time < t) {
+            return false;
+        }
+        true
+    }
+}
+
+/// `NAMESPACE/NAME`, `NAMESPACE/` (every pod of the namespace) or `NAME` (any namespace). The name
+/// is a prefix, as in `hubble observe --pod`, so `default/alpine` also matches `alpine-5f7c...`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub name_prefix: String,
+}
+
+impl PodSelector {
+    fn matches(&self, e: &Endpoint) -> bool {
+        if e.pod_name.is_empty() {
+            return false;
+        }
+        self.namespace.as_ref().is_none_or(|ns| ns == &e.namespace) && e.pod_name.starts_with(&self.name_prefix)
+    }
+}
+
+impl FromStr for PodSelector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            None if !s.is_empty() => Ok(PodSelector { namespace: None, name_prefix: s.to_string() }),
+            Some((ns, name)) if !ns.is_empty() && !name.contains('/') => {
+                Ok(PodSelector { namespace: Some(ns.to_string()), name_prefix: name.to_string() })
+            }
+            _ => Err(format!("{s:?} is not NAMESPACE/NAME, NAMESPACE/ or NAME")),
+        }
+    }
+}
+
+impl fmt::Display for PodSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{ns}/{}", self.name_prefix),
+            None => f.write_str(&self.name_prefix),
+        }
+    }
+}
+
+/// `--since`: a duration back from `now` (`5m`, `1h30m`) or an RFC 3339 time.
+pub fn parse_since(text: &str, now: SystemTime) -> Result<SystemTime, String> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|_| format!("--since {text:?}: neither a duration (5m, 1h30m) nor a time (2024-11-27T10:00:00Z)"))
+}
+
+mod opt_time {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::flows::model::proto_time;
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => proto_time::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_rfc3339(&t).map_err(|e| serde::de::Error::custom(format!("since {t:?}: {e}"))))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::flows::convert::tests::{dns_request, dns_response, drop_event, table};
+    use crate::flows::convert::{NoNames, dns_flow, drop_flow};
+
+    fn filter(f: impl FnOnce(&mut FlowFilter)) -> FlowFilter {
+        let mut x = FlowFilter::default();
+        f(&mut x);
+        x
+    }
+
+    #[test]
+    fn filters_table() {
+        let t = table();
+        let req = dns_flow(&dns_request(), &t, "");
+        let resp = dns_flow(&dns_response(), &t, "");
+        let drop = drop_flow(&drop_event(), &t, &NoNames, "");
+        let pod = |s: &str| Some(s.parse::<PodSelector>().unwrap());
+        // (filter, [request, response, drop])
+        let cases: Vec<(FlowFilter, [bool; 3])> = vec![
+            (FlowFilter::default(), [true, true, true]),
+            (filter(|f| f.pod = pod("default/alpine")), [true, true, true]),
+            (filter(|f| f.pod = pod("default/alp")), [true, true, true]),
+            (filter(|f| f.pod = pod("alpine")), [true, true, true]),
+            (filter(|f| f.pod = pod("kube-system/kube-dns")), [true, true, false]),
+            (filter(|f| f.pod = pod("kube-system/")), [true, true, false]),
+            (filter(|f| f.pod = pod("other/alpine")), [false, false, false]),
+            (filter(|f| f.namespace = Some("kube-system".into())), [true, true, false]),
+            (filter(|f| f.namespace = Some("default".into())), [true, true, true]),
+            (filter(|f| f.verdict = Some(Verdict::Dropped)), [false, false, true]),
+            (filter(|f| f.verdict = Some(Verdict::Forwarded)), [true, true, false]),
+            (filter(|f| f.verdict = Some(Verdict::Error)), [false, false, false]),
+            (filter(|f| f.kind = Some(FlowKind::Dns)), [true, true, false]),
+            (filter(|f| f.kind = Some(FlowKind::Drop)), [false, false, true]),
+            (filter(|f| f.since = Some(drop.time)), [false, false, true]),
+            (
+                filter(|f| {
+                    f.pod = pod("default/alpine");
+                    f.kind = Some(FlowKind::Drop);
+                }),
+                [false, false, true],
+            ),
+        ];
+        for (flt, want) in cases {
+            let got = [flt.matches(&req), flt.matches(&resp), flt.matches(&drop)];
+            assert_eq!(got, want, "filter {flt:?}");
+        }
+    }
+
+    #[test]
+    fn pod_selector_parse() {
+        for bad in ["", "/x", "a/b/c"] {
+            assert!(bad.parse::<PodSelector>().is_err(), "{bad:?}");
+        }
+        let p: PodSelector = "default/".parse().unwrap();
+        assert_eq!((p.namespace.as_deref(), p.name_prefix.as_str()), (Some("default"), ""));
+        assert_eq!(p.to_string(), "default/");
+    }
+
+    #[test]
+    fn since_parse() {
+        let now = UNIX_EPOCH + Duration::from_secs(10_000);
+        assert_eq!(parse_since("5m", now).unwrap(), UNIX_EPOCH + Duration::from_secs(9_700));
+        assert_eq!(parse_since("1970-01-01T00:00:10Z", now).unwrap(), UNIX_EPOCH + Duration::from_secs(10));
+        assert!(parse_since("yesterday", now).unwrap_err().contains("yesterday"));
+    }
+
+    #[test]
+    fn filter_round_trips_as_json() {
+        let f = FlowFilter {
+            pod: Some("default/alpine".parse().unwrap()),
+            namespace: None,
+            verdict: Some(Verdict::Dropped),
+            kind: Some(FlowKind::Drop),
+            since: Some(UNIX_EPOCH + Duration::from_millis(1500)),
+        };
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(serde_json::from_str::<FlowFilter>(&text).unwrap(), f);
+        assert!(serde_json::from_str::<FlowFilter>(r#"{"podd":{}}"#).unwrap_err().to_string().contains("podd"));
+    }
+}

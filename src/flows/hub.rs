@@ -1,0 +1,321 @@
+//! The flow hub: the last N flows in a ring, and live followers (`fqdnd observe -f`), each with a
+//! bounded queue. Publishing never waits: a follower whose queue is full loses the flow, and the loss
+//! is counted (per follower, so it can be told, and in `fqdnd_flows_dropped_total`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use dns_proxy::DnsFlow;
+use ebpf_redirect::DropEvent;
+use tokio::sync::{broadcast, mpsc};
+
+use super::convert::{EndpointLookup, NamesLookup, dns_flow, drop_flow};
+use super::filter::FlowFilter;
+use super::model::{DropReason, Flow};
+use crate::metrics::AgentMetrics;
+
+/// Flows kept for `fqdnd observe` without `-f` (Hubble's default buffer is the same order).
+pub const DEFAULT_RING_CAPACITY: usize = 4096;
+/// Flows queued per follower before it starts losing them.
+pub const DEFAULT_FOLLOWER_QUEUE: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    pub ring_capacity: usize,
+    pub follower_queue: usize,
+    /// Put in every flow's `node_name`, as Hubble does.
+    pub node_name: String,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            ring_capacity: DEFAULT_RING_CAPACITY,
+            follower_queue: DEFAULT_FOLLOWER_QUEUE,
+            node_name: String::new(),
+        }
+    }
+}
+
+pub struct FlowHub {
+    config: HubConfig,
+    metrics: AgentMetrics,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    ring: VecDeque<Arc<Flow>>,
+    followers: Vec<Slot>,
+}
+
+struct Slot {
+    filter: FlowFilter,
+    tx: mpsc::Sender<Arc<Flow>>,
+    lost: Arc<AtomicU64>,
+}
+
+/// What a client asked for: the matching flows already in the ring, and (with `-f`) a follower
+/// that gets every later matching flow. Both are taken under one lock: nothing is missed or doubled.
+pub struct Subscription {
+    pub history: Vec<Arc<Flow>>,
+    pub follower: Option<Follower>,
+}
+
+/// A live follower. Dropping it unsubscribes.
+pub struct Follower {
+    rx: mpsc::Receiver<Arc<Flow>>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Follower {
+    pub async fn recv(&mut self) -> Option<Arc<Flow>> {
+        self.rx.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Option<Arc<Flow>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Flows lost since the last call (the queue was full).
+    pub fn take_lost(&self) -> u64 {
+        self.lost.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// A snapshot of the hub for `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubStats {
+    pub buffered: usize,
+    pub capacity: usize,
+    pub followers: usize,
+}
+
+impl FlowHub {
+    pub fn new(ring_capacity: usize) -> Self {
+        Self::with_config(HubConfig { ring_capacity, ..HubConfig::default() }, AgentMetrics::default())
+    }
+
+    pub fn with_config(config: HubConfig, metrics: AgentMetrics) -> Self {
+        let inner = Inner { ring: VecDeque::with_capacity(config.ring_capacity.min(65_536)), followers: Vec::new() };
+        FlowHub { config, metrics, inner: Mutex::new(inner) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the ring consistent (push/pop are atomic here).
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.config.node_name
+    }
+
+    pub fn ingest_dns(&self, f: &DnsFlow, lookup: &dyn EndpointLookup) {
+        self.publish(dns_flow(f, lookup, &self.config.node_name));
+    }
+
+    pub fn ingest_drop(&self, ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesLookup) {
+        let flow = drop_flow(ev, lookup, names, &self.config.node_name);
+        match flow.drop_reason_desc {
+            Some(DropReason::PolicyDeny) => self.metrics.policy_drops_deny.inc(),
+            _ => self.metrics.policy_drops_denied.inc(),
+        };
+        self.publish(flow);
+    }
+
+    /// Feed the hub from the proxy's flow channel until it closes. A lagging receiver here means
+    /// the hub itself fell behind the proxy: those flows are lost for everyone, and counted.
+    pub async fn pump_dns(self: Arc<Self>, mut rx: broadcast::Receiver<DnsFlow>, lookup: Arc<dyn EndpointLookup>) {
+        loop {
+            match rx.recv().await {
+                Ok(f) => self.ingest_dns(&f, lookup.as_ref()),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.metrics.flows_dropped_ingest_lag.inc_by(n);
+                    tracing::warn!(lost = n, "flow hub fell behind the DNS proxy; flows lost");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Keep a flow and hand it to every follower that wants it, without ever waiting.
+    pub fn publish(&self, flow: Flow) {
+        let flow = Arc::new(flow);
+        let mut inner = self.lock();
+        if self.config.ring_capacity > 0 {
+            if inner.ring.len() >= self.config.ring_capacity {
+                inner.ring.pop_front();
+            }
+            inner.ring.push_back(flow.clone());
+        }
+        let metrics = &self.metrics;
+        inner.followers.retain(|slot| {
+            if !slot.filter.matches(&flow) {
+                return !slot.tx.is_closed();
+            }
+            match slot.tx.try_send(flow.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    slot.lost.fetch_add(1, Ordering::Relaxed);
+                    metrics.flows_dropped_slow_reader.inc();
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    /// The matching flows in the ring (the last `last` of them if given) and, if `follow`, a
+    /// follower for what comes next.
+    pub fn subscribe(&self, filter: &FlowFilter, last: Option<usize>, follow: bool) -> Subscription {
+        let mut inner = self.lock();
+        let mut history: Vec<Arc<Flow>> = inner.ring.iter().filter(|f| filter.matches(f)).cloned().collect();
+        if let Some(n) = last {
+            let skip = history.len().saturating_sub(n);
+            history.drain(..skip);
+        }
+        let follower = follow.then(|| {
+            let (tx, rx) = mpsc::channel(self.config.follower_queue.max(1));
+            let lost = Arc::new(AtomicU64::new(0));
+            inner.followers.push(Slot { filter: filter.clone(), tx, lost: lost.clone() });
+            Follower { rx, lost }
+        });
+        Subscription { history, follower }
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let inner = self.lock();
+        HubStats {
+            buffered: inner.ring.len(),
+            capacity: self.config.ring_capacity,
+            followers: inner.followers.iter().filter(|s| !s.tx.is_closed()).count(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::flows::convert::tests::{dns_request, drop_event, table};
+    use crate::flows::convert::{NoNames, dns_flow};
+    use crate::flows::model::Verdict;
+
+    fn numbered(i: u64) -> Flow {
+        let mut req = dns_request();
+        req.time = SystemTime::UNIX_EPOCH + Duration::from_secs(i);
+        dns_flow(&req, &table(), "")
+    }
+
+    fn secs(f: &Flow) -> u64 {
+        f.time.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn ring_wraps_keeping_the_newest() {
+        for (cap, pushed, want) in [
+            (4usize, 3u64, vec![0u64, 1, 2]),
+            (4, 4, vec![0, 1, 2, 3]),
+            (4, 10, vec![6, 7, 8, 9]),
+            (1, 5, vec![4]),
+            (0, 5, vec![]),
+        ] {
+            let hub = FlowHub::new(cap);
+            for i in 0..pushed {
+                hub.publish(numbered(i));
+            }
+            let got: Vec<u64> =
+                hub.subscribe(&FlowFilter::default(), None, false).history.iter().map(|f| secs(f)).collect();
+            assert_eq!(got, want, "cap {cap} pushed {pushed}");
+            assert_eq!(hub.stats().buffered, want.len());
+        }
+    }
+
+    #[test]
+    fn last_n_of_the_matching() {
+        let hub = FlowHub::new(100);
+        for i in 0..10 {
+            hub.publish(numbered(i));
+        }
+        let since = FlowFilter { since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(3)), ..Default::default() };
+        let got: Vec<u64> = hub.subscribe(&since, Some(2), false).history.iter().map(|f| secs(f)).collect();
+        assert_eq!(got, [8, 9]);
+        let all: Vec<u64> = hub.subscribe(&since, Some(100), false).history.iter().map(|f| secs(f)).collect();
+        assert_eq!(all, [3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn stuck_follower_loses_flows_and_the_producer_goes_on() {
+        let metrics = AgentMetrics::default();
+        let cfg = HubConfig { ring_capacity: 16, follower_queue: 8, node_name: "n".into() };
+        let hub = FlowHub::with_config(cfg, metrics.clone());
+        let stuck = hub.subscribe(&FlowFilter::default(), None, true).follower.unwrap();
+        let mut reader = hub.subscribe(&FlowFilter::default(), None, true).follower.unwrap();
+        let mut read = 0u64;
+        for i in 0..1000 {
+            hub.publish(numbered(i));
+            while reader.try_recv().is_some() {
+                read += 1;
+            }
+        }
+        assert_eq!(read, 1000, "a reader that keeps up gets everything");
+        assert_eq!(reader.take_lost(), 0);
+        assert_eq!(stuck.take_lost(), 1000 - 8);
+        assert_eq!(metrics.flows_dropped_slow_reader.get(), 1000 - 8);
+        assert_eq!(hub.stats().buffered, 16);
+    }
+
+    #[test]
+    fn follower_gets_only_what_it_filtered_and_unsubscribes_on_drop() {
+        let hub = FlowHub::new(16);
+        let drops = FlowFilter { verdict: Some(Verdict::Dropped), ..Default::default() };
+        let mut f = hub.subscribe(&drops, None, true).follower.unwrap();
+        hub.publish(numbered(1));
+        hub.ingest_drop(&drop_event(), &table(), &NoNames);
+        let got = f.try_recv().unwrap();
+        assert_eq!(got.verdict, Verdict::Dropped);
+        assert!(f.try_recv().is_none());
+        assert_eq!(hub.stats().followers, 1);
+        drop(f);
+        hub.publish(numbered(2));
+        assert_eq!(hub.stats().followers, 0);
+    }
+
+    #[test]
+    fn history_and_follow_neither_miss_nor_double() {
+        let hub = FlowHub::new(16);
+        hub.publish(numbered(1));
+        let sub = hub.subscribe(&FlowFilter::default(), None, true);
+        hub.publish(numbered(2));
+        let mut f = sub.follower.unwrap();
+        assert_eq!(sub.history.iter().map(|f| secs(f)).collect::<Vec<_>>(), [1]);
+        assert_eq!(secs(&f.try_recv().unwrap()), 2);
+        assert!(f.try_recv().is_none());
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason() {
+        let metrics = AgentMetrics::default();
+        let hub = FlowHub::with_config(HubConfig::default(), metrics.clone());
+        hub.ingest_drop(&drop_event(), &table(), &NoNames);
+        let deny = DropEvent { reason: ebpf_redirect::DropReason::PolicyDeny, ..drop_event() };
+        hub.ingest_drop(&deny, &table(), &NoNames);
+        hub.ingest_drop(&deny, &table(), &NoNames);
+        assert_eq!((metrics.policy_drops_denied.get(), metrics.policy_drops_deny.get()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn pump_counts_what_the_hub_missed() {
+        let metrics = AgentMetrics::default();
+        let hub = Arc::new(FlowHub::with_config(HubConfig::default(), metrics.clone()));
+        let (tx, rx) = broadcast::channel(4);
+        for _ in 0..10 {
+            tx.send(dns_request()).unwrap();
+        }
+        drop(tx);
+        hub.clone().pump_dns(rx, Arc::new(table())).await;
+        assert_eq!(metrics.flows_dropped_ingest_lag.get(), 6);
+        assert_eq!(hub.stats().buffered, 4);
+    }
+}

@@ -1,0 +1,365 @@
+//! The agent's metrics (explicit `prometheus-client` registry, `fqdnd_` prefix) and the small HTTP
+//! server for `/metrics`, `/healthz` and `/readyz`.
+//!
+//! The server is a hand-written HTTP/1.1 responder on tokio rather than hyper: three GET paths, one
+//! response per connection, no bodies to read. It costs ~100 lines and no new dependencies (hyper +
+//! hyper-util + http-body-util would add a dozen crates to the build for this alone).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Where `--metrics-addr` points unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9967";
+
+/// The registry every fqdnd metric lives in; names come out as `fqdnd_<name>[_<unit>][_total]`.
+pub fn new_registry() -> Registry {
+    Registry::with_prefix("fqdnd")
+}
+
+type OneLabel = [(&'static str, &'static str); 1];
+
+/// Counters the agent's own parts move. Label values are fixed strings; each labelled series is
+/// resolved once here, so the hot path only does an atomic add. `Default` gives unregistered
+/// counters (tests, or an agent run without metrics).
+#[derive(Clone, Debug, Default)]
+pub struct AgentMetrics {
+    /// Flows a follower (`fqdnd observe -f`) lost because it did not keep up.
+    pub flows_dropped_slow_reader: Counter,
+    /// Flows the hub lost because it fell behind the proxy's flow channel.
+    pub flows_dropped_ingest_lag: Counter,
+    /// Packets the datapath dropped: no allow entry under default deny.
+    pub policy_drops_denied: Counter,
+    /// Packets the datapath dropped on an explicit deny rule.
+    pub policy_drops_deny: Counter,
+    /// Policy objects that failed to load (each one is reported and skipped).
+    pub policy_load_errors: Counter,
+}
+
+impl AgentMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let flows_dropped = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "flows_dropped",
+            "Flows lost before reaching an observer, by reason (slow_reader: a follower did not keep up; \
+             ingest_lag: the flow hub fell behind the DNS proxy)",
+            flows_dropped.clone(),
+        );
+        let policy_drops = Family::<OneLabel, Counter>::default();
+        registry.register("policy_drops", "Packets dropped by the datapath, by drop reason", policy_drops.clone());
+        let policy_load_errors = Counter::default();
+        registry.register(
+            "policy_load_errors",
+            "Policy objects rejected while loading (reported and skipped)",
+            policy_load_errors.clone(),
+        );
+        AgentMetrics {
+            flows_dropped_slow_reader: flows_dropped.get_or_create_owned(&[("reason", "slow_reader")]),
+            flows_dropped_ingest_lag: flows_dropped.get_or_create_owned(&[("reason", "ingest_lag")]),
+            policy_drops_denied: policy_drops.get_or_create_owned(&[("reason", "policy_denied")]),
+            policy_drops_deny: policy_drops.get_or_create_owned(&[("reason", "policy_deny")]),
+            policy_load_errors,
+        }
+    }
+}
+
+/// The cache's size, read at scrape time so the cache keeps no metric state of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Live name/IP entries over all endpoints.
+    pub entries: u64,
+    /// Expired entries kept because connections still use them.
+    pub zombies: u64,
+    /// Entries evicted since start (`--max-ips-per-name`, `--max-zombies`).
+    pub evictions: u64,
+}
+
+/// Implemented by the agent over its cache.
+pub trait CacheStatsSource: Send + Sync + 'static {
+    fn cache_stats(&self) -> CacheStats;
+}
+
+/// Add `fqdnd_cache_entries`, `fqdnd_cache_zombies` and `fqdnd_cache_evictions_total`, asked of
+/// `source` on every scrape.
+pub fn register_cache_stats(registry: &mut Registry, source: Arc<dyn CacheStatsSource>) {
+    registry.register_collector(Box::new(CacheCollector(source)));
+}
+
+struct CacheCollector(Arc<dyn CacheStatsSource>);
+
+impl fmt::Debug for CacheCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CacheCollector")
+    }
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let stats = self.0.cache_stats();
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        let entries = gauge(stats.entries);
+        entries.encode(encoder.encode_descriptor(
+            "cache_entries",
+            "Learned name/IP entries",
+            None,
+            entries.metric_type(),
+        )?)?;
+        let zombies = gauge(stats.zombies);
+        zombies.encode(encoder.encode_descriptor(
+            "cache_zombies",
+            "Expired entries kept alive by connections",
+            None,
+            zombies.metric_type(),
+        )?)?;
+        let evictions = ConstCounter::new(stats.evictions);
+        evictions.encode(encoder.encode_descriptor(
+            "cache_evictions",
+            "Entries evicted by the per-name IP cap or the zombie cap",
+            None,
+            evictions.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// `/readyz` turns 200 once the agent has set both; `/healthz` is 200 while the server runs.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    policies: AtomicBool,
+    datapath: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_policies_loaded(&self, loaded: bool) {
+        self.policies.store(loaded, Ordering::Release);
+    }
+
+    pub fn set_datapath_loaded(&self, loaded: bool) {
+        self.datapath.store(loaded, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.missing().is_empty()
+    }
+
+    /// What is not loaded yet, for the `/readyz` body and `fqdnd status`.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.policies.load(Ordering::Acquire) {
+            missing.push("policies");
+        }
+        if !self.datapath.load(Ordering::Acquire) {
+            missing.push("datapath");
+        }
+        missing
+    }
+}
+
+/// A running metrics server; dropping it stops it.
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Bind `addr` and serve `/metrics` (OpenMetrics text of `registry`), `/healthz` and `/readyz`.
+pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, readiness: Arc<Readiness>) -> io::Result<MetricsServer> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("metrics server: binding {addr}: {e}")))?;
+    let local_addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let (registry, readiness) = (registry.clone(), readiness.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(stream, &registry, &readiness).await {
+                            tracing::debug!(error = %e, "metrics connection");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "metrics server: accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    tracing::info!(addr = %local_addr, "metrics server listening");
+    Ok(MetricsServer { local_addr, task })
+}
+
+const MAX_REQUEST_HEAD: usize = 8192;
+/// A client that sends no complete request head within this is dropped (not a test timing).
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn handle(mut stream: TcpStream, registry: &Registry, readiness: &Readiness) -> io::Result<()> {
+    let head = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(head) => head?,
+        Err(_) => return Ok(()),
+    };
+    let response = respond(&head, registry, readiness);
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() > MAX_REQUEST_HEAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(buf)
+}
+
+/// The whole HTTP response for a request head.
+fn respond(head: &[u8], registry: &Registry, readiness: &Readiness) -> Vec<u8> {
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    if method != "GET" && method != "HEAD" {
+        return http_response(405, "text/plain", "only GET and HEAD\n".into(), method == "HEAD");
+    }
+    let head_only = method == "HEAD";
+    match path {
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => {
+                    http_response(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body, head_only)
+                }
+                Err(_) => http_response(500, "text/plain", "encoding metrics failed\n".into(), head_only),
+            }
+        }
+        "/healthz" => http_response(200, "text/plain", "ok\n".into(), head_only),
+        "/readyz" => {
+            let missing = readiness.missing();
+            if missing.is_empty() {
+                http_response(200, "text/plain", "ready\n".into(), head_only)
+            } else {
+                let body = format!("not ready: {} not loaded\n", missing.join(" and "));
+                http_response(503, "text/plain", body, head_only)
+            }
+        }
+        _ => http_response(404, "text/plain", format!("{path}: not found\n"), head_only),
+    }
+}
+
+fn http_response(status: u16, content_type: &str, body: String, head_only: bool) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+
+    impl CacheStatsSource for Fixed {
+        fn cache_stats(&self) -> CacheStats {
+            CacheStats { entries: 12, zombies: 3, evictions: 7 }
+        }
+    }
+
+    fn encoded(registry: &Registry) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, registry).unwrap();
+        s
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut registry = new_registry();
+        let m = AgentMetrics::register(&mut registry);
+        register_cache_stats(&mut registry, Arc::new(Fixed));
+        m.flows_dropped_slow_reader.inc_by(5);
+        m.policy_drops_denied.inc();
+        m.policy_load_errors.inc();
+        let text = encoded(&registry);
+        for want in [
+            "fqdnd_flows_dropped_total{reason=\"slow_reader\"} 5",
+            "fqdnd_flows_dropped_total{reason=\"ingest_lag\"} 0",
+            "fqdnd_policy_drops_total{reason=\"policy_denied\"} 1",
+            "fqdnd_policy_drops_total{reason=\"policy_deny\"} 0",
+            "fqdnd_policy_load_errors_total 1",
+            "fqdnd_cache_entries 12",
+            "fqdnd_cache_zombies 3",
+            "fqdnd_cache_evictions_total 7",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn routes() {
+        let registry = new_registry();
+        let readiness = Readiness::default();
+        let status = |req: &str| {
+            let resp = String::from_utf8(respond(req.as_bytes(), &registry, &readiness)).unwrap();
+            resp.split(' ').nth(1).unwrap().parse::<u16>().unwrap()
+        };
+        assert_eq!(status("GET /healthz HTTP/1.1\r\n\r\n"), 200);
+        assert_eq!(status("GET /readyz HTTP/1.1\r\n\r\n"), 503);
+        readiness.set_policies_loaded(true);
+        assert_eq!(status("GET /readyz HTTP/1.1\r\n\r\n"), 503);
+        readiness.set_datapath_loaded(true);
+        assert_eq!(status("GET /readyz HTTP/1.1\r\n\r\n"), 200);
+        assert_eq!(status("GET /metrics?x=1 HTTP/1.1\r\n\r\n"), 200);
+        assert_eq!(status("POST /metrics HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), 404);
+        let head = String::from_utf8(respond(b"HEAD /healthz HTTP/1.1\r\n\r\n", &registry, &readiness)).unwrap();
+        assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 3"), "{head}");
+    }
+}
