@@ -23,6 +23,11 @@ enum Command {
     /// Check and explain CiliumNetworkPolicies without running the agent.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
+    /// Show the running agent's flows (DNS requests/responses, policy drops), like `hubble observe`.
+    Observe(cmd::observe::ObserveArgs),
+    /// Read the running agent's DNS cache.
+    #[command(subcommand)]
+    Cache(cmd::cache::CacheCmd),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +35,8 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Policy(c) => cmd::policy::run(c),
+        Command::Observe(a) => cmd::observe::run(a),
+        Command::Cache(c) => cmd::cache::run(c),
     };
     match result {
         Ok(code) => code,

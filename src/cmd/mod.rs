@@ -1,3 +1,5 @@
 //! One file per subcommand.
 
+pub mod cache;
+pub mod observe;
 pub mod policy;
