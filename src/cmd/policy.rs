@@ -23,7 +23,7 @@ pub enum PolicyCmd {
         paths: Vec<PathBuf>,
     },
     /// Explain what the policies decide for one endpoint's DNS query or connection.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,7 +76,7 @@ pub struct ExplainArgs {
 pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCmd::Check { paths } => Ok(check(&paths)),
-        PolicyCmd::Explain(args) => explain_cmd(args),
+        PolicyCmd::Explain(args) => explain_cmd(*args),
     }
 }
 
