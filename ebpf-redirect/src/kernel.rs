@@ -500,6 +500,21 @@ impl AyaDatapath {
             .collect()
     }
 
+    /// Kernel ids of this process's programs (from-pod, to-pod): after a restart, the pinned links
+    /// run these (`bpftool net` shows which program each link runs).
+    pub fn program_ids(&self) -> Result<(u32, u32), DatapathError> {
+        let inner = self.lock();
+        let id = |name: &'static str| -> Result<u32, DatapathError> {
+            let prog = inner
+                .ebpf
+                .program(name)
+                .ok_or(DatapathError::LoadProgram { program: name, source: Box::new(ProgramError::NotLoaded) })?;
+            let info = prog.info().map_err(|e| DatapathError::LoadProgram { program: name, source: Box::new(e) })?;
+            Ok(info.id())
+        };
+        Ok((id(PROG_FROM_POD)?, id(PROG_TO_POD)?))
+    }
+
     /// Endpoints attached: node-side interface index, endpoint, interface name (`None` when the
     /// index no longer names an interface in this namespace).
     pub fn attached(&self) -> Vec<(u32, EndpointId, Option<String>)> {
@@ -514,8 +529,13 @@ impl AyaDatapath {
         for ifindex in ifindexes {
             inner.detach(ifindex)?;
         }
-        // Links whose interface vanished while nobody watched.
-        remove_dir_files(&inner.links_dir)?;
+        // Links of interfaces no endpoint entry names any more.
+        let leftover = std::fs::read_dir(&inner.links_dir)
+            .map_err(|source| DatapathError::Bpffs { path: inner.links_dir.clone(), source })?;
+        for entry in leftover {
+            let path = entry.map_err(|source| DatapathError::Bpffs { path: inner.links_dir.clone(), source })?.path();
+            detach_pinned_link(&path).map_err(|source| DatapathError::Link { path, source })?;
+        }
         remove_dir_files(&inner.maps_dir)?;
         let dirs = [inner.links_dir.clone(), inner.maps_dir.clone(), self.config.bpffs_dir.clone()];
         drop(inner);
@@ -527,6 +547,23 @@ impl AyaDatapath {
         }
         Ok(())
     }
+}
+
+/// Ids of the TCX programs attached to `interface` (ingress, egress), in run order, whoever
+/// attached them: the kernel's view, for diagnostics and tests. Resolves the name in the calling
+/// thread's network namespace.
+pub fn tcx_programs(interface: &str) -> Result<(Vec<u32>, Vec<u32>), DatapathError> {
+    let query = |dir: Direction| -> Result<Vec<u32>, DatapathError> {
+        let (_, progs) =
+            SchedClassifier::query_tcx(interface, dir.attach_type()).map_err(|e| DatapathError::Attach {
+                program: dir.program(),
+                interface: interface.into(),
+                direction: dir.tag(),
+                source: Box::new(e),
+            })?;
+        Ok(progs.iter().map(|p| p.id()).collect())
+    };
+    Ok((query(Direction::FromPod)?, query(Direction::ToPod)?))
 }
 
 /// Who put an allow entry there.
@@ -983,11 +1020,7 @@ impl Inner {
     fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         for dir in Direction::ALL {
             let path = link_path(&self.links_dir, ifindex, dir);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DatapathError::Link { path, source }),
-            }
+            detach_pinned_link(&path).map_err(|source| DatapathError::Link { path, source })?;
         }
         match self.endpoints.remove(&ifindex) {
             Ok(()) => {}
@@ -1018,37 +1051,65 @@ fn link_io(e: LinkError) -> io::Error {
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zeroed, bpf_attr-sized buffer filled for `cmd`; pointers in it refer to
+    // buffers the caller keeps alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+fn open_pinned(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // BPF_OBJ_GET: pathname u64, bpf_fd u32, file_flags u32.
+    let mut attr = [0u64; 16];
+    attr[0] = cpath.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// The ifindex the TCX link pinned at `path` is attached to: `bpf_link_info.tcx.ifindex`, which
 /// the kernel resets to 0 when the device goes away (aya does not expose it).
 fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    use std::os::unix::ffi::OsStrExt as _;
-
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // union bpf_attr for BPF_OBJ_GET: pathname u64, bpf_fd u32, file_flags u32, path_fd i32.
-    let mut attr = [0u64; 16];
-    attr[0] = cpath.as_ptr() as u64;
-    // SAFETY: attr is a zeroed bpf_attr-sized buffer; pathname points to a live C string.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), size_of_val(&attr)) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-
+    use std::os::fd::AsRawFd as _;
+    let fd = open_pinned(path)?;
     // struct bpf_link_info: type, id, prog_id (u32 each), then an 8-byte aligned union whose tcx
     // member starts with ifindex (u32): offset 16.
     let mut info = [0u8; 256];
     let mut attr = [0u64; 16];
     attr[0] = u64::from(fd.as_raw_fd() as u32) | ((info.len() as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
-    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes into `info`.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), size_of_val(&attr)) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes")))
+}
+
+/// Detach the link pinned at `path` now, then unpin it. Unpinning alone frees the link only
+/// after an RCU grace period and a workqueue pass: the program would keep running for a moment
+/// after `detach` returned.
+fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = match open_pinned(path) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32);
+    match bpf(BPF_LINK_DETACH, &mut attr) {
+        // ENOLINK: already detached (its device went away).
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 impl Datapath for AyaDatapath {

@@ -21,7 +21,8 @@ use thiserror::Error;
 
 pub use events::DropEvents;
 pub use kernel::{
-    AyaConfig, AyaDatapath, Counters, Desired, DesiredEndpoint, EndpointSpec, EntryOwners, ProxyTarget, ReconcileReport,
+    AyaConfig, AyaDatapath, Counters, Desired, DesiredEndpoint, EndpointSpec, EntryOwners, ProxyTarget,
+    ReconcileReport, tcx_programs,
 };
 pub use memory::MemoryDatapath;
 pub use routing::PolicyRoute;

@@ -83,6 +83,19 @@ impl Netns {
         })
     }
 
+    /// Start a thread that lives in this namespace (for servers that create sockets as they go).
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let file = File::open(&self.path).unwrap_or_else(|e| panic!("opening {}: {e}", self.path.display()));
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            // SAFETY: setns on a namespace fd we hold open; affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+            drop(file);
+            f()
+        })
+    }
+
     /// `ip -n <ns> args...`, panicking with ip's message on failure.
     pub fn ip(&self, args: &[&str]) {
         run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
@@ -348,19 +361,35 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
-    /// Listen on `addr` inside `ns`.
+    /// Listen on `addr` inside `ns`; greet and close.
     pub fn start(ns: &Netns, addr: SocketAddr, greeting: &'static [u8]) -> TcpServer {
+        Self::spawn(ns, addr, move |mut s| {
+            use std::io::Write as _;
+            let _ = s.write_all(greeting);
+        })
+    }
+
+    /// Listen on `addr` inside `ns`; echo every connection until its peer closes it.
+    pub fn echo(ns: &Netns, addr: SocketAddr) -> TcpServer {
+        Self::spawn(ns, addr, |mut s| {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().expect("clone");
+                let _ = io::copy(&mut r, &mut s);
+            });
+        })
+    }
+
+    fn spawn(ns: &Netns, addr: SocketAddr, handle: impl Fn(TcpStream) + Send + 'static) -> TcpServer {
         let listener = ns.run(|| TcpListener::bind(addr)).unwrap_or_else(|e| panic!("listen {addr}: {e}"));
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            use std::io::Write as _;
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
+                    Ok((s, _)) => {
                         let _ = s.set_nonblocking(false);
-                        let _ = s.write_all(greeting);
+                        handle(s);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
                     Err(_) => break,
