@@ -3,3 +3,4 @@
 pub mod cache;
 pub mod observe;
 pub mod policy;
+pub mod run;

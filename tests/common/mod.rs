@@ -1,2 +1,5 @@
+pub mod dig;
+pub mod dns_server;
+pub mod fqdnd;
 pub mod netns;
 pub mod privileged;

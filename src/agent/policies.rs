@@ -1,0 +1,229 @@
+//! The policy directory and the endpoints file, watched by polling their modification times.
+//! A change reloads both and resolves every endpoint's policy again.
+//!
+//! Bad input never weakens what is enforced: a problem is logged as `path: doc N: field: message`,
+//! and a file that now has problems keeps contributing the policies of its last clean version
+//! (a new file's valid documents apply at once). An endpoints file that fails to parse keeps the
+//! previous inventory.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fqdn_cache::EndpointId;
+use policy_sync::{Endpoint, EndpointPolicy, Policy, PolicyRef};
+
+use super::inventory::assign_ids;
+
+/// One policed endpoint with its resolved policy.
+#[derive(Clone, Debug)]
+pub struct ResolvedEndpoint {
+    pub id: EndpointId,
+    pub endpoint: Endpoint,
+    pub policy: Arc<EndpointPolicy>,
+}
+
+/// Everything in force after a reload. Components (proxy, cache, datapath, flows) read it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Counts reloads; 0 before the first.
+    pub generation: u64,
+    pub endpoints: Vec<ResolvedEndpoint>,
+    pub policies: Vec<PolicyRef>,
+}
+
+/// (path, modified, length) of every watched file: changes when anything is edited, added or removed.
+type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+pub struct PolicySource {
+    policies: Option<PathBuf>,
+    endpoints: Option<PathBuf>,
+    last_good: HashMap<PathBuf, Vec<Policy>>,
+    inventory: Vec<Endpoint>,
+    fingerprint: Option<Fingerprint>,
+    generation: u64,
+}
+
+impl PolicySource {
+    pub fn new(policies: Option<PathBuf>, endpoints: Option<PathBuf>) -> Self {
+        PolicySource {
+            policies,
+            endpoints,
+            last_good: HashMap::new(),
+            inventory: Vec::new(),
+            fingerprint: None,
+            generation: 0,
+        }
+    }
+
+    /// Reload if anything changed since the last load (always on the first call).
+    pub fn poll(&mut self) -> Option<Snapshot> {
+        let fp = self.fingerprint();
+        if self.fingerprint.as_ref() == Some(&fp) {
+            return None;
+        }
+        self.fingerprint = Some(fp);
+        Some(self.reload())
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        let mut fp = Vec::new();
+        let mut add = |p: &Path| {
+            let meta = std::fs::metadata(p).ok();
+            fp.push((p.to_path_buf(), meta.as_ref().and_then(|m| m.modified().ok()), meta.map_or(0, |m| m.len())));
+        };
+        if let Some(dir) = &self.policies {
+            add(dir);
+            if dir.is_dir()
+                && let Ok(rd) = std::fs::read_dir(dir)
+            {
+                let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                entries.sort();
+                entries.iter().for_each(|p| add(p));
+            }
+        }
+        if let Some(file) = &self.endpoints {
+            add(file);
+        }
+        fp
+    }
+
+    fn reload(&mut self) -> Snapshot {
+        self.generation += 1;
+        let policies = self.load_policies();
+        if let Some(path) = &self.endpoints {
+            match policy_sync::load_endpoints_file(path) {
+                Ok(eps) => self.inventory = eps,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    kept = self.inventory.len(),
+                    "endpoints file not loaded; keeping the previous endpoints"
+                ),
+            }
+        }
+        let ids = assign_ids(&self.inventory);
+        let endpoints: Vec<ResolvedEndpoint> = self
+            .inventory
+            .iter()
+            .zip(ids)
+            .map(|(ep, id)| ResolvedEndpoint {
+                id,
+                endpoint: ep.clone(),
+                policy: Arc::new(policy_sync::resolve(&policies, ep, &self.inventory)),
+            })
+            .collect();
+        let refs: Vec<PolicyRef> = policies.iter().map(|p| p.reference.clone()).collect();
+        tracing::info!(
+            generation = self.generation,
+            policies = refs.len(),
+            endpoints = endpoints.len(),
+            with_dns_rules = endpoints.iter().filter(|e| e.policy.has_dns_rules()).count(),
+            "policies loaded"
+        );
+        Snapshot { generation: self.generation, endpoints, policies: refs }
+    }
+
+    fn load_policies(&mut self) -> Vec<Policy> {
+        let Some(path) = self.policies.clone() else { return Vec::new() };
+        let report = policy_sync::load_paths(std::slice::from_ref(&path));
+        for problem in &report.problems {
+            tracing::warn!("{problem}");
+        }
+        if report.problems.iter().any(|p| p.path == path && path.is_dir()) {
+            tracing::warn!(path = %path.display(), "policy directory unreadable; keeping every policy as it was");
+            return self.last_good.values().flatten().cloned().collect();
+        }
+        let troubled: HashSet<&PathBuf> = report.problems.iter().map(|p| &p.path).collect();
+        let mut by_file: HashMap<PathBuf, Vec<Policy>> = HashMap::new();
+        for p in report.policies {
+            by_file.entry(p.source.clone()).or_default().push(p);
+        }
+        let mut next_good = HashMap::new();
+        let mut out = Vec::new();
+        for file in &report.files {
+            let fresh = by_file.remove(file).unwrap_or_default();
+            match self.last_good.remove(file) {
+                Some(previous) if troubled.contains(file) => {
+                    tracing::warn!(
+                        path = %file.display(),
+                        policies = previous.len(),
+                        "file has problems; its last clean version stays in force"
+                    );
+                    out.extend(previous.iter().cloned());
+                    next_good.insert(file.clone(), previous);
+                }
+                _ => {
+                    out.extend(fresh.iter().cloned());
+                    if !troubled.contains(file) {
+                        next_good.insert(file.clone(), fresh);
+                    }
+                }
+            }
+        }
+        self.last_good = next_good;
+        // A kept old version and a new file may now define the same policy: the first wins.
+        let mut seen = HashSet::new();
+        out.retain(|p| seen.insert(p.reference.clone()));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: alpine}}
+  egress:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules: {dns: [{matchPattern: "*.microsoft.com"}]}
+"#;
+
+    const ENDPOINTS: &str = r#"
+- {namespace: kube-system, name: kube-dns, labels: {k8s-app: kube-dns}, ips: [10.96.0.10]}
+- {namespace: default, name: alpine, labels: {app: alpine}, ips: [10.0.1.5]}
+"#;
+
+    fn verdict(s: &Snapshot, name: &str) -> policy_sync::DnsVerdict {
+        let alpine = s.endpoints.iter().find(|e| e.endpoint.name == "alpine").unwrap();
+        alpine.policy.dns_verdict("10.96.0.10".parse().unwrap(), 53, fqdn_cache::L4Proto::Udp, name)
+    }
+
+    #[test]
+    fn broken_edit_keeps_last_clean_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let pol = dir.path().join("policies");
+        std::fs::create_dir(&pol).unwrap();
+        let eps = dir.path().join("endpoints.yaml");
+        std::fs::write(&eps, ENDPOINTS).unwrap();
+        std::fs::write(pol.join("dns.yaml"), GOOD).unwrap();
+        let mut src = PolicySource::new(Some(pol.clone()), Some(eps.clone()));
+        let s1 = src.poll().expect("first poll loads");
+        assert!(matches!(verdict(&s1, "www.microsoft.com."), policy_sync::DnsVerdict::Allowed { .. }));
+        assert!(src.poll().is_none(), "nothing changed");
+
+        // Break the file: the old rule stays in force.
+        std::fs::write(pol.join("dns.yaml"), GOOD.replace("matchPattern", "matchPatern")).unwrap();
+        let s2 = src.poll().expect("change detected");
+        assert!(matches!(verdict(&s2, "www.microsoft.com."), policy_sync::DnsVerdict::Allowed { .. }));
+        assert!(matches!(verdict(&s2, "www.google.com."), policy_sync::DnsVerdict::Refused { .. }));
+
+        // A broken endpoints file keeps the inventory.
+        std::fs::write(&eps, "- {namespace: x, nme: y}\n").unwrap();
+        let s3 = src.poll().expect("change detected");
+        assert_eq!(s3.endpoints.len(), 2);
+
+        // Removing the file removes its policies.
+        std::fs::remove_file(pol.join("dns.yaml")).unwrap();
+        let s4 = src.poll().expect("change detected");
+        assert_eq!(verdict(&s4, "www.google.com."), policy_sync::DnsVerdict::NotProxied);
+        assert!(s4.policies.is_empty());
+    }
+}

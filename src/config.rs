@@ -1,0 +1,458 @@
+//! The agent's one typed config: defaults, then the YAML file (`--config`), then flags. Every
+//! problem is collected and reported together; the effective config is logged at start.
+//!
+//! ```yaml
+//! mode: plain                      # plain | transparent
+//! listen: ["127.0.0.1:5353"]       # UDP + TCP each
+//! upstream: "10.96.0.10:53"        # plain mode; default: first nameserver of /etc/resolv.conf
+//! policies: ./policies             # directory (or file) of CiliumNetworkPolicies, re-read on change
+//! endpoints: ./endpoints.yaml      # source IP -> endpoint (see policy_sync::endpoint)
+//! state-dir: /run/fqdnd
+//! dns-reject-response-code: nameError   # nameError | refused
+//! response-max-delay: 100ms
+//! upstream-timeout: 2s
+//! tcp-idle-timeout: 10s
+//! min-ttl: 0                       # seconds
+//! max-inflight: 4096
+//! max-inflight-per-endpoint: 1024
+//! policy-poll-interval: 1s
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dns_proxy::{Mode, ProxyConfig, RejectCode};
+use serde::{Deserialize, Serialize};
+
+/// Where `fqdnd run` listens in plain mode without `--listen` (unprivileged port).
+pub const DEFAULT_PLAIN_LISTEN: &str = "127.0.0.1:5353";
+/// The transparent listeners' fixed port. The datapath finds the sockets at 127.0.0.1 and ::1 on it.
+pub const DEFAULT_TRANSPARENT_PORT: u16 = 10053;
+/// The policy directory used when none is configured, if it exists.
+pub const DEFAULT_POLICIES: &str = "policies";
+
+/// The config file as written. Every field optional: the file only overrides defaults.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub mode: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub upstream: Option<String>,
+    pub policies: Option<PathBuf>,
+    pub endpoints: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub dns_reject_response_code: Option<String>,
+    pub response_max_delay: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub tcp_idle_timeout: Option<String>,
+    pub min_ttl: Option<u32>,
+    pub max_inflight: Option<usize>,
+    pub max_inflight_per_endpoint: Option<usize>,
+    pub policy_poll_interval: Option<String>,
+}
+
+/// Flags of `fqdnd run`; each overrides the file's value.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Flags {
+    /// YAML config file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory (or file) of CiliumNetworkPolicies; re-read when it changes. Default: ./policies if present.
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// Endpoints file: the workloads fqdnd polices, with their IPs (source IP -> endpoint).
+    #[arg(long, value_name = "FILE")]
+    pub endpoints: Option<PathBuf>,
+    /// Listening address, UDP and TCP (repeatable). Default: 127.0.0.1:5353 (plain),
+    /// 127.0.0.1:10053 and [::1]:10053 (transparent).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+    /// Upstream DNS server in plain mode. Default: the first nameserver of /etc/resolv.conf.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub upstream: Option<String>,
+    /// plain: clients address fqdnd. transparent: the datapath steers pods' DNS to fqdnd (root).
+    #[arg(long, value_name = "plain|transparent")]
+    pub mode: Option<String>,
+    /// Directory for the admin socket and snapshots.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Response code of refused queries: nameError (NXDOMAIN, default) or refused.
+    #[arg(long, value_name = "nameError|refused")]
+    pub dns_reject_response_code: Option<String>,
+    /// Longest an answer waits for the datapath's ack before release (default 100ms).
+    #[arg(long, value_name = "DURATION")]
+    pub response_max_delay: Option<String>,
+    /// Lowest TTL (seconds) learned IPs are kept for.
+    #[arg(long, value_name = "SECONDS")]
+    pub min_ttl: Option<u32>,
+    /// Queries in flight at once (all endpoints).
+    #[arg(long, value_name = "N")]
+    pub max_inflight: Option<usize>,
+    /// Upstream answer timeout; SERVFAIL after it (default 2s).
+    #[arg(long, value_name = "DURATION")]
+    pub upstream_timeout: Option<String>,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Config {
+    #[serde(flatten)]
+    pub proxy: ProxyConfig,
+    pub policies: Option<PathBuf>,
+    pub endpoints: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub min_ttl: u32,
+    #[serde(serialize_with = "display_duration")]
+    pub policy_poll_interval: Duration,
+}
+
+fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// Every problem found in the config, each naming its source and key.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        for p in &self.0 {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// What the environment supplies to defaults (injected so tests need not touch the real machine).
+#[derive(Clone, Debug)]
+pub struct Environment {
+    pub resolv_conf: PathBuf,
+    pub cwd: PathBuf,
+    pub default_state_dir: PathBuf,
+}
+
+impl Environment {
+    pub fn system() -> Self {
+        Environment {
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            default_state_dir: fqdnd::admin::default_state_dir(),
+        }
+    }
+}
+
+/// Read the config file named by `--config`, if any.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: reading: {e}", path.display())]))?;
+    parse_file(path, &text)
+}
+
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigErrors> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_norway::from_str(text).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))
+}
+
+/// Merge file and flags over the defaults and validate everything.
+pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let src = |flag: bool, key: &str| if flag { format!("--{key}") } else { format!("config {key}") };
+
+    macro_rules! pick {
+        ($flag:expr, $file:expr, $key:literal) => {
+            match ($flag, $file) {
+                (Some(v), _) => Some((v, src(true, $key))),
+                (None, Some(v)) => Some((v, src(false, $key))),
+                (None, None) => None,
+            }
+        };
+    }
+
+    let mode = match pick!(flags.mode.clone(), file.mode.clone(), "mode") {
+        None => Mode::Plain,
+        Some((v, from)) => match v.as_str() {
+            "plain" => Mode::Plain,
+            "transparent" => Mode::Transparent,
+            other => {
+                problems.push(format!("{from}: {other:?} is not a mode; expected plain or transparent"));
+                Mode::Plain
+            }
+        },
+    };
+
+    let listen_raw: Option<(Vec<String>, String)> = if !flags.listen.is_empty() {
+        Some((flags.listen.clone(), src(true, "listen")))
+    } else {
+        file.listen.clone().map(|l| (l, src(false, "listen")))
+    };
+    let listen = match listen_raw {
+        Some((list, from)) => {
+            if list.is_empty() {
+                problems.push(format!("{from}: at least one address is needed"));
+            }
+            list.iter()
+                .filter_map(|a| match a.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        problems.push(format!("{from}: {a:?} is not ADDR:PORT (IPv6 as [::1]:53)"));
+                        None
+                    }
+                })
+                .collect()
+        }
+        None => match mode {
+            Mode::Plain => vec![DEFAULT_PLAIN_LISTEN.parse().expect("literal")],
+            Mode::Transparent => vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_TRANSPARENT_PORT),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), DEFAULT_TRANSPARENT_PORT),
+            ],
+        },
+    };
+
+    let upstream = match pick!(flags.upstream.clone(), file.upstream.clone(), "upstream") {
+        Some((v, from)) => match parse_server(&v) {
+            Some(a) => Some(a),
+            None => {
+                problems.push(format!("{from}: {v:?} is not ADDR:PORT or ADDR (port 53)"));
+                None
+            }
+        },
+        None if mode == Mode::Plain => match first_nameserver(&env.resolv_conf) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(format!("upstream: not configured and {e}; set --upstream ADDR:PORT"));
+                None
+            }
+        },
+        None => None,
+    };
+
+    let reject = match pick!(
+        flags.dns_reject_response_code.clone(),
+        file.dns_reject_response_code.clone(),
+        "dns-reject-response-code"
+    ) {
+        None => RejectCode::NameError,
+        Some((v, from)) => match v.as_str() {
+            "nameError" => RejectCode::NameError,
+            "refused" => RejectCode::Refused,
+            other => {
+                problems.push(format!("{from}: {other:?} is not a response code; expected nameError or refused"));
+                RejectCode::NameError
+            }
+        },
+    };
+
+    let mut duration = |flag: &Option<String>, filev: &Option<String>, key: &str, default: Duration| {
+        let (v, from) = match (flag, filev) {
+            (Some(v), _) => (v, src(true, key)),
+            (None, Some(v)) => (v, src(false, key)),
+            (None, None) => return default,
+        };
+        match humantime::parse_duration(v) {
+            Ok(d) if d.is_zero() => {
+                problems.push(format!("{from}: must be more than zero"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("{from}: {v:?} is not a duration (e.g. 100ms, 2s): {e}"));
+                default
+            }
+        }
+    };
+    let response_max_delay =
+        duration(&flags.response_max_delay, &file.response_max_delay, "response-max-delay", Duration::from_millis(100));
+    let upstream_timeout =
+        duration(&flags.upstream_timeout, &file.upstream_timeout, "upstream-timeout", Duration::from_secs(2));
+    let tcp_idle_timeout = duration(&None, &file.tcp_idle_timeout, "tcp-idle-timeout", Duration::from_secs(10));
+    let policy_poll_interval =
+        duration(&None, &file.policy_poll_interval, "policy-poll-interval", Duration::from_secs(1));
+
+    let max_inflight = flags.max_inflight.or(file.max_inflight).unwrap_or(4096);
+    if max_inflight == 0 {
+        problems.push(format!("{}: must be at least 1", src(flags.max_inflight.is_some(), "max-inflight")));
+    }
+    let max_inflight_per_endpoint = file.max_inflight_per_endpoint.unwrap_or((max_inflight / 4).max(1));
+    if max_inflight_per_endpoint == 0 || max_inflight_per_endpoint > max_inflight.max(1) {
+        problems.push(format!(
+            "config max-inflight-per-endpoint: {max_inflight_per_endpoint} must be between 1 and max-inflight ({max_inflight})"
+        ));
+    }
+
+    let policies = match (&flags.policies, &file.policies) {
+        (Some(p), _) | (None, Some(p)) => {
+            if !p.exists() {
+                problems.push(format!("{}: {} does not exist", src(flags.policies.is_some(), "policies"), p.display()));
+            }
+            Some(p.clone())
+        }
+        (None, None) => Some(env.cwd.join(DEFAULT_POLICIES)).filter(|p| p.is_dir()),
+    };
+    let endpoints = match (&flags.endpoints, &file.endpoints) {
+        (Some(p), _) | (None, Some(p)) => {
+            if !p.is_file() {
+                problems.push(format!(
+                    "{}: {} is not a file",
+                    src(flags.endpoints.is_some(), "endpoints"),
+                    p.display()
+                ));
+            }
+            Some(p.clone())
+        }
+        (None, None) => None,
+    };
+    let state_dir = flags.state_dir.clone().or(file.state_dir.clone()).unwrap_or_else(|| env.default_state_dir.clone());
+
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    Ok(Config {
+        proxy: ProxyConfig {
+            mode,
+            listen,
+            upstream,
+            reject,
+            response_max_delay,
+            upstream_timeout,
+            max_inflight,
+            max_inflight_per_endpoint,
+            tcp_idle_timeout,
+            upstream_sockets: 32,
+        },
+        policies,
+        endpoints,
+        state_dir,
+        min_ttl: flags.min_ttl.or(file.min_ttl).unwrap_or(0),
+        policy_poll_interval,
+    })
+}
+
+/// `ADDR:PORT`, `[V6]:PORT`, or a bare address meaning port 53.
+fn parse_server(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
+/// The first `nameserver` of a resolv.conf, port 53.
+pub fn first_nameserver(path: &Path) -> Result<SocketAddr, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{} is unreadable: {e}", path.display()))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+        })
+        // A scoped link-local address (fe80::1%eth0) is valid for resolv.conf but not for std.
+        .find_map(|w| w.split('%').next().and_then(|ip| ip.parse::<IpAddr>().ok()))
+        .map(|ip| SocketAddr::new(ip, 53))
+        .ok_or_else(|| format!("{} lists no nameserver", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(dir: &Path) -> Environment {
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, "# comment\nsearch example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n").unwrap();
+        Environment { resolv_conf: resolv, cwd: dir.to_path_buf(), default_state_dir: dir.join("state") }
+    }
+
+    #[test]
+    fn defaults_without_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.proxy.mode, Mode::Plain);
+        assert_eq!(c.proxy.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(c.proxy.upstream, Some("192.0.2.53:53".parse().unwrap()));
+        assert_eq!(c.proxy.reject, RejectCode::NameError);
+        assert_eq!(c.proxy.response_max_delay, Duration::from_millis(100));
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(2));
+        assert_eq!(c.policies, None, "no ./policies directory here");
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.policies, Some(dir.path().join("policies")));
+    }
+
+    #[test]
+    fn misspelled_key_is_rejected_with_its_name() {
+        let err = parse_file(Path::new("fqdnd.yaml"), "mode: plain\nlisten: [\"127.0.0.1:53\"]\nupstrem: 1.1.1.1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstrem"), "{err}");
+        assert!(err.contains("fqdnd.yaml"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = parse_file(
+            Path::new("f.yaml"),
+            "mode: plain\nupstream: 192.0.2.1:5300\ndns-reject-response-code: refused\nresponse-max-delay: 250ms\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            upstream: Some("[2001:db8::1]:53".into()),
+            listen: vec!["127.0.0.1:5400".into(), "[::1]:5400".into()],
+            ..Flags::default()
+        };
+        let c = resolve(&file, &flags, &env(dir.path())).unwrap();
+        assert_eq!(c.proxy.upstream, Some("[2001:db8::1]:53".parse().unwrap()));
+        assert_eq!(c.proxy.listen.len(), 2);
+        assert_eq!(c.proxy.reject, RejectCode::Refused);
+        assert_eq!(c.proxy.response_max_delay, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = parse_file(Path::new("f.yaml"), "response-max-delay: soon\nmax-inflight: 0\n").unwrap();
+        let flags = Flags {
+            mode: Some("sideways".into()),
+            listen: vec!["localhost".into()],
+            upstream: Some("nowhere".into()),
+            dns_reject_response_code: Some("NXDOMAIN".into()),
+            upstream_timeout: Some("0s".into()),
+            policies: Some(dir.path().join("missing")),
+            ..Flags::default()
+        };
+        let errs = resolve(&file, &flags, &env(dir.path())).unwrap_err();
+        let text = errs.to_string();
+        for needle in [
+            "--mode: \"sideways\"",
+            "--listen: \"localhost\"",
+            "--upstream: \"nowhere\"",
+            "--dns-reject-response-code: \"NXDOMAIN\"",
+            "config response-max-delay: \"soon\"",
+            "--upstream-timeout: must be more than zero",
+            "config max-inflight: must be at least 1",
+            "--policies:",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(errs.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn resolv_conf_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, want) in [
+            ("nameserver 10.0.0.2\n", Ok("10.0.0.2:53")),
+            ("options ndots:5\nnameserver fe80::1%eth0\n", Ok("[fe80::1]:53")),
+            ("#nameserver 1.1.1.1\n", Err(())),
+            ("nameserver bogus\nnameserver 10.1.1.1\n", Ok("10.1.1.1:53")),
+        ] {
+            let p = dir.path().join("r");
+            std::fs::write(&p, text).unwrap();
+            let got = first_nameserver(&p).map_err(|_| ());
+            assert_eq!(got, want.map(|s| s.parse().unwrap()), "{text:?}");
+        }
+    }
+}
