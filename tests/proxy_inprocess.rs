@@ -1,0 +1,385 @@
+//! The proxy driven in-process, so tests can see what it hands the learner and the datapath, read
+//! its counters and flows, and put a fake (hostile) upstream behind it. Real NSD, real sockets.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::dns_server::DnsServer;
+use common::fqdnd::dns_policy;
+use dns_proxy::{DnsFlowKind, EndpointEntry, EndpointTable, Learner, Proxy, ProxyConfig, Verdict};
+use ebpf_redirect::MemoryDatapath;
+use fqdn_cache::{AllowKey, Answer, Delta, EndpointId, L4Proto, PortProto};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use policy_sync::Endpoint;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+const ALPINE: EndpointId = EndpointId(1);
+
+/// Records every answer and allows each of its IPs for the endpoint (what the cache does for a
+/// selector matching the name).
+#[derive(Default)]
+struct Recorder {
+    answers: Mutex<Vec<Answer>>,
+}
+
+impl Learner for Recorder {
+    fn learn(&self, answer: &Answer) -> Delta {
+        self.answers.lock().unwrap().push(answer.clone());
+        Delta {
+            add: answer
+                .ips
+                .iter()
+                .map(|&ip| AllowKey { endpoint: answer.endpoint, ip, port: PortProto::ANY })
+                .collect(),
+            remove: vec![],
+        }
+    }
+}
+
+struct Harness {
+    proxy: Proxy,
+    addr: SocketAddr,
+    learner: Arc<Recorder>,
+    datapath: Arc<MemoryDatapath>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    /// A plain-mode proxy on 127.0.0.1 forwarding to `upstream`; alpine (127.0.0.1) may ask
+    /// `upstream` for `patterns`.
+    async fn start(upstream: SocketAddr, patterns: &[&str], tweak: impl FnOnce(&mut ProxyConfig)) -> Harness {
+        let mut config = ProxyConfig::plain(vec!["127.0.0.1:0".parse().unwrap()], upstream);
+        tweak(&mut config);
+        let learner = Arc::new(Recorder::default());
+        let datapath = Arc::new(MemoryDatapath::new());
+        let proxy = Proxy::new(config, learner.clone(), datapath.clone()).unwrap();
+
+        let (policies, problems) = policy_sync::parse_file(
+            std::path::Path::new("dns.yaml"),
+            &dns_policy("dns-allow", upstream.port(), patterns),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let dns = Endpoint {
+            namespace: "kube-system".into(),
+            name: "kube-dns".into(),
+            labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
+            ips: vec![upstream.ip()],
+            interface: None,
+        };
+        let alpine = Endpoint {
+            namespace: "default".into(),
+            name: "alpine".into(),
+            labels: [("app".to_string(), "alpine".to_string())].into(),
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            interface: None,
+        };
+        let inventory = vec![dns, alpine.clone()];
+        let mut table = EndpointTable::new();
+        table.insert(
+            &alpine.ips,
+            EndpointEntry {
+                id: ALPINE,
+                key: alpine.key(),
+                policy: Arc::new(policy_sync::resolve(&policies, &alpine, &inventory)),
+            },
+        );
+        proxy.set_endpoints(table);
+
+        let bound = proxy.bind().unwrap();
+        let addr = bound.listeners()[0].addr;
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { bound.serve(token).await.unwrap() });
+        Harness { proxy, addr, learner, datapath, shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn query(id: u16, name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        msg.set_edns(e);
+    }
+    msg.to_vec().unwrap()
+}
+
+/// Send `packet` from a fresh client socket and return the first reply.
+async fn ask(server: SocketAddr, packet: &[u8]) -> Message {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(packet, server).await.unwrap();
+    recv(&sock).await
+}
+
+async fn recv(sock: &UdpSocket) -> Message {
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    Message::from_vec(&buf[..n]).unwrap()
+}
+
+fn ips(msg: &Message) -> Vec<IpAddr> {
+    msg.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn nsd() -> DnsServer {
+    DnsServer::builder().fixture_zone("microsoft.com").fixture_zone("google.com").start().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_is_released_only_after_the_datapath_ack() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |c| c.response_max_delay = Duration::from_secs(30)).await;
+    // The ack takes a while; had the proxy released the answer earlier, the entry would be
+    // missing when the client sees the answer.
+    h.datapath.set_ack_delay(Duration::from_millis(300));
+    let reply = ask(h.addr, &query(1, "www.microsoft.com.", RecordType::A, None)).await;
+    let ip: IpAddr = "10.200.0.1".parse().unwrap();
+    assert_eq!(ips(&reply), [ip]);
+    assert!(h.datapath.contains(ALPINE, ip), "answer released before the datapath held {ip}");
+    assert_eq!(h.datapath.applied(), 1);
+    assert_eq!(h.proxy.stats().datapath_timeouts, 0);
+
+    // A denied name is not learned and never reaches the datapath.
+    let reply = ask(h.addr, &query(2, "www.google.com.", RecordType::A, None)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(h.datapath.applied(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_datapath_releases_after_max_delay_and_counts() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |c| c.response_max_delay = Duration::from_millis(50)).await;
+    h.datapath.set_ack_delay(Duration::from_secs(3));
+    let reply = ask(h.addr, &query(1, "login.microsoft.com.", RecordType::A, None)).await;
+    assert_eq!(ips(&reply), ["10.200.0.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(h.proxy.stats().datapath_timeouts, 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cname_chain_is_learned_with_the_lowest_ttl() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |_| {}).await;
+    let reply = ask(h.addr, &query(9, "Chain.Microsoft.com.", RecordType::A, None)).await;
+    assert_eq!(reply.answers.len(), 3);
+    let learned = h.learner.answers.lock().unwrap().clone();
+    assert_eq!(learned.len(), 1, "{learned:?}");
+    let a = &learned[0];
+    assert_eq!(a.endpoint, ALPINE);
+    assert_eq!(a.qname, "chain.microsoft.com.");
+    assert_eq!(a.cnames, ["chain2.microsoft.com.", "edge.microsoft.com."]);
+    assert_eq!(a.ips, ["10.200.0.3".parse::<IpAddr>().unwrap()]);
+    assert_eq!(a.ttl, 60, "lowest TTL along 600 -> 60 -> 120");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_and_aaaa_back_to_back_from_one_port() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |_| {}).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&query(0x1111, "www.microsoft.com.", RecordType::A, None), h.addr).await.unwrap();
+    sock.send_to(&query(0x2222, "www.microsoft.com.", RecordType::AAAA, None), h.addr).await.unwrap();
+    let mut got = HashMap::new();
+    for _ in 0..2 {
+        let m = recv(&sock).await;
+        got.insert(m.metadata.id, (m.queries[0].query_type(), ips(&m)));
+    }
+    assert_eq!(got[&0x1111], (RecordType::A, vec!["10.200.0.1".parse::<IpAddr>().unwrap()]));
+    assert_eq!(got[&0x2222], (RecordType::AAAA, vec!["fd00:200::1".parse::<IpAddr>().unwrap()]));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_pipelined_queries_on_one_connection() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |_| {}).await;
+    let mut conn = TcpStream::connect(h.addr).await.unwrap();
+    let mut out = Vec::new();
+    for (id, name) in [(7u16, "www.microsoft.com."), (8, "www.google.com."), (9, "many.microsoft.com.")] {
+        let q = query(id, name, RecordType::A, None);
+        out.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        out.extend_from_slice(&q);
+    }
+    conn.write_all(&out).await.unwrap();
+    let mut got = HashMap::new();
+    for _ in 0..3 {
+        let len = conn.read_u16().await.unwrap() as usize;
+        let mut buf = vec![0u8; len];
+        conn.read_exact(&mut buf).await.unwrap();
+        let m = Message::from_vec(&buf).unwrap();
+        got.insert(m.metadata.id, m);
+    }
+    assert_eq!(ips(&got[&7]), ["10.200.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(got[&8].metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(ips(&got[&9]).len(), 40, "TCP carries the full answer");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_queries() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |_| {}).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // No header: nothing comes back (the next reply is the valid query's).
+    sock.send_to(&[0xab, 0xcd, 0x01], h.addr).await.unwrap();
+    // Header readable, question cut: FORMERR with the same ID.
+    let mut cut = query(0x4242, "www.microsoft.com.", RecordType::A, None);
+    cut.truncate(20);
+    sock.send_to(&cut, h.addr).await.unwrap();
+    let m = recv(&sock).await;
+    assert_eq!(m.metadata.id, 0x4242);
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    sock.send_to(&query(0x4343, "www.microsoft.com.", RecordType::A, None), h.addr).await.unwrap();
+    let m = recv(&sock).await;
+    assert_eq!(m.metadata.id, 0x4343, "no reply to the headerless packet");
+    assert_eq!(h.proxy.stats().malformed, 2);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_for_requests_and_responses() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |_| {}).await;
+    let mut rx = h.proxy.subscribe();
+    ask(h.addr, &query(1, "www.microsoft.com.", RecordType::A, None)).await;
+    ask(h.addr, &query(2, "www.google.com.", RecordType::AAAA, None)).await;
+    let mut flows = Vec::new();
+    for _ in 0..4 {
+        flows.push(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap());
+    }
+    let resp = flows.iter().find(|f| f.kind == DnsFlowKind::Response && f.qname == "www.microsoft.com.").unwrap();
+    assert_eq!(resp.verdict, Verdict::Forwarded);
+    assert_eq!(resp.endpoint, Some(ALPINE));
+    assert_eq!(resp.ips, ["10.200.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(resp.ttl, Some(300));
+    assert_eq!(resp.rcode.as_deref(), Some("No Error"));
+    assert_eq!(resp.policy.as_deref(), Some("default/dns-allow"));
+    assert_eq!(resp.server, nsd.addr);
+    assert_eq!(resp.protocol, L4Proto::Udp);
+    assert!(resp.latency.is_some());
+    let denied: Vec<_> = flows.iter().filter(|f| f.qname == "www.google.com.").collect();
+    assert_eq!(denied.len(), 2);
+    assert!(denied.iter().all(|f| f.verdict == Verdict::Dropped && f.qtypes == ["AAAA"]));
+    h.stop().await;
+}
+
+/// A hostile upstream: for each query, first three forged replies (wrong ID, wrong question,
+/// right everything but sent from another address), then the real one.
+async fn spoofing_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let real = UdpSocket::bind("127.0.0.4:0").await.unwrap();
+    let addr = real.local_addr().unwrap();
+    let impostor = UdpSocket::bind(SocketAddr::new("127.0.0.5".parse().unwrap(), addr.port())).await.unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let Ok((n, from)) = real.recv_from(&mut buf).await else { return };
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let answer = |id: u16, name: &Name, ip: [u8; 4]| {
+                let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+                m.metadata.recursion_desired = true;
+                m.metadata.recursion_available = true;
+                m.add_query(Query::query(name.clone(), q.queries[0].query_type()));
+                m.add_answer(Record::from_rdata(name.clone(), 60, RData::A(A::new(ip[0], ip[1], ip[2], ip[3]))));
+                m.to_vec().unwrap()
+            };
+            let qname = q.queries[0].name().clone();
+            let id = q.metadata.id;
+            real.send_to(&answer(id ^ 0x5a5a, &qname, [6, 6, 6, 1]), from).await.unwrap();
+            real.send_to(&answer(id, &Name::from_ascii("evil.microsoft.com.").unwrap(), [6, 6, 6, 2]), from)
+                .await
+                .unwrap();
+            impostor.send_to(&answer(id, &qname, [6, 6, 6, 3]), from).await.unwrap();
+            real.send_to(&answer(id, &qname, [10, 200, 0, 9]), from).await.unwrap();
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_upstream_replies_are_ignored() {
+    let (upstream, fake) = spoofing_upstream().await;
+    let h = Harness::start(upstream, &["*.microsoft.com"], |_| {}).await;
+    let client_id = 0x7777;
+    let reply = ask(h.addr, &query(client_id, "www.microsoft.com.", RecordType::A, None)).await;
+    assert_eq!(reply.metadata.id, client_id);
+    assert_eq!(ips(&reply), ["10.200.0.9".parse::<IpAddr>().unwrap()], "only the genuine reply is accepted");
+    assert!(!h.datapath.contains(ALPINE, "6.6.6.3".parse().unwrap()));
+    let s = h.proxy.stats();
+    assert_eq!((s.spoofed_unknown_id, s.spoofed_wrong_question, s.spoofed_wrong_source), (1, 1, 1), "{s:?}");
+    h.stop().await;
+    fake.abort();
+}
+
+/// An upstream that ignores the client's size and always sends ~1.5 kB over UDP.
+async fn oversized_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let sock = UdpSocket::bind("127.0.0.6:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            m.add_query(q.queries[0].clone());
+            for i in 0..90u8 {
+                m.add_answer(Record::from_rdata(q.queries[0].name().clone(), 60, RData::A(A::new(10, 9, 0, i))));
+            }
+            sock.send_to(&m.to_vec().unwrap(), from).await.unwrap();
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_answers_never_exceed_the_client_limit() {
+    let (upstream, fake) = oversized_upstream().await;
+    let h = Harness::start(upstream, &["*.microsoft.com"], |_| {}).await;
+    for (edns, limit) in [(None, 512usize), (Some(1232u16), 1232), (Some(4096), 4096)] {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.send_to(&query(5, "big.microsoft.com.", RecordType::A, edns), h.addr).await.unwrap();
+        let mut buf = vec![0u8; 65535];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert!(n <= limit, "{n} bytes for a client limit of {limit}");
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.metadata.id, 5);
+        if limit < 1500 {
+            assert!(m.metadata.truncation, "TC set when the answer does not fit {limit}");
+            assert!(m.answers.is_empty(), "no partial RRset");
+            assert_eq!(m.queries.len(), 1);
+        } else {
+            assert!(!m.metadata.truncation);
+            assert_eq!(m.answers.len(), 90);
+        }
+    }
+    assert_eq!(h.proxy.stats().truncated, 2);
+    h.stop().await;
+    fake.abort();
+}
