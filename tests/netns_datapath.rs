@@ -227,12 +227,14 @@ const ANSWER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
 impl FakeProxy {
     fn start(node: &netns::Netns) -> FakeProxy {
-        let (udp4, udp6, tcp4) = node.run(|| {
+        let (udp4, udp6, tcp4, tcp6) = node.run(|| {
             let udp4 = netns::transparent_udp("127.0.0.1:0".parse().unwrap()).expect("udp4");
             let port = udp4.local_addr().unwrap().port();
             let udp6 = netns::transparent_udp(SocketAddr::new("::1".parse().unwrap(), port)).expect("udp6");
             let tcp4 = netns::transparent_tcp("127.0.0.1:0".parse().unwrap()).expect("tcp4");
-            (udp4, udp6, tcp4)
+            let port = tcp4.local_addr().unwrap().port();
+            let tcp6 = netns::transparent_tcp(SocketAddr::new("::1".parse().unwrap(), port)).expect("tcp6");
+            (udp4, udp6, tcp4, tcp6)
         });
         let target = ProxyTarget {
             ipv4: Some("127.0.0.1".parse().unwrap()),
@@ -256,12 +258,23 @@ impl FakeProxy {
                 }
             }));
         }
-        tcp4.set_nonblocking(true).unwrap();
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || {
+        for tcp in [tcp4, tcp6] {
+            threads.push(Self::serve_tcp(tcp, seen.clone(), stop.clone()));
+        }
+        FakeProxy { target, seen, stop, threads }
+    }
+
+    fn serve_tcp(
+        tcp: std::net::TcpListener,
+        seen: Arc<Mutex<Vec<(SocketAddr, SocketAddr, L4Proto)>>>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        tcp.set_nonblocking(true).unwrap();
+        let (seen2, stop2) = (seen, stop);
+        std::thread::spawn(move || {
             use std::io::{Read as _, Write as _};
             while !stop2.load(Ordering::Relaxed) {
-                let (mut s, peer) = match tcp4.accept() {
+                let (mut s, peer) = match tcp.accept() {
                     Ok(c) => c,
                     Err(_) => {
                         std::thread::sleep(Duration::from_millis(5));
@@ -284,8 +297,7 @@ impl FakeProxy {
                 out.extend_from_slice(&answer);
                 let _ = s.write_all(&out);
             }
-        }));
-        FakeProxy { target, seen, stop, threads }
+        })
     }
 
     fn seen(&self) -> Vec<(SocketAddr, SocketAddr, L4Proto)> {
@@ -349,7 +361,7 @@ fn dns_is_redirected_to_the_transparent_proxy() {
     };
     fx.attach(&dp, &dns_policy(&[server4, server6]));
 
-    for (server, tcp) in [(server4, false), (server4, true), (server6, false)] {
+    for (server, tcp) in [(server4, false), (server4, true), (server6, false), (server6, true)] {
         let got = dig(&fx, server, tcp).unwrap_or_else(|e| panic!("dig @{server} tcp={tcp}: {e}"));
         assert_eq!(got, ANSWER.to_string(), "@{server} tcp={tcp}");
         let proto = if tcp { L4Proto::Tcp } else { L4Proto::Udp };
@@ -362,7 +374,7 @@ fn dns_is_redirected_to_the_transparent_proxy() {
         assert_eq!(original, SocketAddr::new(server, 53), "original destination");
         assert_eq!(peer.ip(), if server.is_ipv4() { IpAddr::V4(POD_IP4) } else { IpAddr::V6(POD_IP6) });
     }
-    assert!(dp.counters().unwrap().redirected >= 3);
+    assert!(dp.counters().unwrap().redirected >= 4);
 
     // A server no DNS rule names: default deny drops the query.
     assert!(dig(&fx, other, false).is_err(), "query to a server outside the DNS rules");

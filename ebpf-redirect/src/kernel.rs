@@ -105,6 +105,8 @@ pub struct ReconcileReport {
     pub entries_updated: usize,
     pub attached: usize,
     pub detached: usize,
+    /// Desired endpoints whose interface does not exist (pod gone): rules kept, not attached.
+    pub interfaces_missing: usize,
 }
 
 /// An endpoint as given to [`AyaDatapath::attach_endpoint`].
@@ -421,7 +423,14 @@ impl AyaDatapath {
         let mut keep = BTreeSet::new();
         for ep in &desired.endpoints {
             if let Some(interface) = &ep.interface {
-                let ifindex = ifindex_of(interface)?;
+                let ifindex = match ifindex_of(interface) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %ep.endpoint, interface, error = %e, "not attaching");
+                        report.interfaces_missing += 1;
+                        continue;
+                    }
+                };
                 let already = inner.attached.get(&ifindex).is_some_and(|a| a.endpoint == ep.endpoint);
                 inner.attach(&EndpointSpec { endpoint: ep.endpoint, interface: interface.clone() })?;
                 if !already {
