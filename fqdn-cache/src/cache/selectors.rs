@@ -1,0 +1,159 @@
+//! The toFQDNs selectors in force on the node: every distinct pattern once, compiled into one
+//! [`PatternSet`], with the endpoints (and ports) using it. One match per learned name finds
+//! every endpoint rule it feeds, however many selectors are in force.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::pattern::{NamePattern, PatternSet};
+use crate::{EndpointId, PortProto};
+
+/// One toFQDNs selector of an endpoint with the ports of its rule (empty: every port, i.e.
+/// [`PortProto::ANY`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectorRule {
+    pub pattern: NamePattern,
+    pub ports: Vec<PortProto>,
+}
+
+impl SelectorRule {
+    /// The ports the rule opens, never empty.
+    fn effective_ports(&self) -> Vec<PortProto> {
+        let mut ports = if self.ports.is_empty() { vec![PortProto::ANY] } else { self.ports.clone() };
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Selectors {
+    rules: BTreeMap<EndpointId, Vec<SelectorRule>>,
+    set: PatternSet,
+    /// By pattern index in `set`: the endpoints using it, sorted by endpoint, with their ports.
+    users: Vec<Vec<(EndpointId, Vec<PortProto>)>>,
+    scratch: Vec<usize>,
+}
+
+impl Selectors {
+    pub(crate) fn rules(&self, endpoint: EndpointId) -> &[SelectorRule] {
+        self.rules.get(&endpoint).map_or(&[], Vec::as_slice)
+    }
+
+    /// Replace one endpoint's rules (empty: the endpoint has none) and recompile.
+    pub(crate) fn set(&mut self, endpoint: EndpointId, rules: Vec<SelectorRule>) {
+        let before = self.rules.get(&endpoint).cloned().unwrap_or_default();
+        if rules.is_empty() {
+            self.rules.remove(&endpoint);
+        } else {
+            self.rules.insert(endpoint, rules.clone());
+        }
+        if before != rules {
+            self.rebuild();
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn rebuild(&mut self) {
+        let mut index: HashMap<&NamePattern, usize> = HashMap::new();
+        let mut patterns: Vec<NamePattern> = Vec::new();
+        let mut users: Vec<Vec<(EndpointId, Vec<PortProto>)>> = Vec::new();
+        // BTreeMap order: users come out sorted by endpoint.
+        for (&endpoint, rules) in &self.rules {
+            for rule in rules {
+                let i = *index.entry(&rule.pattern).or_insert_with(|| {
+                    patterns.push(rule.pattern.clone());
+                    users.push(Vec::new());
+                    patterns.len() - 1
+                });
+                let ports = rule.effective_ports();
+                match users[i].last_mut() {
+                    // Two rules of one endpoint with the same pattern: one user, ports merged.
+                    Some((e, existing)) if *e == endpoint => {
+                        existing.extend(ports);
+                        existing.sort_unstable();
+                        existing.dedup();
+                    }
+                    _ => users[i].push((endpoint, ports)),
+                }
+            }
+        }
+        self.set = PatternSet::new(patterns);
+        self.users = users;
+    }
+
+    /// Every (endpoint, port) a name's IPs are allowed to, through any selector matching it;
+    /// with `only`, just that endpoint's. An endpoint with two matching selectors sharing a port
+    /// yields that port twice (rules with the same pattern were merged): callers count grants, so
+    /// they must see each one, and [`EndpointRules`] counts alike.
+    pub(crate) fn grants(&mut self, name: &str, only: Option<EndpointId>, mut f: impl FnMut(EndpointId, PortProto)) {
+        if self.set.is_empty() {
+            return;
+        }
+        let mut matched = std::mem::take(&mut self.scratch);
+        self.set.matching_into(name, &mut matched);
+        for &i in &matched {
+            let users = &self.users[i];
+            let users = match only {
+                Some(e) => match users.binary_search_by_key(&e, |u| u.0) {
+                    Ok(at) => &users[at..=at],
+                    Err(_) => &[],
+                },
+                None => &users[..],
+            };
+            for (endpoint, ports) in users {
+                for &port in ports {
+                    f(*endpoint, port);
+                }
+            }
+        }
+        self.scratch = matched;
+    }
+}
+
+/// One endpoint's rules compiled on their own, for re-deriving its allows after a policy change.
+pub(crate) struct EndpointRules {
+    set: PatternSet,
+    ports: Vec<Vec<PortProto>>,
+}
+
+impl EndpointRules {
+    /// Rules with the same pattern merge into one, as in [`Selectors`], so both count a name's
+    /// grants alike.
+    pub(crate) fn new(rules: &[SelectorRule]) -> Self {
+        let mut index: HashMap<&NamePattern, usize> = HashMap::new();
+        let mut patterns: Vec<NamePattern> = Vec::new();
+        let mut ports: Vec<Vec<PortProto>> = Vec::new();
+        for rule in rules {
+            match index.get(&rule.pattern).copied() {
+                Some(i) => {
+                    ports[i].extend(rule.effective_ports());
+                    ports[i].sort_unstable();
+                    ports[i].dedup();
+                }
+                None => {
+                    index.insert(&rule.pattern, patterns.len());
+                    patterns.push(rule.pattern.clone());
+                    ports.push(rule.effective_ports());
+                }
+            }
+        }
+        EndpointRules { set: PatternSet::new(patterns), ports }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Ports a name's IPs open for this endpoint, one per matching rule and port (see
+    /// [`Selectors::grants`] on counting).
+    pub(crate) fn ports_for(&self, name: &str, scratch: &mut Vec<usize>, out: &mut Vec<PortProto>) {
+        out.clear();
+        self.set.matching_into(name, scratch);
+        for &i in scratch.iter() {
+            out.extend_from_slice(&self.ports[i]);
+        }
+    }
+}
