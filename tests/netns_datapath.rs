@@ -573,9 +573,22 @@ fn reconcile_converges_and_is_idempotent() {
     let again = fx.topo.node.run(|| dp.reconcile(&desired)).expect("reconcile");
     assert_eq!(again, ReconcileReport::default());
 
+    // A policy snapshot: static rules change, the cache's learned entries stay.
+    let mut policy = default_deny();
+    policy.egress_allows.push(L3Rule {
+        peer: Peer::Cidr { net: "fd00:202::/64".parse().unwrap(), except: vec![] },
+        ports: vec![PortProto { port: 80, proto: L4Proto::Tcp }],
+        policy: PolicyRef { namespace: Some("default".into()), name: "v6".into() },
+    });
+    let snapshot = [DesiredEndpoint::new(EP, Some(POD_VETH.into()), &policy)];
+    let report = fx.topo.node.run(|| dp.sync_endpoints(&snapshot)).expect("sync");
+    assert_eq!((report.entries_added, report.entries_removed), (1, 0), "{report:?}");
+    assert_eq!(fx.connect(b, CONNECT).1.expect("static allow"), b"b");
+    assert_eq!(fx.connect(a, CONNECT).1.expect("learned entry kept"), b"a");
+
     // An endpoint no longer desired is detached.
     let report = fx.topo.node.run(|| dp.reconcile(&Desired::default())).expect("reconcile");
-    assert_eq!((report.detached, report.entries_removed), (1, 1), "{report:?}");
+    assert_eq!((report.detached, report.entries_removed), (1, 2), "{report:?}");
     assert_eq!(tcx_programs(&fx), (vec![], vec![]));
     assert_eq!(fx.connect(b, CONNECT).1.expect("no enforcement"), b"b");
     fx.topo.node.run(|| dp.uninstall()).expect("uninstall");

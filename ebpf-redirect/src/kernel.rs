@@ -362,109 +362,23 @@ impl AyaDatapath {
     /// listed are removed, missing ones added, attachments made and dropped. Run at start, after
     /// restoring the cache; safe to run any time.
     pub fn reconcile(&self, desired: &Desired) -> Result<ReconcileReport, DatapathError> {
+        let learned: BTreeSet<RuleKey> = desired.learned.iter().flat_map(learned_rules).collect();
+        self.lock().converge(&desired.endpoints, &learned)
+    }
+
+    /// Converge endpoints, their static rules, flags and attachments to `endpoints`, keeping the
+    /// learned entries of the endpoints that remain (they belong to the cache) and dropping those
+    /// of endpoints that are gone. The agent calls this on every policy/inventory snapshot.
+    pub fn sync_endpoints(&self, endpoints: &[DesiredEndpoint]) -> Result<ReconcileReport, DatapathError> {
         let mut inner = self.lock();
-        let mut report = ReconcileReport::default();
-
-        let mut want_allow: BTreeMap<RuleKey, u32> = BTreeMap::new();
-        let mut want_deny = BTreeSet::new();
-        let mut want_redirect = BTreeSet::new();
-        for ep in &desired.endpoints {
-            for k in &ep.rules.allow {
-                *want_allow.entry(*k).or_default() |= OWNER_STATIC;
-            }
-            want_deny.extend(ep.rules.deny.iter().copied());
-            want_redirect.extend(ep.rules.redirect.iter().copied());
-        }
-        for key in &desired.learned {
-            for k in learned_rules(key) {
-                *want_allow.entry(k).or_default() |= OWNER_LEARNED;
-            }
-        }
-
-        // Additions and owner changes first, then flags and attachments, then removals.
-        for (k, want) in &want_allow {
-            match inner.allow.get(k).copied() {
-                None => {
-                    inner.write_allow(*k, *want, 0)?;
-                    report.entries_added += 1;
-                }
-                Some(have) if have != *want => {
-                    inner.write_allow(*k, *want, have)?;
-                    report.entries_updated += 1;
-                }
-                Some(_) => {}
-            }
-        }
-        for k in &want_deny {
-            if !inner.deny.contains(k) {
-                inner.trie_insert(Trie::Deny, k, RuleVal { flags: OWNER_STATIC, ..Default::default() })?;
-                inner.deny.insert(*k);
-                report.entries_added += 1;
-            }
-        }
-        for k in &want_redirect {
-            if !inner.redirect.contains(k) {
-                inner.trie_insert(Trie::Redirect, k, RuleVal { flags: OWNER_STATIC, ..Default::default() })?;
-                inner.redirect.insert(*k);
-                report.entries_added += 1;
-            }
-        }
-
-        let wanted: BTreeMap<EndpointId, &DesiredEndpoint> =
-            desired.endpoints.iter().map(|e| (e.endpoint, e)).collect();
-        for ep in &desired.endpoints {
-            inner.set_flags(ep.endpoint, ep.flags)?;
-        }
-        let stale: Vec<EndpointId> = inner.flags.keys().filter(|e| !wanted.contains_key(e)).copied().collect();
-        for ep in stale {
-            inner.flags.remove(&ep);
-        }
-        // Attachments: keep those whose interface is still the wanted one.
-        let mut keep = BTreeSet::new();
-        for ep in &desired.endpoints {
-            if let Some(interface) = &ep.interface {
-                let ifindex = match ifindex_of(interface) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        tracing::warn!(endpoint = %ep.endpoint, interface, error = %e, "not attaching");
-                        report.interfaces_missing += 1;
-                        continue;
-                    }
-                };
-                let already = inner.attached.get(&ifindex).is_some_and(|a| a.endpoint == ep.endpoint);
-                inner.attach(&EndpointSpec { endpoint: ep.endpoint, interface: interface.clone() })?;
-                if !already {
-                    report.attached += 1;
-                }
-                keep.insert(ifindex);
-            }
-        }
-        let drop_ifs: Vec<u32> = inner.attached.keys().filter(|i| !keep.contains(i)).copied().collect();
-        for ifindex in drop_ifs {
-            inner.detach(ifindex)?;
-            report.detached += 1;
-        }
-
-        let extra_allow: Vec<RuleKey> = inner.allow.keys().filter(|k| !want_allow.contains_key(k)).copied().collect();
-        for k in extra_allow {
-            let have = inner.allow[&k];
-            inner.write_allow(k, 0, have)?;
-            report.entries_removed += 1;
-        }
-        for (trie, want) in [(Trie::Deny, &want_deny), (Trie::Redirect, &want_redirect)] {
-            let set = if trie == Trie::Deny { &inner.deny } else { &inner.redirect };
-            let extra: Vec<RuleKey> = set.difference(want).copied().collect();
-            for k in extra {
-                inner.trie_remove(trie, &k)?;
-                if trie == Trie::Deny {
-                    inner.deny.remove(&k)
-                } else {
-                    inner.redirect.remove(&k)
-                };
-                report.entries_removed += 1;
-            }
-        }
-        Ok(report)
+        let keep: BTreeSet<EndpointId> = endpoints.iter().map(|e| e.endpoint).collect();
+        let learned: BTreeSet<RuleKey> = inner
+            .allow
+            .iter()
+            .filter(|(k, owners)| **owners & OWNER_LEARNED != 0 && keep.contains(&k.endpoint))
+            .map(|(k, _)| *k)
+            .collect();
+        inner.converge(endpoints, &learned)
     }
 
     /// A reader of drop events. One reader at a time: readers share the ring's consumer position.
@@ -709,6 +623,113 @@ fn parse_link_name(name: &str) -> Option<(u32, Direction)> {
 }
 
 impl Inner {
+    /// Additions and owner changes first, then flags and attachments, then removals: traffic that
+    /// stays allowed is never dropped in between.
+    fn converge(
+        &mut self,
+        endpoints: &[DesiredEndpoint],
+        learned: &BTreeSet<RuleKey>,
+    ) -> Result<ReconcileReport, DatapathError> {
+        let mut report = ReconcileReport::default();
+        let mut want_allow: BTreeMap<RuleKey, u32> = BTreeMap::new();
+        let mut want_deny = BTreeSet::new();
+        let mut want_redirect = BTreeSet::new();
+        for ep in endpoints {
+            for k in &ep.rules.allow {
+                *want_allow.entry(*k).or_default() |= OWNER_STATIC;
+            }
+            want_deny.extend(ep.rules.deny.iter().copied());
+            want_redirect.extend(ep.rules.redirect.iter().copied());
+        }
+        for k in learned {
+            *want_allow.entry(*k).or_default() |= OWNER_LEARNED;
+        }
+
+        // Additions and owner changes first, then flags and attachments, then removals.
+        for (k, want) in &want_allow {
+            match self.allow.get(k).copied() {
+                None => {
+                    self.write_allow(*k, *want, 0)?;
+                    report.entries_added += 1;
+                }
+                Some(have) if have != *want => {
+                    self.write_allow(*k, *want, have)?;
+                    report.entries_updated += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        for k in &want_deny {
+            if !self.deny.contains(k) {
+                self.trie_insert(Trie::Deny, k, RuleVal { flags: OWNER_STATIC, ..Default::default() })?;
+                self.deny.insert(*k);
+                report.entries_added += 1;
+            }
+        }
+        for k in &want_redirect {
+            if !self.redirect.contains(k) {
+                self.trie_insert(Trie::Redirect, k, RuleVal { flags: OWNER_STATIC, ..Default::default() })?;
+                self.redirect.insert(*k);
+                report.entries_added += 1;
+            }
+        }
+
+        let wanted: BTreeMap<EndpointId, &DesiredEndpoint> = endpoints.iter().map(|e| (e.endpoint, e)).collect();
+        for ep in endpoints {
+            self.set_flags(ep.endpoint, ep.flags)?;
+        }
+        let stale: Vec<EndpointId> = self.flags.keys().filter(|e| !wanted.contains_key(e)).copied().collect();
+        for ep in stale {
+            self.flags.remove(&ep);
+        }
+        // Attachments: keep those whose interface is still the wanted one.
+        let mut keep = BTreeSet::new();
+        for ep in endpoints {
+            if let Some(interface) = &ep.interface {
+                let ifindex = match ifindex_of(interface) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %ep.endpoint, interface, error = %e, "not attaching");
+                        report.interfaces_missing += 1;
+                        continue;
+                    }
+                };
+                let already = self.attached.get(&ifindex).is_some_and(|a| a.endpoint == ep.endpoint);
+                self.attach(&EndpointSpec { endpoint: ep.endpoint, interface: interface.clone() })?;
+                if !already {
+                    report.attached += 1;
+                }
+                keep.insert(ifindex);
+            }
+        }
+        let drop_ifs: Vec<u32> = self.attached.keys().filter(|i| !keep.contains(i)).copied().collect();
+        for ifindex in drop_ifs {
+            self.detach(ifindex)?;
+            report.detached += 1;
+        }
+
+        let extra_allow: Vec<RuleKey> = self.allow.keys().filter(|k| !want_allow.contains_key(k)).copied().collect();
+        for k in extra_allow {
+            let have = self.allow[&k];
+            self.write_allow(k, 0, have)?;
+            report.entries_removed += 1;
+        }
+        for (trie, want) in [(Trie::Deny, &want_deny), (Trie::Redirect, &want_redirect)] {
+            let set = if trie == Trie::Deny { &self.deny } else { &self.redirect };
+            let extra: Vec<RuleKey> = set.difference(want).copied().collect();
+            for k in extra {
+                self.trie_remove(trie, &k)?;
+                if trie == Trie::Deny {
+                    self.deny.remove(&k)
+                } else {
+                    self.redirect.remove(&k)
+                };
+                report.entries_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
     fn map_name(trie: Trie, v6: bool) -> &'static str {
         match (trie, v6) {
             (Trie::Allow, false) => MAP_ALLOW4,
