@@ -21,7 +21,7 @@ use regex_automata::util::pool::Pool;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchError, MatchKind, nfa::thompson};
 
-use super::{NamePattern, PatternKind, is_name_char, split_labels};
+use super::{NamePattern, PatternKind, is_name_char};
 
 /// Lazy DFA cache budget. Names are short and the alphabet is small, so even thousands of
 /// wildcard patterns settle into a few thousand states; a cache this size is rarely cleared.
@@ -33,11 +33,11 @@ const DFA_CACHE_BYTES: usize = 8 << 20;
 pub struct PatternSet {
     patterns: Vec<NamePattern>,
     /// Normalized name -> patterns that match exactly it (`matchName`, star-free `matchPattern`).
-    exact: LiteralMap,
+    exact: Literals,
     /// `*.rest.` keyed by `rest.`: the first label is any run of name characters.
-    one_star: LiteralMap,
+    one_star: Literals,
     /// `**.rest.` keyed by `rest.`: one or more whole labels before `rest.`.
-    subdomains: LiteralMap,
+    subdomains: Literals,
     /// Patterns of stars only.
     all: Vec<u32>,
     /// Everything else.
@@ -48,6 +48,42 @@ pub struct PatternSet {
 /// queried name cannot lengthen a probe sequence without a colliding key already in the map.
 type LiteralMap = HashMap<Box<str>, Vec<u32>, BuildHasherDefault<FxHasher>>;
 
+/// A literal map and the label counts of its keys: most probes are for a count no key has, and
+/// are answered without hashing.
+#[derive(Clone, Default)]
+struct Literals {
+    map: LiteralMap,
+    /// Bit n: some key has n dots (labels), 63 standing for 63 or more.
+    dot_counts: u64,
+}
+
+fn dot_bit(dots: usize) -> u64 {
+    1 << dots.min(63)
+}
+
+impl Literals {
+    fn insert(&mut self, key: &str, id: u32) {
+        self.dot_counts |= dot_bit(key.bytes().filter(|&b| b == b'.').count());
+        self.map.entry(key.into()).or_default().push(id);
+    }
+
+    /// The patterns keyed by `key`, which has `dots` dots.
+    fn get(&self, key: &str, dots: usize) -> Option<&[u32]> {
+        if self.dot_counts & dot_bit(dots) == 0 {
+            return None;
+        }
+        self.map.get(key).map(Vec::as_slice)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 impl PatternSet {
     pub fn new(patterns: impl IntoIterator<Item = NamePattern>) -> Self {
         let patterns: Vec<NamePattern> = patterns.into_iter().collect();
@@ -56,10 +92,10 @@ impl PatternSet {
         for (i, p) in patterns.iter().enumerate() {
             let id = u32::try_from(i).expect("more than 4 billion patterns");
             match classify(p) {
-                Shape::Exact => set.exact.entry(p.as_str().into()).or_default().push(id),
+                Shape::Exact => set.exact.insert(p.as_str(), id),
                 Shape::All => set.all.push(id),
-                Shape::OneStar(suffix) => set.one_star.entry(suffix.into()).or_default().push(id),
-                Shape::Subdomains(suffix) => set.subdomains.entry(suffix.into()).or_default().push(id),
+                Shape::OneStar(suffix) => set.one_star.insert(suffix, id),
+                Shape::Subdomains(suffix) => set.subdomains.insert(suffix, id),
                 Shape::Other => rest.push((p.to_regex(), id)),
             }
         }
@@ -87,18 +123,21 @@ impl PatternSet {
         }
         let name = normalized(name);
         let name = name.as_ref();
-        if self.exact.contains_key(name) {
+        let dots = name.bytes().filter(|&b| b == b'.').count();
+        if self.exact.get(name, dots).is_some() {
             return true;
         }
         if !self.all.is_empty() && all_labels_valid(name) {
             return true;
         }
         if let Some(suffix) = one_star_suffix(name)
-            && self.one_star.contains_key(suffix)
+            && self.one_star.get(suffix, dots - 1).is_some()
         {
             return true;
         }
-        if !self.subdomains.is_empty() && subdomain_suffixes(name).any(|s| self.subdomains.contains_key(s)) {
+        if !self.subdomains.is_empty()
+            && subdomain_suffixes(name).enumerate().any(|(i, s)| self.subdomains.get(s, dots - 1 - i).is_some())
+        {
             return true;
         }
         match &self.automaton {
@@ -115,19 +154,20 @@ impl PatternSet {
         }
         let name = normalized(name);
         let name = name.as_ref();
+        let dots = name.bytes().filter(|&b| b == b'.').count();
         let mut push = |ids: &[u32]| out.extend(ids.iter().map(|&i| i as usize));
-        if let Some(ids) = self.exact.get(name) {
+        if let Some(ids) = self.exact.get(name, dots) {
             push(ids);
         }
         if !self.all.is_empty() && all_labels_valid(name) {
             push(&self.all);
         }
-        if let Some(ids) = one_star_suffix(name).and_then(|s| self.one_star.get(s)) {
+        if let Some(ids) = one_star_suffix(name).and_then(|s| self.one_star.get(s, dots - 1)) {
             push(ids);
         }
         if !self.subdomains.is_empty() {
-            for suffix in subdomain_suffixes(name) {
-                if let Some(ids) = self.subdomains.get(suffix) {
+            for (i, suffix) in subdomain_suffixes(name).enumerate() {
+                if let Some(ids) = self.subdomains.get(suffix, dots - 1 - i) {
                     push(ids);
                 }
             }
@@ -200,7 +240,23 @@ fn name_byte(b: u8) -> bool {
 
 /// Every label non-empty and made of name characters (the root `.` has no labels: true).
 fn all_labels_valid(name: &str) -> bool {
-    name == "." || split_labels(name).iter().all(|l| super::valid_label(l))
+    if name == "." {
+        return true;
+    }
+    let mut after_dot = true;
+    for b in name.bytes() {
+        if b == b'.' {
+            if after_dot {
+                return false; // empty label
+            }
+            after_dot = true;
+        } else if name_byte(b) {
+            after_dot = false;
+        } else {
+            return false;
+        }
+    }
+    true
 }
 
 /// For `*.rest.`: the part after the first label when that label is made of name characters
