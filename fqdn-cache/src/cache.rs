@@ -281,9 +281,29 @@ impl Cache {
     /// Replace the toFQDNs selectors of `endpoint` (empty: none) and re-derive its allow set
     /// from what is cached, without DNS traffic. Returns the difference.
     pub fn set_selectors(&mut self, endpoint: EndpointId, rules: Vec<SelectorRule>) -> Delta {
+        self.set_selectors_many([(endpoint, rules)])
+    }
+
+    /// [`Cache::set_selectors`] for many endpoints at once (a policy change, the agent's start):
+    /// the node-wide selector index is recompiled once, not once per endpoint.
+    pub fn set_selectors_many(&mut self, changes: impl IntoIterator<Item = (EndpointId, Vec<SelectorRule>)>) -> Delta {
+        let mut endpoints = BTreeSet::new();
+        for (endpoint, rules) in changes {
+            self.selectors.set(endpoint, rules);
+            endpoints.insert(endpoint);
+        }
+        self.selectors.build();
+        let mut delta = Delta::default();
+        for endpoint in endpoints {
+            delta.extend(self.rederive(endpoint));
+        }
+        delta
+    }
+
+    /// Recount one endpoint's allow set from its rules and the cache.
+    fn rederive(&mut self, endpoint: EndpointId) -> Delta {
         let before: BTreeSet<(IpAddr, PortProto)> =
             self.grants.get(&endpoint).map(|m| m.keys().copied().collect()).unwrap_or_default();
-        self.selectors.set(endpoint, rules);
         let rules = EndpointRules::new(self.selectors.rules(endpoint));
         let mut counts: HashMap<(IpAddr, PortProto), u32> = HashMap::new();
         if !rules.is_empty() {
@@ -567,6 +587,7 @@ impl Cache {
             changes.remove(AllowKey { endpoint, ip, port });
         }
         self.selectors.set(endpoint, Vec::new());
+        self.selectors.build();
         let owned: Vec<u32> = self.store.all().filter(|&i| self.store.get(i).owner == endpoint).collect();
         for idx in owned {
             self.remove_entry(idx, &mut changes);

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::pattern::{NamePattern, PatternSet};
+use crate::pattern::{NamePattern, PatternKind, PatternSet};
 use crate::{EndpointId, PortProto};
 
 /// One toFQDNs selector of an endpoint with the ports of its rule (empty: every port, i.e.
@@ -28,10 +28,17 @@ impl SelectorRule {
 #[derive(Default)]
 pub(crate) struct Selectors {
     rules: BTreeMap<EndpointId, Vec<SelectorRule>>,
+    /// Rules changed since `set` and `users` were built.
+    dirty: bool,
+    /// The distinct patterns in force, sorted, compiled.
     set: PatternSet,
     /// By pattern index in `set`: the endpoints using it, sorted by endpoint, with their ports.
     users: Vec<Vec<(EndpointId, Vec<PortProto>)>>,
     scratch: Vec<usize>,
+}
+
+fn pattern_order(p: &NamePattern) -> (bool, &str) {
+    (p.kind() == PatternKind::Pattern, p.as_str())
 }
 
 impl Selectors {
@@ -39,35 +46,39 @@ impl Selectors {
         self.rules.get(&endpoint).map_or(&[], Vec::as_slice)
     }
 
-    /// Replace one endpoint's rules (empty: the endpoint has none) and recompile.
+    /// Replace one endpoint's rules (empty: the endpoint has none). The index is rebuilt by
+    /// [`Selectors::build`], once for a batch of changes.
     pub(crate) fn set(&mut self, endpoint: EndpointId, rules: Vec<SelectorRule>) {
-        let before = self.rules.get(&endpoint).cloned().unwrap_or_default();
-        if rules.is_empty() {
-            self.rules.remove(&endpoint);
+        let changed = if rules.is_empty() {
+            self.rules.remove(&endpoint).is_some()
         } else {
-            self.rules.insert(endpoint, rules.clone());
-        }
-        if before != rules {
-            self.rebuild();
-        }
+            self.rules.insert(endpoint, rules.clone()).is_none_or(|before| before != rules)
+        };
+        self.dirty |= changed;
     }
 
+    /// Distinct patterns in force (as of the last [`Selectors::build`]).
     pub(crate) fn len(&self) -> usize {
         self.set.len()
     }
 
-    fn rebuild(&mut self) {
-        let mut index: HashMap<&NamePattern, usize> = HashMap::new();
-        let mut patterns: Vec<NamePattern> = Vec::new();
-        let mut users: Vec<Vec<(EndpointId, Vec<PortProto>)>> = Vec::new();
+    /// Rebuild the index if rules changed. The compiled set is kept when the distinct patterns
+    /// are unchanged (an endpoint added with a policy others already have): compiling thousands
+    /// of patterns takes tens of milliseconds, re-listing their users does not.
+    pub(crate) fn build(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let mut distinct: Vec<&NamePattern> = self.rules.values().flatten().map(|r| &r.pattern).collect();
+        distinct.sort_unstable_by(|a, b| pattern_order(a).cmp(&pattern_order(b)));
+        distinct.dedup();
+        let index: HashMap<&NamePattern, usize> = distinct.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+        let mut users: Vec<Vec<(EndpointId, Vec<PortProto>)>> = vec![Vec::new(); distinct.len()];
         // BTreeMap order: users come out sorted by endpoint.
         for (&endpoint, rules) in &self.rules {
             for rule in rules {
-                let i = *index.entry(&rule.pattern).or_insert_with(|| {
-                    patterns.push(rule.pattern.clone());
-                    users.push(Vec::new());
-                    patterns.len() - 1
-                });
+                let i = index[&rule.pattern];
                 let ports = rule.effective_ports();
                 match users[i].last_mut() {
                     // Two rules of one endpoint with the same pattern: one user, ports merged.
@@ -80,7 +91,10 @@ impl Selectors {
                 }
             }
         }
-        self.set = PatternSet::new(patterns);
+        let same = self.set.len() == distinct.len() && self.set.patterns().iter().zip(&distinct).all(|(a, b)| a == *b);
+        if !same {
+            self.set = PatternSet::new(distinct.into_iter().cloned());
+        }
         self.users = users;
     }
 
@@ -89,6 +103,7 @@ impl Selectors {
     /// yields that port twice (rules with the same pattern were merged): callers count grants, so
     /// they must see each one, and [`EndpointRules`] counts alike.
     pub(crate) fn grants(&mut self, name: &str, only: Option<EndpointId>, mut f: impl FnMut(EndpointId, PortProto)) {
+        self.build();
         if self.set.is_empty() {
             return;
         }

@@ -207,6 +207,25 @@ fn selector_changes_rederive_from_the_cache() {
 }
 
 #[test]
+fn selectors_for_many_endpoints_at_once() {
+    let t0 = Instant::now();
+    let mut c = Cache::new(CacheConfig { scope: Scope::Node, ..CacheConfig::default() }, t0);
+    c.learn(&answer(ep(9), "a.example.com", &[], &["192.0.2.1"], 60), t0);
+    let d = c.set_selectors_many([
+        (ep(2), vec![rule("*.example.com")]),
+        (ep(1), vec![rule("a.example.com"), rule("**.com")]),
+        (ep(3), vec![rule("*.other.org")]),
+    ]);
+    assert_eq!(d, adds(&[any(ep(1), "192.0.2.1"), any(ep(2), "192.0.2.1")]));
+    assert_eq!(c.counters().selectors, 4);
+    // Re-setting the same patterns on another endpoint reuses the compiled set.
+    let d = c.set_selectors_many([(ep(4), vec![rule("**.com")]), (ep(2), Vec::new())]);
+    assert_eq!(d, Delta { add: vec![any(ep(4), "192.0.2.1")], remove: vec![any(ep(2), "192.0.2.1")] });
+    assert_eq!(c.counters().selectors, 3);
+    assert_eq!(c.gc(at(t0, 60.0), &[]).remove.len(), 2);
+}
+
+#[test]
 fn zombie_kept_while_used_then_dropped() {
     let t0 = Instant::now();
     let mut c = cache(CacheConfig::default(), t0);
