@@ -5,10 +5,11 @@
 //! first label, and one per label boundary for `**.`. Patterns of stars only are a flag. Whatever
 //! is left (`*cilium.io`, `api-*.example.com`, `**.*.io`) is compiled into one multi-pattern lazy
 //! DFA (regex-automata's hybrid DFA) that reports every pattern matching, in a single pass over
-//! the name. The benches compared this with one regex-automata `meta::Regex` over all patterns:
-//! the regex alone pays a DFA walk (and, for "which patterns", a set as wide as the pattern count)
-//! on every name, while the hash indexes answer the common shapes in a few hundred nanoseconds
-//! whatever their number.
+//! the name. `benches/patterns.rs` compares this with one regex-automata `meta::Regex` over all
+//! patterns: the regex is as fast or faster up to about a thousand patterns (0.1-0.2 us a name),
+//! but at ten thousand its lazy DFA states carry thousands of NFA states each and every new name
+//! costs milliseconds, while this set stays near 0.3 us: the hash indexes take the common shapes
+//! out of the automaton whatever their number.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
