@@ -16,6 +16,7 @@
 //! max-inflight: 4096
 //! max-inflight-per-endpoint: 1024
 //! policy-poll-interval: 1s
+//! udp-workers: 0                  # plain mode: UDP receive threads (0 = half the CPUs)
 //! ```
 
 use std::fmt;
@@ -51,6 +52,8 @@ pub struct FileConfig {
     pub max_inflight: Option<usize>,
     pub max_inflight_per_endpoint: Option<usize>,
     pub policy_poll_interval: Option<String>,
+    /// Plain mode: UDP receive threads per listen address (0 = half the CPUs, at least one).
+    pub udp_workers: Option<usize>,
 }
 
 /// Flags of `fqdnd run`; each overrides the file's value.
@@ -326,7 +329,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             max_inflight,
             max_inflight_per_endpoint,
             tcp_idle_timeout,
-            upstream_sockets: 32,
+            upstream_sockets: 4,
+            udp_workers: file.udp_workers.unwrap_or(0),
         },
         policies,
         endpoints,

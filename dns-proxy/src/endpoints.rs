@@ -8,12 +8,23 @@ use std::sync::Arc;
 use fqdn_cache::EndpointId;
 use policy_sync::{EndpointKey, EndpointPolicy};
 
+use crate::matcher::DnsMatcher;
+
 /// One policed endpoint as the proxy sees it.
 #[derive(Debug)]
 pub struct EndpointEntry {
     pub id: EndpointId,
     pub key: EndpointKey,
     pub policy: Arc<EndpointPolicy>,
+    /// `policy.dns_rules` compiled for the query path.
+    pub dns: DnsMatcher,
+}
+
+impl EndpointEntry {
+    pub fn new(id: EndpointId, key: EndpointKey, policy: Arc<EndpointPolicy>) -> Self {
+        let dns = DnsMatcher::new(&policy.dns_rules);
+        EndpointEntry { id, key, policy, dns }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +76,7 @@ mod tests {
         let key = EndpointKey { namespace: "default".into(), name: "alpine".into() };
         t.insert(
             &["10.0.1.5".parse().unwrap(), "fd00::5".parse().unwrap()],
-            EndpointEntry { id: EndpointId(7), key, policy: Arc::default() },
+            EndpointEntry::new(EndpointId(7), key, Arc::default()),
         );
         for (ip, found) in [("10.0.1.5", true), ("::ffff:10.0.1.5", true), ("fd00::5", true), ("10.0.1.6", false)] {
             assert_eq!(t.lookup(ip.parse().unwrap()).map(|e| e.id), found.then_some(EndpointId(7)), "{ip}");

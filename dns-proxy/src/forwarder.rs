@@ -1,26 +1,32 @@
 //! The upstream client. Every forwarded query gets a fresh random ID and leaves from one of a pool
-//! of UDP sockets bound to kernel-chosen random ports (rotated after a number of queries), never the
-//! client's ID or port. A reply is accepted only if its source address, ID and question all match a
-//! query waiting on that socket; anything else is dropped and counted (cache-poisoning defence).
-//! TCP queries go over a fresh TCP connection per query.
+//! of UDP sockets bound to kernel-chosen random ports (each replaced by a new one after a number of
+//! queries), never the client's ID or port. Pool sockets are connected to their upstream: the
+//! kernel drops datagrams from any other address and skips a route lookup per send. A reply is
+//! accepted only if its source address, ID and question all match a query waiting on that socket;
+//! anything else is dropped and counted (cache-poisoning defence). TCP queries go over a fresh TCP
+//! connection per query.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Notify, oneshot};
 
+use crate::batch::RecvBatch;
 use crate::stats::{ProxyStats, inc};
 use crate::wire::{self, HEADER_LEN, MAX_MESSAGE, ReplyCheck};
 
 /// A socket serves this many queries before it is replaced by one on a new random port.
 const ROTATE_AFTER: u32 = 2048;
+/// Replies read per system call.
+const REPLY_BATCH: usize = 8;
 
 /// One query to forward.
 pub struct Outgoing<'a> {
@@ -40,17 +46,31 @@ pub enum ForwardError {
     BadReply,
 }
 
+/// Upstreams with a pool at once; past this the pools start over (transparent mode meets one
+/// upstream per DNS server address pods use, normally a handful).
+const MAX_POOLS: usize = 1024;
+
 pub struct Forwarder {
     timeout: Duration,
     pool_size: usize,
-    v4: Pool,
-    v6: Pool,
+    pools: Mutex<HashMap<SocketAddr, Arc<Pool>>>,
     stats: Arc<ProxyStats>,
 }
 
 impl Forwarder {
     pub fn new(timeout: Duration, pool_size: usize, stats: Arc<ProxyStats>) -> Self {
-        Forwarder { timeout, pool_size: pool_size.max(1), v4: Pool::default(), v6: Pool::default(), stats }
+        Forwarder { timeout, pool_size: pool_size.max(1), pools: Mutex::default(), stats }
+    }
+
+    fn pool(&self, upstream: SocketAddr) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.get(&upstream) {
+            return p.clone();
+        }
+        if pools.len() >= MAX_POOLS {
+            pools.clear();
+        }
+        pools.entry(upstream).or_default().clone()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -59,8 +79,7 @@ impl Forwarder {
 
     /// Forward over UDP and return the reply with the client's ID restored.
     pub async fn udp(&self, q: Outgoing<'_>) -> Result<Vec<u8>, ForwardError> {
-        let pool = if q.upstream.is_ipv4() { &self.v4 } else { &self.v6 };
-        let sock = pool.pick(q.upstream, self.pool_size, &self.stats).map_err(ForwardError::Io)?;
+        let sock = self.pool(q.upstream).pick(q.upstream, self.pool_size, &self.stats).map_err(ForwardError::Io)?;
         let client_id = wire::id(q.packet).unwrap_or(0);
         let mut out = q.packet.to_vec();
         let question = Bytes::copy_from_slice(&q.packet[HEADER_LEN..q.question_end]);
@@ -68,7 +87,7 @@ impl Forwarder {
         let id = sock.register(q.upstream, question, tx);
         wire::set_id(&mut out, id);
         let guard = PendingGuard { sock: &sock, id };
-        sock.socket.send_to(&out, q.upstream).await.map_err(ForwardError::Io)?;
+        sock.socket.send(&out).await.map_err(ForwardError::Io)?;
         let mut reply = match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) | Err(_) => return Err(ForwardError::Timeout),
@@ -167,6 +186,7 @@ impl UpstreamSocket {
         // Port 0: the kernel picks a random ephemeral port (Linux randomizes since 3.x).
         let bind: SocketAddr = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
         let std = std::net::UdpSocket::bind(bind)?;
+        std.connect(upstream)?;
         std.set_nonblocking(true)?;
         let socket = UdpSocket::from_std(std)?;
         let sock = Arc::new(UpstreamSocket {
@@ -222,27 +242,44 @@ impl UpstreamSocket {
 }
 
 async fn read_replies(sock: Arc<UpstreamSocket>) {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut batch = RecvBatch::new(REPLY_BATCH, MAX_MESSAGE);
+    let fd = sock.socket.as_raw_fd();
     loop {
-        let received = if sock.retired.load(Ordering::Acquire) {
+        let ready = if sock.retired.load(Ordering::Acquire) {
             if sock.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
                 return;
             }
             // Queries still waiting time out on their own; a quiet retired socket just goes away.
-            match tokio::time::timeout(Duration::from_secs(1), sock.socket.recv_from(&mut buf)).await {
+            match tokio::time::timeout(Duration::from_secs(1), sock.socket.readable()).await {
                 Ok(r) => r,
                 Err(_) => continue,
             }
         } else {
             tokio::select! {
-                r = sock.socket.recv_from(&mut buf) => r,
+                r = sock.socket.readable() => r,
                 () = sock.retire.notified() => continue,
             }
         };
-        match received {
-            Ok((len, from)) => sock.deliver(from, &buf[..len]),
-            // ICMP errors surface here on some kernels; the waiting query times out.
-            Err(e) => tracing::trace!(error = %e, "upstream socket receive"),
+        if let Err(e) = ready {
+            tracing::warn!(error = %e, "upstream socket failed");
+            return;
+        }
+        let capacity = batch.capacity();
+        let res = sock.socket.try_io(Interest::READABLE, || {
+            let n = batch.recv(fd)?;
+            if n < capacity { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+        });
+        if let Err(e) = res
+            && e.kind() != io::ErrorKind::WouldBlock
+        {
+            // ICMP errors surface here; the waiting query times out.
+            tracing::trace!(error = %e, "upstream socket receive");
+            continue;
+        }
+        for (d, reply) in batch.datagrams() {
+            if !d.truncated {
+                sock.deliver(d.source, reply);
+            }
         }
     }
 }

@@ -1,5 +1,9 @@
 //! One query from packet to reply: who asks, may they, forward, learn, wait for the datapath,
 //! release. Shared by the UDP and TCP servers of both modes.
+//!
+//! Two phases: [`Shared::decide`] runs synchronously in the receive loop and answers what it can
+//! on the spot (refusals, FORMERR, drops), so half of a typical load never becomes a task;
+//! [`Shared::forward`] is the async rest for queries that go upstream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +14,7 @@ use ebpf_redirect::Datapath;
 use fqdn_cache::{EndpointId, L4Proto};
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use hickory_proto::rr::Name;
-use policy_sync::{DnsVerdict, PolicyRef};
+use policy_sync::PolicyRef;
 use tokio::sync::broadcast;
 
 use crate::answer::{Chain, extract_chain};
@@ -20,7 +24,8 @@ use crate::error::ProxyError;
 use crate::flow::{DnsFlow, DnsFlowKind, Verdict};
 use crate::forwarder::{ForwardError, Forwarder, Outgoing};
 use crate::learner::Learner;
-use crate::limits::Limiter;
+use crate::limits::{Limiter, Permit};
+use crate::matcher::RuleVerdict;
 use crate::name_lock::NameLocks;
 use crate::refusal;
 use crate::stats::{ProxyStats, inc};
@@ -44,6 +49,7 @@ pub(crate) struct Shared {
     pub(crate) endpoints: ArcSwap<EndpointTable>,
     pub(crate) learner: Arc<dyn Learner>,
     pub(crate) datapath: Arc<dyn Datapath>,
+    /// Upstream client for the TCP servers (UDP receive loops each have their own).
     pub(crate) forwarder: Forwarder,
     pub(crate) flows: broadcast::Sender<DnsFlow>,
     pub(crate) stats: Arc<ProxyStats>,
@@ -51,11 +57,40 @@ pub(crate) struct Shared {
     pub(crate) names: NameLocks,
 }
 
-/// What the handler decided about one query, for the access log and flows.
-struct Decision<'a> {
-    endpoint: Option<&'a EndpointEntry>,
-    policy: Option<&'a PolicyRef>,
-    learn: bool,
+/// Who asked and what the rules said, owned so it can travel with the query into a task.
+pub(crate) struct Asker {
+    endpoint: Option<Arc<EndpointEntry>>,
+    verdict: RuleVerdict,
+}
+
+impl Asker {
+    fn policy(&self) -> Option<&PolicyRef> {
+        let ep = self.endpoint.as_ref()?;
+        match self.verdict {
+            RuleVerdict::NotProxied => None,
+            RuleVerdict::Allowed(r) | RuleVerdict::Refused(r) => Some(ep.dns.policy(r)),
+        }
+    }
+
+    fn learns(&self) -> bool {
+        matches!(self.verdict, RuleVerdict::Allowed(_))
+    }
+}
+
+/// What [`Shared::decide`] concluded.
+pub(crate) enum Step {
+    /// Answered (or dropped, `None`) without going upstream.
+    Reply(Option<Vec<u8>>),
+    /// To be forwarded by [`Shared::forward`].
+    Forward(Box<Pending>),
+}
+
+pub(crate) struct Pending {
+    query: ParsedQuery,
+    asker: Asker,
+    meta: QueryMeta,
+    /// Taken in `decide` for UDP; TCP waits for one in `forward`.
+    permit: Option<Permit>,
 }
 
 impl Shared {
@@ -74,72 +109,97 @@ impl Shared {
         }
     }
 
-    /// Handle one query packet; the reply to send back on the same transport, if any.
-    pub(crate) async fn handle(&self, packet: &[u8], meta: QueryMeta) -> Option<Vec<u8>> {
+    /// Both phases, for callers that spawn a task per query anyway (TCP).
+    pub(crate) async fn handle(&self, fwd: &Forwarder, packet: &[u8], meta: QueryMeta) -> Option<Vec<u8>> {
+        match self.decide(packet, meta) {
+            Step::Reply(r) => r,
+            Step::Forward(p) => self.forward(fwd, packet, *p).await,
+        }
+    }
+
+    /// The synchronous part: parse, find the endpoint, apply the DNS rules, take a permit.
+    pub(crate) fn decide(&self, packet: &[u8], meta: QueryMeta) -> Step {
         let query = match wire::parse_query(packet) {
             Ok(q) => q,
-            Err(e) => return self.unparsable(packet, e, meta),
+            Err(e) => return Step::Reply(self.unparsable(e, meta)),
         };
         inc(&self.stats.queries);
         if query.metadata.op_code != OpCode::Query {
             let err = ProxyError::UnsupportedOpcode { client: meta.client, opcode: query.metadata.op_code };
             inc(&self.stats.malformed);
-            return self.fail(&query, packet, &err, meta, None, None);
+            let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied };
+            return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
 
-        let table = self.endpoints.load();
-        let endpoint = table.lookup(meta.client.ip()).map(|e| &**e);
-        let verdict = match endpoint {
-            Some(ep) => ep.policy.dns_verdict(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
-            None => DnsVerdict::NotProxied,
+        let endpoint = self.endpoints.load().lookup(meta.client.ip()).cloned();
+        let verdict = match &endpoint {
+            Some(ep) => ep.dns.decide(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
+            None => RuleVerdict::NotProxied,
         };
-        let (policy, refused) = match &verdict {
-            DnsVerdict::NotProxied => (None, false),
-            DnsVerdict::Allowed { policy } => (Some(policy), false),
-            DnsVerdict::Refused { policy } => (Some(policy), true),
-        };
-        let decision = Decision { endpoint, policy, learn: matches!(verdict, DnsVerdict::Allowed { .. }) };
-        self.request_flow(&query, meta, &decision, if refused { Verdict::Dropped } else { Verdict::Forwarded });
+        let asker = Asker { endpoint, verdict };
+        let refused = matches!(verdict, RuleVerdict::Refused(_));
+        self.request_flow(&query, meta, &asker, if refused { Verdict::Dropped } else { Verdict::Forwarded });
 
         if refused {
             inc(&self.stats.refused);
-            let err = ProxyError::Refused { qname: query.qname.clone(), policy: policy.cloned().expect("refused") };
-            return self.fail(&query, packet, &err, meta, endpoint, policy);
+            let policy = asker.policy().cloned().expect("a refusal names its policy");
+            let err = ProxyError::Refused { qname: query.qname.clone(), policy };
+            return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
 
-        let endpoint_id = endpoint.map(|e| e.id);
-        let _permit = match meta.proto {
-            L4Proto::Tcp => self.limiter.acquire(endpoint_id, self.forwarder.timeout()).await,
-            _ => self.limiter.try_acquire(endpoint_id),
+        let permit = if meta.proto == L4Proto::Tcp {
+            None
+        } else {
+            let endpoint_id = asker.endpoint.as_ref().map(|e| e.id);
+            match self.limiter.try_acquire(endpoint_id) {
+                Some(p) => Some(p),
+                None => return Step::Reply(self.overloaded(&query, packet, meta, &asker)),
+            }
         };
-        if _permit.is_none() {
-            inc(&self.stats.overloaded);
-            let err = ProxyError::Overloaded { client: meta.client, endpoint: endpoint_id, qname: query.qname.clone() };
-            return self.fail(&query, packet, &err, meta, endpoint, policy);
-        }
+        Step::Forward(Box::new(Pending { query, asker, meta, permit }))
+    }
 
+    fn overloaded(&self, query: &ParsedQuery, packet: &[u8], meta: QueryMeta, asker: &Asker) -> Option<Vec<u8>> {
+        inc(&self.stats.overloaded);
+        let endpoint = asker.endpoint.as_ref().map(|e| e.id);
+        let err = ProxyError::Overloaded { client: meta.client, endpoint, qname: query.qname.clone() };
+        self.fail(query, packet, &err, meta, asker)
+    }
+
+    /// The asynchronous part: forward, learn, wait for the datapath, shape the reply.
+    pub(crate) async fn forward(&self, fwd: &Forwarder, packet: &[u8], pending: Pending) -> Option<Vec<u8>> {
+        let Pending { query, asker, meta, mut permit } = pending;
+        if permit.is_none() {
+            let endpoint_id = asker.endpoint.as_ref().map(|e| e.id);
+            permit = self.limiter.acquire(endpoint_id, fwd.timeout()).await;
+            if permit.is_none() {
+                return self.overloaded(&query, packet, meta, &asker);
+            }
+        }
         inc(&self.stats.forwarded);
         let outgoing = Outgoing { packet, question_end: query.question_end, upstream: meta.server };
         let result = match meta.proto {
-            L4Proto::Tcp => self.forwarder.tcp(outgoing).await,
-            _ => self.forwarder.udp(outgoing).await,
+            L4Proto::Tcp => fwd.tcp(outgoing).await,
+            _ => fwd.udp(outgoing).await,
         };
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
-                let err = self.forward_error(e, &query, meta);
-                return self.fail(&query, packet, &err, meta, endpoint, policy);
+                let err = self.forward_error(e, &query, meta, fwd);
+                return self.fail(&query, packet, &err, meta, &asker);
             }
         };
-        Some(self.release(&query, packet, reply, meta, &decision).await)
+        let out = self.release(&query, packet, reply, meta, &asker).await;
+        drop(permit);
+        Some(out)
     }
 
-    fn forward_error(&self, e: ForwardError, query: &ParsedQuery, meta: QueryMeta) -> ProxyError {
+    fn forward_error(&self, e: ForwardError, query: &ParsedQuery, meta: QueryMeta, fwd: &Forwarder) -> ProxyError {
         let qname = query.qname.clone();
         match e {
             ForwardError::Timeout => {
                 inc(&self.stats.upstream_timeouts);
-                ProxyError::UpstreamTimeout { upstream: meta.server, qname, timeout: self.forwarder.timeout() }
+                ProxyError::UpstreamTimeout { upstream: meta.server, qname, timeout: fwd.timeout() }
             }
             ForwardError::Io(source) => {
                 inc(&self.stats.upstream_errors);
@@ -163,11 +223,11 @@ impl Shared {
         packet: &[u8],
         reply: Vec<u8>,
         meta: QueryMeta,
-        decision: &Decision<'_>,
+        asker: &Asker,
     ) -> Vec<u8> {
         let rcode = ResponseCode::from(0, wire::rcode_low(&reply));
         let want_flow = self.flows.receiver_count() > 0;
-        let learnable = decision.learn && rcode == ResponseCode::NoError && !wire::is_truncated(&reply);
+        let learnable = asker.learns() && rcode == ResponseCode::NoError && !wire::is_truncated(&reply);
         let chain = if learnable || want_flow {
             match Message::from_vec(&reply) {
                 Ok(msg) => Name::from_ascii(&query.qname).ok().map(|n| extract_chain(&msg, &n)),
@@ -181,7 +241,7 @@ impl Shared {
         };
 
         if learnable
-            && let (Some(chain), Some(ep)) = (&chain, decision.endpoint)
+            && let (Some(chain), Some(ep)) = (&chain, &asker.endpoint)
             && !chain.ips.is_empty()
         {
             self.learn(ep.id, query, chain).await;
@@ -193,9 +253,9 @@ impl Shared {
         } else {
             reply
         };
-        self.access_log(query, meta, decision, rcode, Verdict::Forwarded);
+        self.access_log(query, meta, asker, rcode, Verdict::Forwarded);
         if want_flow {
-            self.response_flow(query, meta, decision, Verdict::Forwarded, rcode, chain);
+            self.response_flow(query, meta, asker, Verdict::Forwarded, rcode, chain);
         }
         out
     }
@@ -226,7 +286,7 @@ impl Shared {
         }
     }
 
-    fn unparsable(&self, packet: &[u8], e: QueryParseError, meta: QueryMeta) -> Option<Vec<u8>> {
+    fn unparsable(&self, e: QueryParseError, meta: QueryMeta) -> Option<Vec<u8>> {
         inc(&self.stats.malformed);
         let (metadata, err) = match e {
             QueryParseError::NoHeader | QueryParseError::NotAQuery => return None,
@@ -237,7 +297,6 @@ impl Shared {
                 (metadata, ProxyError::QuestionCount { client: meta.client, count })
             }
         };
-        let _ = packet;
         tracing::debug!(target: "dns", error = %err, src.ip = %meta.client.ip(), "malformed query");
         let rcode = refusal::response_code(&err, self.config.reject)?;
         Some(refusal::error_reply(&metadata, &[], rcode))
@@ -250,31 +309,22 @@ impl Shared {
         packet: &[u8],
         err: &ProxyError,
         meta: QueryMeta,
-        endpoint: Option<&EndpointEntry>,
-        policy: Option<&PolicyRef>,
+        asker: &Asker,
     ) -> Option<Vec<u8>> {
         let verdict = if matches!(err, ProxyError::Refused { .. }) { Verdict::Dropped } else { Verdict::Error };
         if verdict == Verdict::Error {
             tracing::debug!(dns.qname = %query.qname, src.ip = %meta.client.ip(), error = %err, "query failed");
         }
         let rcode = refusal::response_code(err, self.config.reject);
-        let decision = Decision { endpoint, policy, learn: false };
         let logged_rcode = rcode.unwrap_or(ResponseCode::ServFail);
-        self.access_log(query, meta, &decision, logged_rcode, verdict);
+        self.access_log(query, meta, asker, logged_rcode, verdict);
         if self.flows.receiver_count() > 0 {
-            self.response_flow(query, meta, &decision, verdict, logged_rcode, None);
+            self.response_flow(query, meta, asker, verdict, logged_rcode, None);
         }
         Some(refusal::error_reply(&query.metadata, query.question(packet), rcode?))
     }
 
-    fn access_log(
-        &self,
-        query: &ParsedQuery,
-        meta: QueryMeta,
-        decision: &Decision<'_>,
-        rcode: ResponseCode,
-        verdict: Verdict,
-    ) {
+    fn access_log(&self, query: &ParsedQuery, meta: QueryMeta, asker: &Asker, rcode: ResponseCode, verdict: Verdict) {
         tracing::debug!(
             target: "dns",
             verdict = ?verdict,
@@ -284,30 +334,30 @@ impl Shared {
             src.port = meta.client.port(),
             dst = %meta.server,
             proto = %meta.proto,
-            endpoint = decision.endpoint.map(|e| tracing::field::display(&e.key)),
-            policy.name = decision.policy.map(tracing::field::display),
+            endpoint = asker.endpoint.as_ref().map(|e| tracing::field::display(&e.key)),
+            policy.name = asker.policy().map(tracing::field::display),
             dns.rcode = %rcode,
             latency_us = meta.received.elapsed().as_micros() as u64,
         );
     }
 
-    fn request_flow(&self, query: &ParsedQuery, meta: QueryMeta, decision: &Decision<'_>, verdict: Verdict) {
+    fn request_flow(&self, query: &ParsedQuery, meta: QueryMeta, asker: &Asker, verdict: Verdict) {
         if self.flows.receiver_count() == 0 {
             return;
         }
-        let _ = self.flows.send(base_flow(query, meta, decision, DnsFlowKind::Request, verdict));
+        let _ = self.flows.send(base_flow(query, meta, asker, DnsFlowKind::Request, verdict));
     }
 
     fn response_flow(
         &self,
         query: &ParsedQuery,
         meta: QueryMeta,
-        decision: &Decision<'_>,
+        asker: &Asker,
         verdict: Verdict,
         rcode: ResponseCode,
         chain: Option<Chain>,
     ) {
-        let mut flow = base_flow(query, meta, decision, DnsFlowKind::Response, verdict);
+        let mut flow = base_flow(query, meta, asker, DnsFlowKind::Response, verdict);
         flow.rcode = Some(rcode.to_str().to_string());
         flow.latency = Some(meta.received.elapsed());
         if let Some(c) = chain {
@@ -320,18 +370,12 @@ impl Shared {
     }
 }
 
-fn base_flow(
-    query: &ParsedQuery,
-    meta: QueryMeta,
-    decision: &Decision<'_>,
-    kind: DnsFlowKind,
-    verdict: Verdict,
-) -> DnsFlow {
+fn base_flow(query: &ParsedQuery, meta: QueryMeta, asker: &Asker, kind: DnsFlowKind, verdict: Verdict) -> DnsFlow {
     DnsFlow {
         time: SystemTime::now(),
         kind,
         verdict,
-        endpoint: decision.endpoint.map(|e| e.id),
+        endpoint: asker.endpoint.as_ref().map(|e| e.id),
         client: meta.client,
         server: meta.server,
         protocol: meta.proto,
@@ -342,7 +386,7 @@ fn base_flow(
         ttl: None,
         cnames: Vec::new(),
         rrtypes: Vec::new(),
-        policy: decision.policy.map(|p| p.to_string()),
+        policy: asker.policy().map(|p| p.to_string()),
         latency: None,
     }
 }

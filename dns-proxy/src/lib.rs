@@ -9,6 +9,7 @@
 //! answer released after the ack or `response_max_delay`.
 
 pub mod answer;
+pub mod batch;
 pub mod config;
 pub mod endpoints;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod forwarder;
 mod handler;
 pub mod learner;
 pub mod limits;
+pub mod matcher;
 pub mod metrics;
 pub mod name_lock;
 pub mod refusal;

@@ -48,8 +48,10 @@ fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
 }
 
 /// A non-blocking UDP socket with `IP_TRANSPARENT`, reporting each packet's original destination,
-/// bound to `addr` (the listener, or an original destination for replies).
-pub fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {
+/// bound to `addr` (the listener, or an original destination for replies). `reuse_port` lets
+/// several sockets share the address (plain mode's receive threads); the datapath's
+/// `bpf_sk_assign` refuses such sockets, so transparent listeners go without.
+pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, ProxyError> {
     let proto = L4Proto::Udp;
     let sock = Socket::new(domain(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(|source| ProxyError::Bind {
         proto,
@@ -62,6 +64,9 @@ pub fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {
     // Reply sockets share the original destination's address with each other and with a
     // wildcard listener.
     sock.set_reuse_address(true).map_err(opt_err("SO_REUSEADDR", proto, addr))?;
+    if reuse_port {
+        sock.set_reuse_port(true).map_err(opt_err("SO_REUSEPORT", proto, addr))?;
+    }
     set_transparent(&sock, proto, addr)?;
     if addr.is_ipv4() {
         set_int(sock.as_raw_fd(), libc::SOL_IP, libc::IP_RECVORIGDSTADDR).map_err(opt_err(
@@ -104,7 +109,7 @@ pub fn tcp_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyErro
 ///
 /// # Safety
 /// `sa` points to a `sockaddr_storage` (or at least as many bytes as its family needs).
-unsafe fn sockaddr_to_std(sa: *const libc::sockaddr) -> Option<SocketAddr> {
+pub(crate) unsafe fn sockaddr_to_std(sa: *const libc::sockaddr) -> Option<SocketAddr> {
     // SAFETY: guaranteed by the caller; unaligned reads because control data need not be aligned.
     unsafe {
         match i32::from((*sa).sa_family) {
@@ -126,6 +131,34 @@ unsafe fn sockaddr_to_std(sa: *const libc::sockaddr) -> Option<SocketAddr> {
             _ => None,
         }
     }
+}
+
+/// The IP_ORIGDSTADDR / IPV6_ORIGDSTADDR control message of a received `msg`, if any.
+///
+/// # Safety
+/// `msg` is a header filled by `recvmsg`/`recvmmsg`: its control pointer and length describe a
+/// live buffer the kernel wrote.
+pub(crate) unsafe fn original_dst_from_control(msg: &libc::msghdr) -> Option<SocketAddr> {
+    let mut found = None;
+    // SAFETY: CMSG_* walk the control buffer within msg_controllen (guaranteed by the caller); the
+    // data of an ORIGDSTADDR message is a sockaddr_in / sockaddr_in6.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let hdr = &*cmsg;
+            let is_v4 = hdr.cmsg_level == libc::SOL_IP && hdr.cmsg_type == libc::IP_ORIGDSTADDR;
+            let is_v6 = hdr.cmsg_level == libc::SOL_IPV6 && hdr.cmsg_type == libc::IPV6_ORIGDSTADDR;
+            if is_v4 || is_v6 {
+                let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+                let len = hdr.cmsg_len as usize - (libc::CMSG_DATA(cmsg) as usize - cmsg as usize);
+                let len = len.min(mem::size_of::<libc::sockaddr_storage>());
+                std::ptr::copy_nonoverlapping(libc::CMSG_DATA(cmsg), storage.as_mut_ptr().cast::<u8>(), len);
+                found = sockaddr_to_std(storage.as_ptr().cast());
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    found
 }
 
 /// One datagram with its source and original destination.
@@ -159,25 +192,8 @@ pub fn recv_original_dst(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
     let source = unsafe { sockaddr_to_std(source.as_ptr().cast()) }
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address"))?;
 
-    let mut original_dst = None;
-    // SAFETY: CMSG_* walk the control buffer the kernel filled, within msg_controllen; the data of
-    // an ORIGDSTADDR message is a sockaddr_in / sockaddr_in6.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !cmsg.is_null() {
-            let hdr = &*cmsg;
-            let is_v4 = hdr.cmsg_level == libc::SOL_IP && hdr.cmsg_type == libc::IP_ORIGDSTADDR;
-            let is_v6 = hdr.cmsg_level == libc::SOL_IPV6 && hdr.cmsg_type == libc::IPV6_ORIGDSTADDR;
-            if is_v4 || is_v6 {
-                let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-                let len = hdr.cmsg_len as usize - (libc::CMSG_DATA(cmsg) as usize - cmsg as usize);
-                let len = len.min(mem::size_of::<libc::sockaddr_storage>());
-                std::ptr::copy_nonoverlapping(libc::CMSG_DATA(cmsg), storage.as_mut_ptr().cast::<u8>(), len);
-                original_dst = sockaddr_to_std(storage.as_ptr().cast());
-            }
-            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
-        }
-    }
+    // SAFETY: the kernel filled msg_controllen bytes of the control buffer.
+    let original_dst = unsafe { original_dst_from_control(&msg) };
     Ok(Received { len: n as usize, source, original_dst })
 }
 
@@ -190,7 +206,7 @@ mod tests {
     #[test]
     fn transparent_udp_reports_destination_or_needs_privilege() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        match udp_socket(addr) {
+        match udp_socket(addr, false) {
             Err(ProxyError::TransparentNotPermitted { option, .. }) => assert_eq!(option, "IP_TRANSPARENT"),
             Err(e) => panic!("unexpected error: {e}"),
             Ok(sock) => {

@@ -110,7 +110,7 @@ pub async fn run(config: Config, components: Components, shutdown: CancellationT
 fn apply(proxy: &Proxy, snap: &Snapshot) {
     let mut table = EndpointTable::new();
     for e in &snap.endpoints {
-        table.insert(&e.endpoint.ips, EndpointEntry { id: e.id, key: e.endpoint.key(), policy: e.policy.clone() });
+        table.insert(&e.endpoint.ips, EndpointEntry::new(e.id, e.endpoint.key(), e.policy.clone()));
     }
     tracing::debug!(generation = snap.generation, policies = ?snap.policies, "endpoint table updated");
     proxy.set_endpoints(table);

@@ -113,7 +113,7 @@ impl DnsServer {
             "  do-ip4: {}\n  do-ip6: {}\n  port: {}\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  \
              pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  \
              zonelistfile: \"{d}/zone.list\"\n  database: \"\"\n  logfile: \"{d}/nsd.log\"\n  \
-             server-count: 1\n  verbosity: 1\n  hide-version: yes\n  tcp-count: 200\n  \
+             server-count: 1\n  verbosity: 1\n  hide-version: yes\n  tcp-count: 200\n  rrl-ratelimit: 0\n  \
              refuse-any: no\n  reuseport: no\n\nremote-control:\n  control-enable: no\n\n",
             if has_v4 { "yes" } else { "no" },
             if has_v6 { "yes" } else { "no" },

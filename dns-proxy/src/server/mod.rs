@@ -19,6 +19,7 @@ use crate::config::{Mode, ProxyConfig};
 use crate::endpoints::EndpointTable;
 use crate::error::ProxyError;
 use crate::flow::DnsFlow;
+use crate::forwarder::Forwarder;
 use crate::handler::Shared;
 use crate::learner::Learner;
 use crate::stats::{ProxyStats, StatsSnapshot};
@@ -90,32 +91,46 @@ impl Proxy {
         self.shared.stats.clone()
     }
 
-    /// Bind a UDP socket and a TCP listener on every listen address. Port 0 picks a free port
-    /// (the same for UDP and TCP of one address when possible).
+    /// Bind the UDP sockets and a TCP listener on every listen address. Port 0 picks a free port
+    /// (the same for UDP and TCP of one address when possible). Plain mode binds one UDP socket
+    /// per receive thread (`SO_REUSEPORT`); transparent mode one per address.
     pub fn bind(&self) -> Result<Bound, ProxyError> {
-        let transparent = self.shared.config.mode == Mode::Transparent;
+        let config = &self.shared.config;
+        let transparent = config.mode == Mode::Transparent;
+        let workers = if transparent { 1 } else { config.udp_workers() };
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
-        for &addr in &self.shared.config.listen {
+        for &addr in &config.listen {
             let t = if transparent { transparent::tcp_listener(addr)? } else { plain_tcp(addr)? };
             // Bind UDP on the port TCP got, so `:0` yields one port for both.
             let port = t.local_addr().map(|a| a.port()).unwrap_or(addr.port());
             let uaddr = SocketAddr::new(addr.ip(), port);
-            let u = if transparent { transparent::udp_socket(uaddr)? } else { plain_udp(uaddr)? };
-            udp.push(u);
+            for _ in 0..workers {
+                let u =
+                    if transparent { transparent::udp_socket(uaddr, false)? } else { plain_udp(uaddr, workers > 1)? };
+                udp.push(u);
+            }
             tcp.push(t);
         }
         Ok(Bound { shared: self.shared.clone(), udp, tcp })
     }
 }
 
-fn plain_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {
+fn plain_udp(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, ProxyError> {
     let proto = L4Proto::Udp;
     let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)
         .map_err(|source| ProxyError::Bind { proto, addr, source })?;
     if addr.is_ipv6() {
         sock.set_only_v6(true).map_err(|source| ProxyError::SocketOption {
             option: "IPV6_V6ONLY",
+            proto,
+            addr,
+            source,
+        })?;
+    }
+    if reuse_port {
+        sock.set_reuse_port(true).map_err(|source| ProxyError::SocketOption {
+            option: "SO_REUSEPORT",
             proto,
             addr,
             source,
@@ -173,31 +188,58 @@ impl Bound {
     }
 
     /// Serve until `shutdown` is cancelled; then stop accepting and wait for queries in flight
-    /// (bounded by the upstream timeout and the response max delay).
+    /// (bounded by the upstream timeout and the response max delay). UDP sockets are served by
+    /// threads of their own; TCP on the caller's runtime.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ProxyError> {
         let tracker = TaskTracker::new();
         let transparent = self.shared.config.mode == Mode::Transparent;
         let replies = Arc::new(udp::ReplySockets::default());
-        for sock in self.udp {
+        let mut threads = Vec::new();
+        for (i, sock) in self.udp.into_iter().enumerate() {
             let addr = sock.local_addr().map_err(|source| ProxyError::Bind {
                 proto: L4Proto::Udp,
                 addr: "0.0.0.0:0".parse().expect("literal"),
                 source,
             })?;
-            let sock = tokio::net::UdpSocket::from_std(sock).map_err(|source| ProxyError::Bind {
-                proto: L4Proto::Udp,
-                addr,
-                source,
-            })?;
-            let ctx = udp::UdpServer {
-                shared: self.shared.clone(),
-                socket: Arc::new(sock),
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| ProxyError::Bind { proto: L4Proto::Udp, addr, source })?;
+            let socket = {
+                let _guard = runtime.enter();
+                tokio::net::UdpSocket::from_std(sock).map_err(|source| ProxyError::Bind {
+                    proto: L4Proto::Udp,
+                    addr,
+                    source,
+                })?
+            };
+            let shared = self.shared.clone();
+            let config = &shared.config;
+            let forwarder =
+                Arc::new(Forwarder::new(config.upstream_timeout, config.upstream_sockets, shared.stats.clone()));
+            let server = udp::UdpServer {
+                forwarder,
+                socket: Arc::new(socket),
                 transparent,
                 replies: replies.clone(),
-                tracker: tracker.clone(),
+                tracker: TaskTracker::new(),
                 shutdown: shutdown.clone(),
+                shared,
             };
-            tracker.spawn(ctx.run());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("fqdnd-udp-{i}"))
+                .spawn(move || {
+                    let tracker = server.tracker.clone();
+                    runtime.block_on(async move {
+                        server.run().await;
+                        tracker.close();
+                        tracker.wait().await;
+                    });
+                    let _ = done_tx.send(());
+                })
+                .map_err(|source| ProxyError::Bind { proto: L4Proto::Udp, addr, source })?;
+            threads.push(done_rx);
         }
         for listener in self.tcp {
             let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
@@ -215,6 +257,9 @@ impl Bound {
         shutdown.cancelled().await;
         tracker.close();
         tracker.wait().await;
+        for done in threads {
+            let _ = done.await;
+        }
         replies.clear();
         Ok(())
     }

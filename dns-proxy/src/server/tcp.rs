@@ -91,7 +91,7 @@ async fn connection(
         let (shared, tx, in_flight) = (shared.clone(), tx.clone(), in_flight.clone());
         in_flight.fetch_add(1, Ordering::AcqRel);
         tracker.spawn(async move {
-            if let Some(reply) = shared.handle(&packet, meta).await {
+            if let Some(reply) = shared.handle(&shared.forwarder, &packet, meta).await {
                 let _ = tx.send(reply).await;
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -1,6 +1,9 @@
-//! UDP serving: one receive loop per socket, a task per query.
+//! UDP serving: each socket has its own thread with a single-threaded runtime (and its own
+//! upstream sockets), so a query never crosses threads. The receive loop answers refusals and
+//! malformed queries itself; only forwarded queries become tasks.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -12,16 +15,23 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handler::{QueryMeta, Shared};
+use crate::batch::RecvBatch;
+use crate::forwarder::Forwarder;
+use crate::handler::{QueryMeta, Shared, Step};
 use crate::stats::inc;
 use crate::transparent;
-use crate::wire::MAX_MESSAGE;
 
 /// Cached reply sockets are capped; past this, a reply gets a socket of its own.
 const MAX_REPLY_SOCKETS: usize = 1024;
+/// Datagrams read per system call.
+const RECV_BATCH: usize = 32;
+/// Largest query accepted over UDP; queries are a few dozen bytes, and anything longer than a
+/// full EDNS buffer is not a DNS query.
+const QUERY_BUFFER: usize = 4096;
 
 pub(crate) struct UdpServer {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) forwarder: Arc<Forwarder>,
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) transparent: bool,
     pub(crate) replies: Arc<ReplySockets>,
@@ -31,53 +41,70 @@ pub(crate) struct UdpServer {
 
 impl UdpServer {
     pub(crate) async fn run(self) {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut batch = RecvBatch::new(RECV_BATCH, QUERY_BUFFER);
+        let fd = self.socket.as_raw_fd();
         let upstream = self.shared.config.upstream;
         let local = self.socket.local_addr().ok();
         loop {
-            let received = tokio::select! {
-                r = self.recv(&mut buf) => r,
+            tokio::select! {
+                r = self.socket.readable() => if let Err(e) = r {
+                    tracing::warn!(error = %e, local = ?local, "UDP socket failed; receive loop ends");
+                    return;
+                },
                 () = self.shutdown.cancelled() => return,
-            };
-            let (len, client, server) = match received {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, local = ?local, "UDP receive");
+            }
+            // A short batch means the socket is drained: report WouldBlock so the readiness is
+            // cleared in the same step (no extra failing read before sleeping).
+            let capacity = batch.capacity();
+            let res = self.socket.try_io(Interest::READABLE, || {
+                let n = batch.recv(fd)?;
+                if n < capacity { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+            });
+            if let Err(e) = res
+                && e.kind() != io::ErrorKind::WouldBlock
+            {
+                tracing::debug!(error = %e, local = ?local, "UDP receive");
+                continue;
+            }
+            for (d, packet) in batch.datagrams() {
+                if d.truncated {
+                    inc(&self.shared.stats.malformed);
                     continue;
                 }
-            };
-            let packet = buf[..len].to_vec();
-            let Some(server) = server.or(upstream) else { continue };
-            let meta = QueryMeta { client, server, proto: L4Proto::Udp, received: Instant::now() };
-            let shared = self.shared.clone();
-            // A reply socket answers what reaches it from itself: it is bound to the server address.
-            let reply_via = if self.transparent && local != Some(server) {
-                ReplyVia::Original(self.replies.clone(), self.tracker.clone(), self.shutdown.clone())
-            } else {
-                ReplyVia::Listener(self.socket.clone())
-            };
-            self.tracker.spawn(async move {
-                if let Some(reply) = shared.handle(&packet, meta).await {
-                    reply_via.send(&shared, &reply, meta).await;
-                }
-            });
+                let server = if self.transparent { d.original_dst } else { upstream };
+                let Some(server) = server else {
+                    tracing::debug!(client = %d.source, "datagram without original destination; dropped");
+                    continue;
+                };
+                self.handle(packet, d.source, server, local);
+            }
         }
     }
 
-    /// One datagram: length, client, and (transparent mode) its original destination.
-    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<Option<(usize, SocketAddr, Option<SocketAddr>)>> {
-        if !self.transparent {
-            let (len, client) = self.socket.recv_from(buf).await?;
-            return Ok(Some((len, client, None)));
-        }
-        let fd = self.socket.as_raw_fd();
-        let got = self.socket.async_io(Interest::READABLE, || transparent::recv_original_dst(fd, buf)).await?;
-        match got.original_dst {
-            Some(dst) => Ok(Some((got.len, got.source, Some(dst)))),
-            None => {
-                tracing::debug!(client = %got.source, "transparent datagram without original destination; dropped");
-                Ok(None)
+    fn handle(&self, packet: &[u8], client: SocketAddr, server: SocketAddr, local: Option<SocketAddr>) {
+        let meta = QueryMeta { client, server, proto: L4Proto::Udp, received: Instant::now() };
+        // A reply socket answers what reaches it from itself: it is bound to the server address.
+        let reply_via = if self.transparent && local != Some(server) {
+            ReplyVia::Original(
+                self.replies.clone(),
+                self.forwarder.clone(),
+                self.tracker.clone(),
+                self.shutdown.clone(),
+            )
+        } else {
+            ReplyVia::Listener(self.socket.clone())
+        };
+        match self.shared.decide(packet, meta) {
+            Step::Reply(None) => {}
+            Step::Reply(Some(reply)) => reply_via.send_now(&self.shared, reply, meta, &self.tracker),
+            Step::Forward(pending) => {
+                let packet = packet.to_vec();
+                let (shared, fwd) = (self.shared.clone(), self.forwarder.clone());
+                self.tracker.spawn(async move {
+                    if let Some(reply) = shared.forward(&fwd, &packet, *pending).await {
+                        reply_via.send(&shared, &reply, meta).await;
+                    }
+                });
             }
         }
     }
@@ -85,23 +112,46 @@ impl UdpServer {
 
 enum ReplyVia {
     Listener(Arc<UdpSocket>),
-    Original(Arc<ReplySockets>, TaskTracker, CancellationToken),
+    Original(Arc<ReplySockets>, Arc<Forwarder>, TaskTracker, CancellationToken),
 }
 
 impl ReplyVia {
-    async fn send(&self, shared: &Arc<Shared>, reply: &[u8], meta: QueryMeta) {
-        let result = match self {
-            ReplyVia::Listener(sock) => sock.send_to(reply, meta.client).await.map(drop),
-            ReplyVia::Original(cache, tracker, shutdown) => match cache.get(meta.server, shared, tracker, shutdown) {
-                Ok(sock) => sock.send_to(reply, meta.client).await.map(drop),
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = result {
-            inc(&shared.stats.send_errors);
-            tracing::debug!(client = %meta.client, server = %meta.server, error = %e, "sending reply");
+    fn socket(&self, shared: &Arc<Shared>, original_dst: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+        match self {
+            ReplyVia::Listener(sock) => Ok(sock.clone()),
+            ReplyVia::Original(cache, fwd, tracker, shutdown) => {
+                cache.get(original_dst, shared, fwd, tracker, shutdown)
+            }
         }
     }
+
+    /// Send from the receive loop without waiting; a full socket buffer defers to a task.
+    fn send_now(self, shared: &Arc<Shared>, reply: Vec<u8>, meta: QueryMeta, tracker: &TaskTracker) {
+        let result = self.socket(shared, meta.server).and_then(|s| s.try_send_to(&reply, meta.client));
+        match result {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let shared = shared.clone();
+                tracker.spawn(async move { self.send(&shared, &reply, meta).await });
+            }
+            Err(e) => send_failed(shared, meta, &e),
+        }
+    }
+
+    async fn send(&self, shared: &Arc<Shared>, reply: &[u8], meta: QueryMeta) {
+        let result = match self.socket(shared, meta.server) {
+            Ok(sock) => sock.send_to(reply, meta.client).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            send_failed(shared, meta, &e);
+        }
+    }
+}
+
+fn send_failed(shared: &Shared, meta: QueryMeta, e: &io::Error) {
+    inc(&shared.stats.send_errors);
+    tracing::debug!(client = %meta.client, server = %meta.server, error = %e, "sending reply");
 }
 
 /// Transparent reply sockets, one per original destination, bound to it. Each also serves queries:
@@ -118,19 +168,21 @@ impl ReplySockets {
         self: &Arc<Self>,
         original_dst: SocketAddr,
         shared: &Arc<Shared>,
+        forwarder: &Arc<Forwarder>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> std::io::Result<Arc<UdpSocket>> {
+    ) -> io::Result<Arc<UdpSocket>> {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = sockets.get(&original_dst) {
             return Ok(s.clone());
         }
-        let std = transparent::udp_socket(original_dst).map_err(std::io::Error::other)?;
+        let std = transparent::udp_socket(original_dst, false).map_err(io::Error::other)?;
         let sock = Arc::new(UdpSocket::from_std(std)?);
         if sockets.len() < MAX_REPLY_SOCKETS {
             sockets.insert(original_dst, sock.clone());
             let server = UdpServer {
                 shared: shared.clone(),
+                forwarder: forwarder.clone(),
                 socket: sock.clone(),
                 transparent: true,
                 replies: self.clone(),
