@@ -159,7 +159,7 @@ for _ in $(seq 1 100); do
 done
 
 FQDND_LOG=warn "$FQDND_BIN" run --listen "127.0.0.1:$FQDND_PORT" --upstream "$NSD_ADDR:$NSD_PORT" \
-    --policies "$WORK/policies" --endpoints "$WORK/endpoints.yaml" --state-dir "$WORK/state" \
+    --policies "$WORK/policies" --endpoints "$WORK/endpoints.yaml" --state-dir "$WORK/state" --metrics-addr none \
     --max-inflight 65536 ${FQDND_CONFIG:+--config "$FQDND_CONFIG"} 2>"$WORK/fqdnd.log" &
 FQDND_PID=$!
 PIDS+=($FQDND_PID)

@@ -17,6 +17,15 @@
 //! max-inflight-per-endpoint: 1024
 //! policy-poll-interval: 1s
 //! udp-workers: 0                  # plain mode: UDP receive threads (0 = half the CPUs)
+//! metrics-addr: 127.0.0.1:9967     # /metrics, /healthz, /readyz; "none" turns it off
+//! bpffs-dir: /sys/fs/bpf/fqdnd     # transparent mode: where the datapath pins maps and links
+//! fqdn-scope: endpoint             # endpoint | node: whose lookups a toFQDNs selector sees
+//! max-ips-per-name: 1000
+//! idle-connection-grace-period: 0s
+//! max-zombies: 10000
+//! cache-snapshot-interval: 60s
+//! flow-ring-size: 4096             # flows kept for `fqdnd observe`
+//! node-name: ""                    # in every flow; default: the host name
 //! ```
 
 use std::fmt;
@@ -54,6 +63,15 @@ pub struct FileConfig {
     pub policy_poll_interval: Option<String>,
     /// Plain mode: UDP receive threads per listen address (0 = half the CPUs, at least one).
     pub udp_workers: Option<usize>,
+    pub metrics_addr: Option<String>,
+    pub bpffs_dir: Option<PathBuf>,
+    pub fqdn_scope: Option<String>,
+    pub max_ips_per_name: Option<usize>,
+    pub idle_connection_grace_period: Option<String>,
+    pub max_zombies: Option<usize>,
+    pub cache_snapshot_interval: Option<String>,
+    pub flow_ring_size: Option<usize>,
+    pub node_name: Option<String>,
 }
 
 /// Flags of `fqdnd run`; each overrides the file's value.
@@ -96,6 +114,27 @@ pub struct Flags {
     /// Upstream answer timeout; SERVFAIL after it (default 2s).
     #[arg(long, value_name = "DURATION")]
     pub upstream_timeout: Option<String>,
+    /// Address of /metrics, /healthz and /readyz (default 127.0.0.1:9967; "none": off).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Transparent mode: bpffs directory for the datapath's pinned maps and links.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs_dir: Option<PathBuf>,
+    /// Whose lookups a toFQDNs selector sees: endpoint (its own, default) or node (Cilium's).
+    #[arg(long, value_name = "endpoint|node")]
+    pub fqdn_scope: Option<String>,
+    /// IPs kept per name and endpoint (default 1000; the earliest-expiring go first).
+    #[arg(long, value_name = "N")]
+    pub max_ips_per_name: Option<usize>,
+    /// How recently a connection must have used an expired IP to keep it (default 0s).
+    #[arg(long, value_name = "DURATION")]
+    pub idle_connection_grace_period: Option<String>,
+    /// Expired-but-used IPs kept per endpoint (default 10000).
+    #[arg(long, value_name = "N")]
+    pub max_zombies: Option<usize>,
+    /// Flows kept for `fqdnd observe` (default 4096).
+    #[arg(long, value_name = "N")]
+    pub flow_ring_size: Option<usize>,
 }
 
 /// The effective configuration.
@@ -107,9 +146,15 @@ pub struct Config {
     pub policies: Option<PathBuf>,
     pub endpoints: Option<PathBuf>,
     pub state_dir: PathBuf,
-    pub min_ttl: u32,
+    pub cache: fqdn_cache::CacheConfig,
     #[serde(serialize_with = "display_duration")]
     pub policy_poll_interval: Duration,
+    #[serde(serialize_with = "display_duration")]
+    pub cache_snapshot_interval: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+    pub bpffs_dir: PathBuf,
+    pub flow_ring_size: usize,
+    pub node_name: String,
 }
 
 fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -279,6 +324,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
     let tcp_idle_timeout = duration(&None, &file.tcp_idle_timeout, "tcp-idle-timeout", Duration::from_secs(10));
     let policy_poll_interval =
         duration(&None, &file.policy_poll_interval, "policy-poll-interval", Duration::from_secs(1));
+    let cache_snapshot_interval =
+        duration(&None, &file.cache_snapshot_interval, "cache-snapshot-interval", Duration::from_secs(60));
 
     let max_inflight = flags.max_inflight.or(file.max_inflight).unwrap_or(4096);
     if max_inflight == 0 {
@@ -315,6 +362,47 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
     };
     let state_dir = flags.state_dir.clone().or(file.state_dir.clone()).unwrap_or_else(|| env.default_state_dir.clone());
 
+    let metrics_addr = match pick!(flags.metrics_addr.clone(), file.metrics_addr.clone(), "metrics-addr") {
+        None => Some(fqdnd::metrics::DEFAULT_METRICS_ADDR.parse().expect("literal")),
+        Some((v, _)) if v == "none" => None,
+        Some((v, from)) => match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(format!("{from}: {v:?} is not ADDR:PORT (or \"none\")"));
+                None
+            }
+        },
+    };
+    let fqdn_scope = match pick!(flags.fqdn_scope.clone(), file.fqdn_scope.clone(), "fqdn-scope") {
+        None => fqdn_cache::Scope::Endpoint,
+        Some((v, from)) => v.parse().unwrap_or_else(|e| {
+            problems.push(format!("{from}: {e}"));
+            fqdn_cache::Scope::Endpoint
+        }),
+    };
+    let idle_grace = match pick!(
+        flags.idle_connection_grace_period.clone(),
+        file.idle_connection_grace_period.clone(),
+        "idle-connection-grace-period"
+    ) {
+        None => Duration::ZERO,
+        Some((v, from)) => humantime::parse_duration(&v).unwrap_or_else(|e| {
+            problems.push(format!("{from}: {v:?} is not a duration (e.g. 30s): {e}"));
+            Duration::ZERO
+        }),
+    };
+    let defaults = fqdn_cache::CacheConfig::default();
+    let cache = fqdn_cache::CacheConfig {
+        min_ttl: flags.min_ttl.or(file.min_ttl).unwrap_or(0),
+        max_ips_per_name: flags.max_ips_per_name.or(file.max_ips_per_name).unwrap_or(defaults.max_ips_per_name),
+        scope: fqdn_scope,
+        idle_grace,
+        max_zombies: flags.max_zombies.or(file.max_zombies).unwrap_or(defaults.max_zombies),
+    };
+    let flow_ring_size =
+        flags.flow_ring_size.or(file.flow_ring_size).unwrap_or(fqdnd::flows::hub::DEFAULT_RING_CAPACITY);
+    let node_name = file.node_name.clone().unwrap_or_else(hostname);
+
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
@@ -335,9 +423,23 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         policies,
         endpoints,
         state_dir,
-        min_ttl: flags.min_ttl.or(file.min_ttl).unwrap_or(0),
+        cache,
         policy_poll_interval,
+        cache_snapshot_interval,
+        metrics_addr,
+        bpffs_dir: flags
+            .bpffs_dir
+            .clone()
+            .or(file.bpffs_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
+        flow_ring_size,
+        node_name,
     })
+}
+
+/// The host name (flows' `node_name`), empty if unknown.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// `ADDR:PORT`, `[V6]:PORT`, or a bare address meaning port 53.
@@ -379,6 +481,8 @@ mod tests {
         assert_eq!(c.proxy.reject, RejectCode::NameError);
         assert_eq!(c.proxy.response_max_delay, Duration::from_millis(100));
         assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(2));
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9967".parse().unwrap()));
+        assert_eq!(c.cache, fqdn_cache::CacheConfig::default());
         assert_eq!(c.policies, None, "no ./policies directory here");
         std::fs::create_dir(dir.path().join("policies")).unwrap();
         let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();

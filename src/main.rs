@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent: the DNS proxy enforcing rules.dns (plain mode: 127.0.0.1:5353, no root).
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// Check and explain CiliumNetworkPolicies without running the agent.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let result = match cli.command {
-        Command::Run(a) => cmd::run::run(a),
+        Command::Run(a) => cmd::run::run(*a),
         Command::Policy(c) => cmd::policy::run(c),
         Command::Observe(a) => cmd::observe::run(a),
         Command::Cache(c) => cmd::cache::run(c),

@@ -227,3 +227,53 @@ fn misspelled_config_key_is_named() {
     assert!(err.contains("response-max-dealy"), "{err}");
     assert!(err.contains("fqdnd.yaml"), "{err}");
 }
+
+#[test]
+fn answers_are_learned_into_the_cache() {
+    // alpine may resolve *.microsoft.com and reach what those names resolve to (toFQDNs): the
+    // agent learns the answer; `fqdnd cache list` reads it back over the admin socket.
+    let nsd = nsd();
+    let fx = PolicyFixture::new(nsd.addr.ip(), nsd.addr.port(), &["*.microsoft.com"]).unwrap();
+    fx.write_policy(
+        "fqdn.yaml",
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-microsoft, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: alpine}}
+  egress:
+  - toFQDNs: [{matchPattern: "*.microsoft.com"}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+"#,
+    )
+    .unwrap();
+    let mut args = fx.args();
+    args.extend(["--upstream".into(), nsd.addr.to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let f = Fqdnd::start(&refs).unwrap();
+    let r = dig::query(Client::Dig, f.addr, "chain.microsoft.com", "A", &[]).unwrap();
+    assert_eq!(r.data("A"), ["10.200.0.3"], "{}", r.raw);
+
+    let out = std::process::Command::new(common::fqdnd::binary())
+        .args(["cache", "list", "--endpoint", "default/alpine", "-o", "json", "--state-dir"])
+        .arg(f.dir.path().join("state"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("chain.microsoft.com."), "{text}");
+    assert!(text.contains("10.200.0.3"), "{text}");
+    // The lowest TTL of the chain (60 s; the cache rounds expiry up to whole seconds), not the
+    // first record's (600 s) nor the address's (120 s).
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ttl = find_key(&v, "ttl").and_then(|t| t.as_u64()).unwrap_or(0);
+    assert!((1..=61).contains(&ttl), "ttl {ttl} in {text}");
+}
+
+fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m.get(key).or_else(|| m.values().find_map(|x| find_key(x, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
+}

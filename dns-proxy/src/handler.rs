@@ -26,6 +26,7 @@ use crate::forwarder::{ForwardError, Forwarder, Outgoing};
 use crate::learner::Learner;
 use crate::limits::{Limiter, Permit};
 use crate::matcher::RuleVerdict;
+use crate::metrics::ProxyMetrics;
 use crate::name_lock::NameLocks;
 use crate::refusal;
 use crate::stats::{ProxyStats, inc};
@@ -55,6 +56,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<ProxyStats>,
     pub(crate) limiter: Limiter,
     pub(crate) names: NameLocks,
+    pub(crate) metrics: ProxyMetrics,
 }
 
 /// Who asked and what the rules said, owned so it can travel with the query into a task.
@@ -94,7 +96,12 @@ pub(crate) struct Pending {
 }
 
 impl Shared {
-    pub(crate) fn new(config: ProxyConfig, learner: Arc<dyn Learner>, datapath: Arc<dyn Datapath>) -> Self {
+    pub(crate) fn new(
+        config: ProxyConfig,
+        learner: Arc<dyn Learner>,
+        datapath: Arc<dyn Datapath>,
+        metrics: ProxyMetrics,
+    ) -> Self {
         let stats = Arc::new(ProxyStats::default());
         Shared {
             forwarder: Forwarder::new(config.upstream_timeout, config.upstream_sockets, stats.clone()),
@@ -102,6 +109,7 @@ impl Shared {
             endpoints: ArcSwap::from_pointee(EndpointTable::new()),
             flows: broadcast::channel(FLOW_CHANNEL).0,
             names: NameLocks::default(),
+            metrics,
             config,
             learner,
             datapath,
@@ -178,10 +186,14 @@ impl Shared {
         }
         inc(&self.stats.forwarded);
         let outgoing = Outgoing { packet, question_end: query.question_end, upstream: meta.server };
+        let sent = Instant::now();
         let result = match meta.proto {
             L4Proto::Tcp => fwd.tcp(outgoing).await,
             _ => fwd.udp(outgoing).await,
         };
+        if result.is_ok() {
+            self.metrics.upstream_latency(sent.elapsed());
+        }
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
@@ -265,19 +277,18 @@ impl Shared {
         let names = std::iter::once(answer.qname.as_str()).chain(answer.cnames.iter().map(String::as_str));
         let _serialized = self.names.lock(names).await;
         inc(&self.stats.learned);
-        let delta = self.learner.learn(&answer);
-        if delta.is_empty() {
-            return;
-        }
+        let started = Instant::now();
         let max = self.config.response_max_delay;
-        match tokio::time::timeout(max, self.datapath.apply(delta)).await {
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(max, self.learner.learn_into(&answer, &*self.datapath)).await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => self.metrics.datapath_ack_latency(started.elapsed()),
             Ok(Err(e)) => {
                 inc(&self.stats.datapath_errors);
                 tracing::warn!(dns.qname = %query.qname, endpoint = %endpoint, error = %e, "datapath update failed; answer released");
             }
             Err(_) => {
                 inc(&self.stats.datapath_timeouts);
+                self.metrics.datapath_ack_timeout();
                 tracing::warn!(
                     dns.qname = %query.qname, endpoint = %endpoint, max_delay = ?max,
                     "datapath did not acknowledge within --response-max-delay; answer released"
@@ -324,7 +335,10 @@ impl Shared {
         Some(refusal::error_reply(&query.metadata, query.question(packet), rcode?))
     }
 
+    /// Count the query and write its access-log line: once per query, when its answer is known.
     fn access_log(&self, query: &ParsedQuery, meta: QueryMeta, asker: &Asker, rcode: ResponseCode, verdict: Verdict) {
+        self.metrics.query(verdict, u16::from(query.qtype));
+        self.metrics.processing_latency(meta.received.elapsed());
         tracing::debug!(
             target: "dns",
             verdict = ?verdict,

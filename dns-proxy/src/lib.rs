@@ -33,5 +33,5 @@ pub use error::ProxyError;
 pub use flow::{DnsFlow, DnsFlowKind, Verdict};
 pub use handler::QueryMeta;
 pub use learner::{Learner, NoLearner};
-pub use server::{Bound, ListenerInfo, Proxy};
+pub use server::{Bound, ListenerInfo, Proxy, Sockets};
 pub use stats::{ProxyStats, StatsSnapshot};

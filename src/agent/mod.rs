@@ -1,73 +1,137 @@
-//! The agent: wires policy loading, the endpoint inventory, the DNS proxy, the learner (the
-//! cache) and the datapath, and runs them until shutdown.
+//! The agent: wires policy loading, the endpoint inventory, the DNS proxy, the fqdn cache, the
+//! datapath, flows, the admin socket and metrics, and runs them until shutdown.
 //!
 //! ```text
-//!  PolicySource (poll mtimes) ──Snapshot──► watch channel ──► proxy endpoint table (source IP -> policy)
-//!                                                   └──────► other components (cache selectors, datapath attach)
-//!  Proxy ──Answer──► Components.learner ──Delta──► Components.datapath ──ack──► answer released
-//!        └─DnsFlow─► broadcast (Proxy::subscribe) ──► flow ring / observe
+//!  PolicySource (polls mtimes) ─Snapshot─┬─► proxy: source IP -> endpoint + compiled DNS rules
+//!                                        ├─► cache: toFQDNs selectors per endpoint ─Delta─► datapath
+//!                                        ├─► datapath: endpoints attached, static rules, flags
+//!                                        └─► flows: endpoint names
+//!  Proxy ─Answer─► CacheHandle::learn_into ─Delta─► datapath ─ack─► answer released
+//!        └─DnsFlow─► broadcast ─► FlowHub ◄─ drop events (kernel datapath)
+//!  FlowHub + CacheHandle + Readiness ─► admin socket <state-dir>/fqdnd.sock (observe, cache list, status)
+//!  registry (proxy, agent, cache metrics) ─► --metrics-addr (/metrics, /healthz, /readyz)
 //! ```
 //!
-//! [`Components`] is the plug-in point: plain mode uses the in-memory datapath (no kernel
-//! enforcement, DNS rules only); the cache and the eBPF datapath replace the defaults there.
+//! Start order: bind the proxy's sockets (the datapath needs their ports), restore the cache,
+//! open the datapath, load policies and converge the datapath (learned entries from the restored
+//! cache included), then serve. Shutdown: stop serving, let queries in flight finish, write the
+//! cache snapshot. The kernel datapath stays pinned: enforcement continues while the agent is away.
 
+pub mod cache;
+pub mod datapath;
+pub mod flows;
 pub mod inventory;
 pub mod policies;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use dns_proxy::{EndpointEntry, EndpointTable, Learner, ListenerInfo, Mode, NoLearner, Proxy};
-use ebpf_redirect::{Datapath, MemoryDatapath};
-use tokio::sync::watch;
+use dns_proxy::metrics::ProxyMetrics;
+use dns_proxy::{EndpointEntry, EndpointTable, ListenerInfo, Mode, Proxy, Sockets};
+use fqdnd::admin::{self, AdminState};
+use fqdnd::flows::{FlowHub, HubConfig};
+use fqdnd::metrics::{self as agent_metrics, AgentMetrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use cache::CacheHandle;
+use datapath::AgentDatapath;
+use flows::InventoryLookup;
 use policies::{PolicySource, Snapshot};
 
-/// The parts the proxy hands answers to.
-pub struct Components {
-    pub learner: Arc<dyn Learner>,
-    pub datapath: Arc<dyn Datapath>,
-}
-
-impl Components {
-    /// What this build provides for `config`.
-    pub fn for_config(config: &Config) -> Self {
-        if config.proxy.mode == Mode::Transparent {
-            tracing::warn!("transparent mode without the eBPF datapath: learned IPs are not enforced in the kernel");
-        }
-        Components { learner: Arc::new(NoLearner), datapath: Arc::new(MemoryDatapath::new()) }
-    }
-}
-
-/// The file in the state directory listing the bound listeners (JSON), written once they are bound:
-/// lets scripts and tests that asked for port 0 find the port.
+/// The file in the state directory listing the bound listeners (JSON), written once they are
+/// bound: lets scripts and tests that asked for port 0 find the port.
 pub const LISTENERS_FILE: &str = "listeners.json";
 
+/// How often expired cache entries are collected.
+const GC_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Run until `shutdown` is cancelled.
-pub async fn run(config: Config, components: Components, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let proxy = Proxy::new(config.proxy.clone(), components.learner, components.datapath)?;
-    let bound = proxy.bind()?;
-    let listeners = bound.listeners();
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+
+    let mut registry = agent_metrics::new_registry();
+    let agent_metrics = AgentMetrics::register(&mut registry);
+    let proxy_metrics = ProxyMetrics::register(&mut registry);
+    let readiness = Arc::new(Readiness::default());
+
+    // The proxy's sockets first: the transparent datapath redirects to their ports.
+    let transparent = config.proxy.mode == Mode::Transparent;
+    let sockets = Sockets::bind(&config.proxy)?;
+    let listeners = sockets.listeners();
+    let datapath = if transparent {
+        AgentDatapath::kernel(config.bpffs_dir.clone(), &listeners)
+            .context("opening the eBPF datapath (transparent mode needs root and a bpf filesystem)")?
+    } else {
+        AgentDatapath::memory()
+    };
+    let cache = Arc::new(CacheHandle::open(config.cache.clone(), &config.state_dir, datapath.as_dyn()));
+    agent_metrics::register_cache_stats(&mut registry, cache.clone());
+    let proxy = Proxy::with_metrics(config.proxy.clone(), cache.clone(), datapath.as_dyn(), proxy_metrics)?;
+    let bound = proxy.adopt(sockets);
     for l in &listeners {
         tracing::info!(proto = %l.proto, addr = %l.addr, transparent = l.transparent, "DNS proxy listening");
     }
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
     write_listeners(&config.state_dir, &listeners)?;
 
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    // Policies, then everything that follows them.
+    let lookup = Arc::new(InventoryLookup::default());
     let mut source = PolicySource::new(config.policies.clone(), config.endpoints.clone());
-    if let Some(first) = source.poll() {
-        apply(&proxy, &first);
-        snap_tx.send_replace(Arc::new(first));
+    let first = source.poll().unwrap_or_default();
+    apply_snapshot(&proxy, &cache, &datapath, &lookup, &first, true).await;
+    readiness.set_policies_loaded(true);
+    readiness.set_datapath_loaded(true);
+
+    let hub = Arc::new(FlowHub::with_config(
+        HubConfig { ring_capacity: config.flow_ring_size, node_name: config.node_name.clone(), ..Default::default() },
+        agent_metrics.clone(),
+    ));
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(hub.clone().pump_dns(proxy.subscribe(), lookup.clone())));
+    if let AgentDatapath::Kernel(dp) = &datapath {
+        match dp.drop_events() {
+            Ok(mut events) => {
+                let (hub, lookup, cache) = (hub.clone(), lookup.clone(), cache.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        match events.recv().await {
+                            Ok(ev) => hub.ingest_drop(&ev, lookup.as_ref(), cache.as_ref()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reading drop events stopped");
+                                return;
+                            }
+                        }
+                    }
+                }));
+            }
+            Err(e) => tracing::warn!(error = %e, "drop events unavailable; drops will not show as flows"),
+        }
     }
-    let poller = {
-        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+    let _admin = admin::serve(
+        &admin::socket_path(&config.state_dir),
+        AdminState { hub, cache: cache.clone(), readiness: readiness.clone(), started: SystemTime::now() },
+    )
+    .context("starting the admin socket")?;
+    let _metrics = match config.metrics_addr {
+        Some(addr) => {
+            let server = agent_metrics::serve(addr, Arc::new(registry), readiness.clone())
+                .await
+                .context("starting the metrics server")?;
+            tracing::info!(addr = %server.local_addr(), "metrics listening");
+            Some(server)
+        }
+        None => None,
+    };
+
+    // Policy polling, cache expiry and snapshots.
+    {
+        let (proxy, cache, lookup, shutdown) = (proxy.clone(), cache.clone(), lookup.clone(), shutdown.clone());
         let interval = config.policy_poll_interval;
-        tokio::spawn(async move {
+        let datapath = Arc::new(datapath);
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -90,29 +154,61 @@ pub async fn run(config: Config, components: Components, shutdown: CancellationT
                 };
                 source = returned;
                 if let Some(snap) = snap {
-                    apply(&proxy, &snap);
-                    snap_tx.send_replace(Arc::new(snap));
+                    apply_snapshot(&proxy, &cache, &datapath, &lookup, &snap, false).await;
                 }
             }
-        })
-    };
-    drop(snap_rx);
+        }));
+    }
+    {
+        let (cache, shutdown) = (cache.clone(), shutdown.clone());
+        let snapshot_every = config.cache_snapshot_interval;
+        tasks.push(tokio::spawn(async move {
+            let mut gc = tokio::time::interval(GC_INTERVAL);
+            let mut save = tokio::time::interval(snapshot_every);
+            save.tick().await;
+            loop {
+                tokio::select! {
+                    _ = gc.tick() => cache.gc().await,
+                    _ = save.tick() => {
+                        let c = cache.clone();
+                        let _ = tokio::task::spawn_blocking(move || c.save()).await;
+                    }
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }));
+    }
 
     tracing::info!(mode = ?config.proxy.mode, "fqdnd running");
     bound.serve(shutdown.clone()).await?;
-    poller.abort();
+    for t in &tasks {
+        t.abort();
+    }
+    cache.save();
     let _ = std::fs::remove_file(config.state_dir.join(LISTENERS_FILE));
     tracing::info!(stats = ?proxy.stats(), "fqdnd stopped");
     Ok(())
 }
 
-/// Give the proxy the source-IP table of a snapshot.
-fn apply(proxy: &Proxy, snap: &Snapshot) {
+/// Hand a policy snapshot to every part.
+async fn apply_snapshot(
+    proxy: &Proxy,
+    cache: &CacheHandle,
+    datapath: &AgentDatapath,
+    lookup: &InventoryLookup,
+    snap: &Snapshot,
+    first: bool,
+) {
     let mut table = EndpointTable::new();
     for e in &snap.endpoints {
         table.insert(&e.endpoint.ips, EndpointEntry::new(e.id, e.endpoint.key(), e.policy.clone()));
     }
     tracing::debug!(generation = snap.generation, policies = ?snap.policies, "endpoint table updated");
+    lookup.update(snap);
+    // Selectors before the proxy sees the new rules, so an answer allowed by a new rule finds its
+    // selector in the cache.
+    cache.apply_snapshot(snap).await;
+    datapath.sync(snap, first.then(|| cache.all_allows()));
     proxy.set_endpoints(table);
 }
 

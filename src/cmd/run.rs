@@ -32,8 +32,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("shutting down");
             on_signal.cancel();
         });
-        let components = agent::Components::for_config(&config);
-        agent::run(config, components, shutdown).await
+        agent::run(config, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -24,7 +24,8 @@ pub fn binary() -> PathBuf {
 }
 
 impl Fqdnd {
-    /// Start `fqdnd run ARGS`, adding `--state-dir` (a temp dir) and, unless given, `--listen 127.0.0.1:0`.
+    /// Start `fqdnd run ARGS`, adding `--state-dir` (a temp dir) and, unless given,
+    /// `--listen 127.0.0.1:0` and `--metrics-addr 127.0.0.1:0`.
     pub fn start(args: &[&str]) -> Result<Self> {
         Self::spawn(&[], args, true)
     }
@@ -34,7 +35,8 @@ impl Fqdnd {
         Self::spawn(prefix, args, true)
     }
 
-    /// Exactly `fqdnd run --state-dir DIR ARGS`: the defaults decide where it listens.
+    /// `fqdnd run --state-dir DIR --metrics-addr 127.0.0.1:0 ARGS`: the defaults decide where the
+    /// proxy listens.
     pub fn start_exact(args: &[&str]) -> Result<Self> {
         Self::spawn(&[], args, false)
     }
@@ -54,6 +56,10 @@ impl Fqdnd {
         cmd.arg("run").arg("--state-dir").arg(&state).args(args);
         if default_listen && !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        // Tests run side by side: no fixed metrics port.
+        if !args.contains(&"--metrics-addr") {
+            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
         }
         cmd.env("FQDND_LOG", std::env::var("FQDND_LOG").unwrap_or_else(|_| "info,dns=debug".into()))
             .current_dir(dir.path())

@@ -22,6 +22,7 @@ use crate::flow::DnsFlow;
 use crate::forwarder::Forwarder;
 use crate::handler::Shared;
 use crate::learner::Learner;
+use crate::metrics::ProxyMetrics;
 use crate::stats::{ProxyStats, StatsSnapshot};
 use crate::transparent;
 
@@ -44,23 +45,41 @@ pub struct ListenerInfo {
     pub fd: RawFd,
 }
 
-/// The proxy's sockets, bound, not yet serving.
-pub struct Bound {
-    shared: Arc<Shared>,
+/// Listening sockets bound for a config, owned by no proxy yet: lets a caller learn the ports
+/// (for the datapath) before building the proxy that serves them.
+pub struct Sockets {
+    transparent: bool,
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<std::net::TcpListener>,
 }
 
+/// The proxy's sockets, bound, not yet serving.
+pub struct Bound {
+    shared: Arc<Shared>,
+    sockets: Sockets,
+}
+
 impl Proxy {
+    /// A proxy whose metrics go nowhere (tests, benches).
     pub fn new(
         config: ProxyConfig,
         learner: Arc<dyn Learner>,
         datapath: Arc<dyn Datapath>,
     ) -> Result<Self, ProxyError> {
+        Self::with_metrics(config, learner, datapath, ProxyMetrics::unregistered())
+    }
+
+    /// A proxy recording into `metrics` (registered in the agent's registry).
+    pub fn with_metrics(
+        config: ProxyConfig,
+        learner: Arc<dyn Learner>,
+        datapath: Arc<dyn Datapath>,
+        metrics: ProxyMetrics,
+    ) -> Result<Self, ProxyError> {
         if config.mode == Mode::Plain && config.upstream.is_none() {
             return Err(ProxyError::NoUpstream);
         }
-        Ok(Proxy { shared: Arc::new(Shared::new(config, learner, datapath)) })
+        Ok(Proxy { shared: Arc::new(Shared::new(config, learner, datapath, metrics)) })
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -91,11 +110,22 @@ impl Proxy {
         self.shared.stats.clone()
     }
 
+    /// Bind this proxy's sockets ([`Sockets::bind`]).
+    pub fn bind(&self) -> Result<Bound, ProxyError> {
+        Ok(self.adopt(Sockets::bind(&self.shared.config)?))
+    }
+
+    /// Serve sockets bound earlier for this proxy's config.
+    pub fn adopt(&self, sockets: Sockets) -> Bound {
+        Bound { shared: self.shared.clone(), sockets }
+    }
+}
+
+impl Sockets {
     /// Bind the UDP sockets and a TCP listener on every listen address. Port 0 picks a free port
     /// (the same for UDP and TCP of one address when possible). Plain mode binds one UDP socket
     /// per receive thread (`SO_REUSEPORT`); transparent mode one per address.
-    pub fn bind(&self) -> Result<Bound, ProxyError> {
-        let config = &self.shared.config;
+    pub fn bind(config: &ProxyConfig) -> Result<Sockets, ProxyError> {
         let transparent = config.mode == Mode::Transparent;
         let workers = if transparent { 1 } else { config.udp_workers() };
         let mut udp = Vec::new();
@@ -112,7 +142,18 @@ impl Proxy {
             }
             tcp.push(t);
         }
-        Ok(Bound { shared: self.shared.clone(), udp, tcp })
+        Ok(Sockets { transparent, udp, tcp })
+    }
+
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        let transparent = self.transparent;
+        let udp = self.udp.iter().filter_map(|s| {
+            Some(ListenerInfo { proto: L4Proto::Udp, addr: s.local_addr().ok()?, transparent, fd: s.as_raw_fd() })
+        });
+        let tcp = self.tcp.iter().filter_map(|s| {
+            Some(ListenerInfo { proto: L4Proto::Tcp, addr: s.local_addr().ok()?, transparent, fd: s.as_raw_fd() })
+        });
+        udp.chain(tcp).collect()
     }
 }
 
@@ -177,14 +218,7 @@ fn plain_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
 
 impl Bound {
     pub fn listeners(&self) -> Vec<ListenerInfo> {
-        let transparent = self.shared.config.mode == Mode::Transparent;
-        let udp = self.udp.iter().filter_map(|s| {
-            Some(ListenerInfo { proto: L4Proto::Udp, addr: s.local_addr().ok()?, transparent, fd: s.as_raw_fd() })
-        });
-        let tcp = self.tcp.iter().filter_map(|s| {
-            Some(ListenerInfo { proto: L4Proto::Tcp, addr: s.local_addr().ok()?, transparent, fd: s.as_raw_fd() })
-        });
-        udp.chain(tcp).collect()
+        self.sockets.listeners()
     }
 
     /// Serve until `shutdown` is cancelled; then stop accepting and wait for queries in flight
@@ -195,7 +229,7 @@ impl Bound {
         let transparent = self.shared.config.mode == Mode::Transparent;
         let replies = Arc::new(udp::ReplySockets::default());
         let mut threads = Vec::new();
-        for (i, sock) in self.udp.into_iter().enumerate() {
+        for (i, sock) in self.sockets.udp.into_iter().enumerate() {
             let addr = sock.local_addr().map_err(|source| ProxyError::Bind {
                 proto: L4Proto::Udp,
                 addr: "0.0.0.0:0".parse().expect("literal"),
@@ -241,7 +275,7 @@ impl Bound {
                 .map_err(|source| ProxyError::Bind { proto: L4Proto::Udp, addr, source })?;
             threads.push(done_rx);
         }
-        for listener in self.tcp {
+        for listener in self.sockets.tcp {
             let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
                 proto: L4Proto::Tcp,
                 addr: "0.0.0.0:0".parse().expect("literal"),

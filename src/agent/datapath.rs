@@ -1,0 +1,85 @@
+//! Which datapath the agent drives. Plain mode: the in-memory one (nothing is enforced in the
+//! kernel; DNS rules still are, by the proxy). Transparent mode: the eBPF datapath, pointed at the
+//! proxy's transparent listeners, its endpoints and static rules converged on every snapshot.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dns_proxy::ListenerInfo;
+use ebpf_redirect::{AyaConfig, AyaDatapath, Datapath, Desired, DesiredEndpoint, MemoryDatapath, ProxyTarget};
+use fqdn_cache::{AllowKey, L4Proto};
+
+use super::policies::Snapshot;
+
+pub enum AgentDatapath {
+    Memory(Arc<MemoryDatapath>),
+    Kernel(Arc<AyaDatapath>),
+}
+
+impl AgentDatapath {
+    pub fn memory() -> Self {
+        AgentDatapath::Memory(Arc::new(MemoryDatapath::new()))
+    }
+
+    /// Open (or adopt, after a restart) the eBPF datapath under `bpffs_dir`, redirecting DNS to
+    /// the transparent `listeners`.
+    pub fn kernel(bpffs_dir: PathBuf, listeners: &[ListenerInfo]) -> anyhow::Result<Self> {
+        let target = proxy_target(listeners)?;
+        let mut config = AyaConfig::new(target);
+        config.bpffs_dir = bpffs_dir;
+        let dp = AyaDatapath::open(config)?;
+        Ok(AgentDatapath::Kernel(Arc::new(dp)))
+    }
+
+    pub fn as_dyn(&self) -> Arc<dyn Datapath> {
+        match self {
+            AgentDatapath::Memory(m) => m.clone(),
+            AgentDatapath::Kernel(k) => k.clone(),
+        }
+    }
+
+    /// Converge endpoints (attachments, static rules, flags) to `snap`, keeping learned entries.
+    /// `learned`: at start, every allow the (restored) cache holds, so stale ones are removed too.
+    pub fn sync(&self, snap: &Snapshot, learned: Option<Vec<AllowKey>>) {
+        let AgentDatapath::Kernel(dp) = self else { return };
+        let endpoints: Vec<DesiredEndpoint> = snap
+            .endpoints
+            .iter()
+            .map(|e| DesiredEndpoint::new(e.id, e.endpoint.interface.clone(), &e.policy))
+            .collect();
+        let result = match learned {
+            Some(learned) => dp.reconcile(&Desired { endpoints, learned }),
+            None => dp.sync_endpoints(&endpoints),
+        };
+        match result {
+            Ok(report) => tracing::info!(?report, generation = snap.generation, "datapath converged"),
+            Err(e) => tracing::error!(error = %e, "datapath did not converge; will retry on the next change"),
+        }
+    }
+}
+
+/// Where the tc program finds the proxy: the transparent listeners' addresses and ports.
+fn proxy_target(listeners: &[ListenerInfo]) -> anyhow::Result<ProxyTarget> {
+    let find = |proto: L4Proto, v4: bool| {
+        listeners.iter().find(|l| l.proto == proto && l.transparent && l.addr.is_ipv4() == v4).map(|l| l.addr)
+    };
+    let udp4 = find(L4Proto::Udp, true);
+    let udp6 = find(L4Proto::Udp, false);
+    let tcp4 = find(L4Proto::Tcp, true);
+    let tcp6 = find(L4Proto::Tcp, false);
+    let udp = udp4.or(udp6).ok_or_else(|| anyhow::anyhow!("transparent mode needs a listen address"))?;
+    let tcp = tcp4.or(tcp6).ok_or_else(|| anyhow::anyhow!("transparent mode needs a listen address"))?;
+    let ports_agree = [udp4, udp6].iter().flatten().all(|a| a.port() == udp.port())
+        && [tcp4, tcp6].iter().flatten().all(|a| a.port() == tcp.port());
+    anyhow::ensure!(ports_agree, "transparent listeners must share one port per protocol (IPv4 and IPv6)");
+    let v4 = |a: Option<std::net::SocketAddr>| match a.map(|a| a.ip()) {
+        Some(IpAddr::V4(ip)) => Some(ip),
+        _ => None,
+    };
+    let v6 = |a: Option<std::net::SocketAddr>| match a.map(|a| a.ip()) {
+        Some(IpAddr::V6(ip)) => Some(ip),
+        _ => None,
+    };
+    Ok(ProxyTarget { ipv4: v4(udp4), ipv6: v6(udp6), udp_port: udp.port(), tcp_port: tcp.port() })
+}
