@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dns_proxy::ListenerInfo;
-use ebpf_redirect::{AyaConfig, AyaDatapath, Datapath, Desired, DesiredEndpoint, MemoryDatapath, ProxyTarget};
-use fqdn_cache::{AllowKey, L4Proto};
+use ebpf_redirect::{AyaConfig, AyaDatapath, Datapath, DesiredEndpoint, MemoryDatapath, ProxyTarget};
+use fqdn_cache::L4Proto;
 
 use super::policies::Snapshot;
 
@@ -39,20 +39,18 @@ impl AgentDatapath {
         }
     }
 
-    /// Converge endpoints (attachments, static rules, flags) to `snap`, keeping learned entries.
-    /// `learned`: at start, every allow the (restored) cache holds, so stale ones are removed too.
-    pub fn sync(&self, snap: &Snapshot, learned: Option<Vec<AllowKey>>) {
+    /// Converge endpoints (attachments, static rules, flags) to `snap`. Learned entries of the
+    /// endpoints that remain are kept: after a crash the cache's snapshot may be older than the
+    /// kernel's maps, and an entry the cache does not know may carry a live connection. (Such an
+    /// entry stays until its endpoint goes; the restored cache's own entries expire normally.)
+    pub fn sync(&self, snap: &Snapshot) {
         let AgentDatapath::Kernel(dp) = self else { return };
         let endpoints: Vec<DesiredEndpoint> = snap
             .endpoints
             .iter()
             .map(|e| DesiredEndpoint::new(e.id, e.endpoint.interface.clone(), &e.policy))
             .collect();
-        let result = match learned {
-            Some(learned) => dp.reconcile(&Desired { endpoints, learned }),
-            None => dp.sync_endpoints(&endpoints),
-        };
-        match result {
+        match dp.sync_endpoints(&endpoints) {
             Ok(report) => tracing::info!(?report, generation = snap.generation, "datapath converged"),
             Err(e) => tracing::error!(error = %e, "datapath did not converge; will retry on the next change"),
         }

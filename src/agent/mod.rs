@@ -13,8 +13,8 @@
 //! ```
 //!
 //! Start order: bind the proxy's sockets (the datapath needs their ports), restore the cache,
-//! open the datapath, load policies and converge the datapath (learned entries from the restored
-//! cache included), then serve. Shutdown: stop serving, let queries in flight finish, write the
+//! open the datapath, load policies and converge the datapath (keeping the kernel's learned
+//! entries, adding the restored cache's), then serve. Shutdown: stop serving, let queries in flight finish, write the
 //! cache snapshot. The kernel datapath stays pinned: enforcement continues while the agent is away.
 
 pub mod cache;
@@ -208,7 +208,16 @@ async fn apply_snapshot(
     // Selectors before the proxy sees the new rules, so an answer allowed by a new rule finds its
     // selector in the cache.
     cache.apply_snapshot(snap).await;
-    datapath.sync(snap, first.then(|| cache.all_allows()));
+    datapath.sync(snap);
+    if first {
+        // What the restored cache allows goes (back) in; nothing learned is removed at start.
+        let add = cache.all_allows();
+        if !add.is_empty()
+            && let Err(e) = datapath.as_dyn().apply(fqdn_cache::Delta { add, remove: Vec::new() }).await
+        {
+            tracing::warn!(error = %e, "restoring learned entries into the datapath");
+        }
+    }
     proxy.set_endpoints(table);
 }
 
