@@ -36,6 +36,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        restore_default_sigpipe();
+    }
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(*a),
@@ -49,5 +52,15 @@ fn main() -> ExitCode {
             eprintln!("fqdnd: error: {err:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe (`fqdnd observe | head`) panics. The
+/// client commands end quietly instead, as other Unix tools do. Not the agent: its admin socket
+/// writes are plain write(2), and a client hanging up must cost an EPIPE, not the agent.
+fn restore_default_sigpipe() {
+    // SAFETY: called before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
