@@ -236,6 +236,11 @@ impl Cluster {
         self.dir.path().join("state")
     }
 
+    /// The agent's pin directory (`maps/`, `links/`).
+    pub fn bpffs_dir(&self) -> PathBuf {
+        self.bpffs.datapath_dir()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("fqdnd.log")
     }
@@ -483,7 +488,7 @@ impl Cluster {
 }
 
 /// The line the agent logs once a policy change is in force in the proxy and the datapath.
-pub const APPLIED_LINE: &str = "policies loaded";
+pub const APPLIED_LINE: &str = "datapath converged";
 
 /// The sum of every series of `name` (`name{...} v` and `name v`) in a Prometheus text page.
 pub fn metric_sum(page: &str, name: &str) -> f64 {
