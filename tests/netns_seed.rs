@@ -127,6 +127,9 @@ fn seed_stages_in_order() {
         assert_eq!(str_at(answer, &["verdict"]), "FORWARDED", "{answer}");
         assert_eq!(u64_at(answer, &["l7", "dns", "rcode"]), 3, "NXDOMAIN for {name}: {answer}");
     }
+    // IPv6: the AAAA answer was learned too.
+    let (_, res) = c.connect(SocketAddr::new(WWW_MICROSOFT6, 443), CONNECT);
+    assert_eq!(res.expect("stage 4: [fd00:200::1]:443"), GREETING);
     let answer = dns_flow(&dns, "RESPONSE", "www.microsoft.com.").expect("the answer for www.microsoft.com.");
     assert!(answer["l7"]["dns"]["ips"].as_array().is_some_and(|ips| !ips.is_empty()), "{answer}");
 
@@ -166,8 +169,18 @@ fn dns_rules_refuse_names_outside_the_pattern() {
     let dns = c.observe(&["--type", "dns", "--verdict", "DROPPED"]);
     let refusal = dns_flow(&dns, "RESPONSE", "www.google.com.").expect("refusal flow for www.google.com.");
     assert_eq!(u64_at(refusal, &["l7", "dns", "rcode"]), 3, "{refusal}");
-    let dig = c.dig("www.google.com", "A", &[]).expect("dig gets the refusal");
+    // Over TCP too (the policy allows port 53 on any protocol): redirected and refused...
+    let dig = c.dig("www.google.com", "A", &["+tcp"]).expect("dig +tcp gets the refusal");
     assert_eq!(dig.status, "NXDOMAIN", "{}", dig.raw);
+    let refusal = c.wait_flow(&["--type", "dns", "--verdict", "DROPPED"], "for the refusal over TCP", |f| {
+        str_at(f, &["l7", "type"]) == "REQUEST"
+            && str_at(f, &["l7", "dns", "query"]) == "www.google.com."
+            && f["l4"]["TCP"].is_object()
+    });
+    assert_eq!(u64_at(&refusal, &["l4", "TCP", "destination_port"]), 53, "{refusal}");
+    // ...and allowed names are forwarded over TCP and answered.
+    let dig = c.dig("login.microsoft.com", "A", &["+tcp"]).expect("dig +tcp login.microsoft.com");
+    assert_eq!(dig.data("A"), ["10.200.0.2"], "{}", dig.raw);
 }
 
 #[test]
