@@ -268,7 +268,11 @@ impl Cluster {
             .arg("--bpffs-dir")
             .arg(self.bpffs.datapath_dir())
             .args(["--metrics-addr", METRICS_ADDR])
-            .env("FQDND_LOG", std::env::var("FQDND_LOG").unwrap_or_else(|_| "info".into()))
+            // The harness waits on the datapath's info line, whatever filter the caller set.
+            .env(
+                "FQDND_LOG",
+                format!("{},fqdnd::agent::datapath=info", std::env::var("FQDND_LOG").unwrap_or_else(|_| "info".into())),
+            )
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
