@@ -3,8 +3,12 @@
 #
 # Both proxies enforce the same allow-list: 50 policies with 1,000 patterns in all (500 exact
 # names, 500 `*.suffix` patterns) for the querying endpoint; names outside it get NXDOMAIN from
-# the proxy, names inside are forwarded to NSD. dnsdist gets the equivalent rules
-# (QNameSetRule for exact names, SuffixMatchNodeRule for the suffixes, NXDOMAIN otherwise).
+# the proxy, names inside are forwarded to NSD. fqdnd also learns every allowed answer (the same
+# patterns as toFQDNs selectors: cache entry, selector match, datapath delta before release).
+# dnsdist gets the equivalent rules (QNameSetRule for exact names, SuffixMatchNodeRule for the
+# suffixes, NXDOMAIN otherwise). dnsdist keeps no per-query records, so the comparison runs
+# fqdnd with its flow ring off (flow-ring-size: 0); a third row shows fqdnd with flows on
+# (the default: every query and answer becomes a Hubble-shaped flow in a 4096-entry ring).
 # Half of the queries are allowed, half denied.
 #
 # For each proxy, two dnsperf phases:
@@ -113,6 +117,12 @@ spec:
 POL
         for j in $(seq 0 9); do echo "        - matchName: \"h$((i * 10 + j)).bench.test\""; done
         for j in $(seq 0 9); do echo "        - matchPattern: \"*.s$((i * 10 + j)).bench.test\""; done
+        # The same names as toFQDNs: answers are learned and their IPs allowed (the cache and
+        # the in-memory datapath do their work on every allowed answer).
+        echo "  - toFQDNs:"
+        for j in $(seq 0 9); do echo "    - matchName: \"h$((i * 10 + j)).bench.test\""; done
+        for j in $(seq 0 9); do echo "    - matchPattern: \"*.s$((i * 10 + j)).bench.test\""; done
+        echo "    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]"
     } >"$WORK/policies/bench-$i.yaml"
 done
 cat >"$WORK/endpoints.yaml" <<EPS
@@ -158,19 +168,28 @@ for _ in $(seq 1 100); do
     sleep 0.05
 done
 
-FQDND_LOG=warn "$FQDND_BIN" run --listen "127.0.0.1:$FQDND_PORT" --upstream "$NSD_ADDR:$NSD_PORT" \
-    --policies "$WORK/policies" --endpoints "$WORK/endpoints.yaml" --state-dir "$WORK/state" --metrics-addr none \
-    --max-inflight 65536 ${FQDND_CONFIG:+--config "$FQDND_CONFIG"} 2>"$WORK/fqdnd.log" &
+start_fqdnd() { # name port flow-ring-size -> pid
+    FQDND_LOG=warn "$FQDND_BIN" run --listen "127.0.0.1:$2" --upstream "$NSD_ADDR:$NSD_PORT" \
+        --policies "$WORK/policies" --endpoints "$WORK/endpoints.yaml" --state-dir "$WORK/state-$1" \
+        --metrics-addr none --flow-ring-size "$3" --max-inflight 65536 \
+        ${FQDND_CONFIG:+--config "$FQDND_CONFIG"} 2>"$WORK/$1.log" &
+}
+FLOWS_PORT=$(free_port)
+start_fqdnd fqdnd "$FQDND_PORT" 0
 FQDND_PID=$!
 PIDS+=($FQDND_PID)
+start_fqdnd fqdnd-flows "$FLOWS_PORT" 4096
+FLOWS_PID=$!
+PIDS+=($FLOWS_PID)
 dnsdist --supervised --disable-syslog -C "$WORK/dnsdist.conf" >"$WORK/dnsdist.log" 2>&1 &
 DNSDIST_PID=$!
 PIDS+=($DNSDIST_PID)
 wait_answer "$FQDND_PORT"
+wait_answer "$FLOWS_PORT"
 wait_answer "$DNSDIST_PORT"
 
-# Sanity: both refuse a denied name and forward an allowed one.
-for port in "$FQDND_PORT" "$DNSDIST_PORT"; do
+# Sanity: each refuses a denied name and forwards an allowed one.
+for port in "$FQDND_PORT" "$FLOWS_PORT" "$DNSDIST_PORT"; do
     dig @127.0.0.1 -p "$port" +tries=1 +time=2 w1.denied1.bench.test A | grep -q "status: NXDOMAIN" \
         || { echo "dnsperf.sh: port $port does not refuse denied names" >&2; exit 1; }
     dig @127.0.0.1 -p "$port" +tries=1 +time=2 w1.s1.bench.test A | grep -q "10.1.1.1" \
@@ -214,20 +233,23 @@ if [ -n "${SYSCALLS:-}" ]; then
     exit 0
 fi
 echo "dnsperf: ${DURATION}s per phase, $CLIENTS clients, $OUTSTANDING outstanding, latency at ${RATE} q/s; 50% allowed / 50% denied"
-read -r F50 F90 < <(latency "$FQDND_PORT")
-read -r D50 D90 < <(latency "$DNSDIST_PORT")
-if [ -n "${PERF_DATA:-}" ]; then
-    perf record -q -g -o "$PERF_DATA" -p "$FQDND_PID" -- sleep "$DURATION" >/dev/null 2>&1 &
-    PERF_PID=$!
-fi
-read -r FQPS FCPU FDONE FLOST < <(throughput "$FQDND_PORT" "$FQDND_PID")
-if [ -n "${PERF_DATA:-}" ]; then wait "$PERF_PID" || true; fi
-read -r DQPS DCPU DDONE DLOST < <(throughput "$DNSDIST_PORT" "$DNSDIST_PID")
-
-printf "\n%-8s %12s %10s %10s %18s %12s\n" proxy "max q/s" "p50 us" "p90 us" "CPU s/100k q" "lost"
-printf "%-8s %12s %10s %10s %18s %12s\n" fqdnd "$FQPS" "$F50" "$F90" "$FCPU" "$FLOST/$FDONE"
-printf "%-8s %12s %10s %10s %18s %12s\n" dnsdist "$DQPS" "$D50" "$D90" "$DCPU" "$DLOST/$DDONE"
-awk -v fq="$FQPS" -v dq="$DQPS" -v fc="$FCPU" -v dc="$DCPU" -v f50="$F50" -v d50="$D50" 'BEGIN {
+printf "\n%-12s %10s %9s %9s %14s %14s\n" proxy "max q/s" "p50 us" "p90 us" "CPU s/100k q" "lost/done"
+declare -A QPS CPU P50
+for target in "fqdnd $FQDND_PORT $FQDND_PID" "dnsdist $DNSDIST_PORT $DNSDIST_PID" "fqdnd-flows $FLOWS_PORT $FLOWS_PID"; do
+    set -- $target
+    read -r L50 L90 < <(latency "$2")
+    if [ -n "${PERF_DATA:-}" ] && [ "$1" = fqdnd ]; then
+        perf record -q -g -o "$PERF_DATA" -p "$3" -- sleep "$DURATION" >/dev/null 2>&1 &
+        PERF_PID=$!
+    fi
+    read -r TQPS TCPU TDONE TLOST < <(throughput "$2" "$3")
+    if [ -n "${PERF_DATA:-}" ] && [ "$1" = fqdnd ]; then wait "$PERF_PID" || true; fi
+    QPS[$1]=$TQPS; CPU[$1]=$TCPU; P50[$1]=$L50
+    printf "%-12s %10s %9s %9s %14s %14s\n" "$1" "$TQPS" "$L50" "$L90" "$TCPU" "$TLOST/$TDONE"
+done
+awk -v fq="${QPS[fqdnd]}" -v dq="${QPS[dnsdist]}" -v fc="${CPU[fqdnd]}" -v dc="${CPU[dnsdist]}" \
+    -v f50="${P50[fqdnd]}" -v d50="${P50[dnsdist]}" -v wq="${QPS[fqdnd-flows]}" -v wc="${CPU[fqdnd-flows]}" 'BEGIN {
     printf "\nfqdnd/dnsdist: max q/s %.2f, CPU per query %.2f, p50 latency %.2f\n",
         (dq > 0 ? fq / dq : 0), (dc > 0 ? fc / dc : 0), (d50 > 0 ? f50 / d50 : 0)
+    printf "fqdnd with flows on/dnsdist: max q/s %.2f, CPU per query %.2f\n", (dq > 0 ? wq / dq : 0), (dc > 0 ? wc / dc : 0)
 }'

@@ -24,7 +24,7 @@
 //! idle-connection-grace-period: 0s
 //! max-zombies: 10000
 //! cache-snapshot-interval: 60s
-//! flow-ring-size: 4096             # flows kept for `fqdnd observe`
+//! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
 //! node-name: ""                    # in every flow; default: the host name
 //! ```
 
@@ -132,7 +132,7 @@ pub struct Flags {
     /// Expired-but-used IPs kept per endpoint (default 10000).
     #[arg(long, value_name = "N")]
     pub max_zombies: Option<usize>,
-    /// Flows kept for `fqdnd observe` (default 4096).
+    /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
 }

@@ -4,8 +4,9 @@
 use std::net::IpAddr;
 
 use fqdn_cache::{Answer, EndpointId};
-use hickory_proto::op::Message;
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{Header, Message};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, DecodeError};
 
 /// A chain longer than this is treated as a loop and cut.
 const MAX_CHAIN: usize = 16;
@@ -28,11 +29,32 @@ impl Chain {
     }
 }
 
+/// [`extract_chain`] straight from a reply's bytes: only the question name and the answer
+/// section are decoded (no authority/additional records, no message structure).
+pub fn extract_chain_wire(reply: &[u8]) -> Result<Chain, DecodeError> {
+    let mut d = BinDecoder::new(reply);
+    let header = Header::read(&mut d)?;
+    if header.counts.queries != 1 {
+        return Err(DecodeError::InsufficientBytes);
+    }
+    let qname = Name::read(&mut d)?;
+    d.read_slice(4)?;
+    let mut answers = Vec::with_capacity(usize::from(header.counts.answers).min(64));
+    for _ in 0..header.counts.answers {
+        answers.push(Record::read(&mut d)?);
+    }
+    Ok(chain_of(&answers, &qname))
+}
+
 /// Follow the chain from `qname` through the answer section of `msg`. Records not on the chain
 /// (an upstream's unrelated extras) are ignored: they were not asked for and must not be learned.
 pub fn extract_chain(msg: &Message, qname: &Name) -> Chain {
+    chain_of(&msg.answers, qname)
+}
+
+fn chain_of(answers: &[Record], qname: &Name) -> Chain {
     let mut chain = Chain::default();
-    for r in &msg.answers {
+    for r in answers {
         let t = r.record_type();
         if !chain.rrtypes.contains(&t) {
             chain.rrtypes.push(t);
@@ -41,7 +63,7 @@ pub fn extract_chain(msg: &Message, qname: &Name) -> Chain {
     let mut current = qname.clone();
     let mut ttl: Option<u32> = None;
     for _ in 0..MAX_CHAIN {
-        let next = msg.answers.iter().find_map(|r| match &r.data {
+        let next = answers.iter().find_map(|r| match &r.data {
             RData::CNAME(target) if r.name.eq_ignore_root(&current) => Some((target.0.clone(), r.ttl)),
             _ => None,
         });
@@ -54,7 +76,7 @@ pub fn extract_chain(msg: &Message, qname: &Name) -> Chain {
             None => break,
         }
     }
-    for r in &msg.answers {
+    for r in answers {
         if !r.name.eq_ignore_root(&current) {
             continue;
         }
@@ -149,6 +171,22 @@ mod tests {
             assert_eq!(c.ips, want, "{q}");
             assert_eq!(c.ttl, ttl, "{q}");
         }
+    }
+
+    #[test]
+    fn wire_extraction_agrees() {
+        let mut m = msg(vec![
+            cname("www.example.com.", "edge.example.net.", 600),
+            a("edge.example.net.", [10, 0, 0, 1], 30),
+            a("other.example.", [10, 0, 0, 9], 5),
+        ]);
+        m.add_query(hickory_proto::op::Query::query(n("WWW.example.com."), RecordType::A));
+        m.add_additional(a("ns.example.", [10, 0, 0, 53], 1));
+        let bytes = m.to_vec().unwrap();
+        let wire = extract_chain_wire(&bytes).unwrap();
+        assert_eq!(wire, extract_chain(&m, &n("www.example.com.")));
+        assert_eq!(wire.ttl, Some(30));
+        assert!(extract_chain_wire(&bytes[..bytes.len() - 30]).is_err());
     }
 
     #[test]

@@ -12,12 +12,11 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use ebpf_redirect::Datapath;
 use fqdn_cache::{EndpointId, L4Proto};
-use hickory_proto::op::{Message, OpCode, ResponseCode};
-use hickory_proto::rr::Name;
+use hickory_proto::op::{OpCode, ResponseCode};
 use policy_sync::PolicyRef;
 use tokio::sync::broadcast;
 
-use crate::answer::{Chain, extract_chain};
+use crate::answer::{Chain, extract_chain_wire};
 use crate::config::ProxyConfig;
 use crate::endpoints::{EndpointEntry, EndpointTable};
 use crate::error::ProxyError;
@@ -240,9 +239,9 @@ impl Shared {
         let rcode = ResponseCode::from(0, wire::rcode_low(&reply));
         let want_flow = self.flows.receiver_count() > 0;
         let learnable = asker.learns() && rcode == ResponseCode::NoError && !wire::is_truncated(&reply);
-        let chain = if learnable || want_flow {
-            match Message::from_vec(&reply) {
-                Ok(msg) => Name::from_ascii(&query.qname).ok().map(|n| extract_chain(&msg, &n)),
+        let mut chain = if learnable || want_flow {
+            match extract_chain_wire(&reply) {
+                Ok(chain) => Some(chain),
                 Err(e) => {
                     tracing::debug!(dns.qname = %query.qname, error = %e, "upstream reply not decodable; not learned");
                     None
@@ -253,10 +252,12 @@ impl Shared {
         };
 
         if learnable
-            && let (Some(chain), Some(ep)) = (&chain, &asker.endpoint)
-            && !chain.ips.is_empty()
+            && let (Some(c), Some(ep)) = (&mut chain, &asker.endpoint)
+            && !c.ips.is_empty()
         {
-            self.learn(ep.id, query, chain).await;
+            // The flow wants the chain too; otherwise it moves into the answer without a copy.
+            let owned = if want_flow { c.clone() } else { std::mem::take(c) };
+            self.learn(ep.id, query, owned).await;
         }
 
         let out = if meta.proto == L4Proto::Udp && reply.len() > query.udp_limit() {
@@ -272,8 +273,8 @@ impl Shared {
         out
     }
 
-    async fn learn(&self, endpoint: EndpointId, query: &ParsedQuery, chain: &Chain) {
-        let answer = chain.clone().into_answer(endpoint, query.qname.clone());
+    async fn learn(&self, endpoint: EndpointId, query: &ParsedQuery, chain: Chain) {
+        let answer = chain.into_answer(endpoint, query.qname.clone());
         let names = std::iter::once(answer.qname.as_str()).chain(answer.cnames.iter().map(String::as_str));
         let _serialized = self.names.lock(names).await;
         inc(&self.stats.learned);

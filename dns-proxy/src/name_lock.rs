@@ -40,7 +40,12 @@ impl NameLocks {
         idx.dedup();
         let mut guards = Vec::with_capacity(idx.len());
         for i in idx {
-            guards.push(self.shards[i].lock().await);
+            // Uncontended is the common case: no waiter registration then.
+            let guard = match self.shards[i].try_lock() {
+                Ok(g) => g,
+                Err(_) => self.shards[i].lock().await,
+            };
+            guards.push(guard);
         }
         guards
     }

@@ -90,7 +90,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         agent_metrics.clone(),
     ));
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(hub.clone().pump_dns(proxy.subscribe(), lookup.clone())));
+    // A ring of 0 keeps no flows: the proxy then builds none (no subscriber), saving their cost.
+    if config.flow_ring_size > 0 {
+        tasks.push(tokio::spawn(hub.clone().pump_dns(proxy.subscribe(), lookup.clone())));
+    }
     if let AgentDatapath::Kernel(dp) = &datapath {
         match dp.drop_events() {
             Ok(mut events) => {
