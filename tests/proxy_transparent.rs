@@ -66,7 +66,7 @@ fn answers_come_from_the_original_destination() {
     }
     let n = net();
     let dns_path = format!("--net={}", n.dns.path().display());
-    let nsd = DnsServer::builder()
+    let _kube_dns = DnsServer::builder()
         .fixture_zone("microsoft.com")
         .fixture_zone("google.com")
         .listen("10.96.0.10:53".parse().unwrap())
