@@ -381,3 +381,64 @@ async fn udp_answers_never_exceed_the_client_limit() {
     h.stop().await;
     fake.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_are_closed() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |c| c.tcp_idle_timeout = Duration::from_millis(200)).await;
+    let mut conn = TcpStream::connect(h.addr).await.unwrap();
+    // One query answered, then silence: the proxy closes the connection (EOF), it does not
+    // keep it forever. The 10 s bound only keeps a broken build from hanging the test.
+    let q = query(3, "www.microsoft.com.", RecordType::A, None);
+    conn.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+    conn.write_all(&q).await.unwrap();
+    let len = conn.read_u16().await.unwrap() as usize;
+    let mut buf = vec![0u8; len];
+    conn.read_exact(&mut buf).await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    assert_eq!(n, 0);
+    h.stop().await;
+}
+
+/// An upstream that answers only when told to.
+async fn held_upstream() -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let sock = UdpSocket::bind("127.0.0.7:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+        let q = Message::from_vec(&buf[..n]).unwrap();
+        let _ = go_rx.await;
+        let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        m.add_query(q.queries[0].clone());
+        m.add_answer(Record::from_rdata(q.queries[0].name().clone(), 60, RData::A(A::new(10, 200, 0, 77))));
+        sock.send_to(&m.to_vec().unwrap(), from).await.unwrap();
+    });
+    (addr, go_tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_queries_in_flight_finish() {
+    let (upstream, go, fake) = held_upstream().await;
+    let h = Harness::start(upstream, &["*.microsoft.com"], |c| c.upstream_timeout = Duration::from_secs(30)).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(&query(0x5151, "www.microsoft.com.", RecordType::A, None), h.addr).await.unwrap();
+    // Wait until the query is upstream (the proxy counted it), then shut down before the answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.proxy.stats().forwarded == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "query never forwarded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.shutdown.cancel();
+    go.send(()).unwrap();
+    let reply = recv(&client).await;
+    assert_eq!(reply.metadata.id, 0x5151);
+    assert_eq!(ips(&reply), ["10.200.0.77".parse::<IpAddr>().unwrap()]);
+    h.task.await.unwrap();
+    fake.await.unwrap();
+}
