@@ -290,6 +290,33 @@ fn expired_name_without_connections_is_dropped() {
     assert_eq!((r.exit_code, r.connected), (0, true), "{r:?}");
 }
 
+/// An address learned after the cache's last snapshot survives a crash only in the kernel's map;
+/// the restarted agent adopts it and removes it once idle, so the TTL still ends the allow.
+#[test]
+fn address_learned_just_before_a_crash_still_expires() {
+    if !privileged::available("address_learned_just_before_a_crash_still_expires") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.set_policy(SEED, &seed_stage(4));
+    let r = c.dig("short.microsoft.com", "A", &[]).expect("dig short.microsoft.com");
+    assert_eq!(r.data("A"), [SHORT_MICROSOFT.to_string()], "{}", r.raw);
+    // SIGKILL: no snapshot at shutdown, and the periodic one is a minute away.
+    c.kill_agent();
+    c.start_agent();
+    let log_before = c.log().len();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !c.log()[log_before..].contains("now idle removed") {
+        assert!(Instant::now() < deadline, "the orphaned entry was never removed; agent log:\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drop = assert_dropped(&c, SocketAddr::new(SHORT_MICROSOFT, 80), "short.microsoft.com learned before the crash");
+    assert_eq!(str_at(&drop, &["drop_reason_desc"]), "POLICY_DENIED", "{drop}");
+    // Resolving it again allows it again.
+    let r = c.getaddrinfo(Libc::Musl, "short.microsoft.com", Some(80));
+    assert_eq!((r.exit_code, r.connected), (0, true), "{r:?}");
+}
+
 #[test]
 fn removing_the_policy_removes_redirect_and_enforcement() {
     if !privileged::available("removing_the_policy_removes_redirect_and_enforcement") {

@@ -23,7 +23,7 @@ use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use fqdn_cache::{AllowKey, Delta, EndpointId, LastUsed};
+use fqdn_cache::{AllowKey, Delta, EndpointId, LastUsed, PortProto};
 use ipnet::IpNet;
 use policy_sync::resolved::EndpointPolicy;
 
@@ -1182,5 +1182,19 @@ impl Datapath for AyaDatapath {
             .into_iter()
             .map(|((endpoint, ip), t)| LastUsed { endpoint, ip, ago: Duration::from_nanos(now.saturating_sub(t)) })
             .collect())
+    }
+
+    fn learned_entries(&self) -> Vec<AllowKey> {
+        let inner = self.lock();
+        inner
+            .allow
+            .iter()
+            .filter(|(k, owners)| **owners & OWNER_LEARNED != 0 && k.net.prefix_len() == k.net.max_prefix_len())
+            .map(|(k, _)| AllowKey {
+                endpoint: k.endpoint,
+                ip: k.net.addr(),
+                port: PortProto { port: k.port, proto: k.proto },
+            })
+            .collect()
     }
 }

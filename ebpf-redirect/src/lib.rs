@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use fqdn_cache::LastUsed;
-use fqdn_cache::{Delta, EndpointId};
+use fqdn_cache::{AllowKey, Delta, EndpointId};
 use thiserror::Error;
 
 pub use events::DropEvents;
@@ -104,6 +104,11 @@ pub trait Datapath: Send + Sync + 'static {
 
     /// Last-used times of the allow entries of learned IPs, for the cache's zombie pass.
     fn last_used(&self) -> Result<Vec<LastUsed>, DatapathError>;
+
+    /// Every learned (not policy) entry the datapath holds. After a crash the maps can hold
+    /// entries newer than the cache's last snapshot; the agent adopts them at start so they still
+    /// expire.
+    fn learned_entries(&self) -> Vec<AllowKey>;
 }
 
 /// Why the datapath dropped a packet.

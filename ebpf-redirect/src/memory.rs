@@ -76,4 +76,8 @@ impl Datapath for MemoryDatapath {
             .map(|(&(endpoint, ip), &t)| LastUsed { endpoint, ip, ago: now - t })
             .collect())
     }
+
+    fn learned_entries(&self) -> Vec<AllowKey> {
+        self.entries().into_iter().collect()
+    }
 }

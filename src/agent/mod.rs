@@ -213,7 +213,12 @@ async fn apply_snapshot(
     cache.apply_snapshot(snap).await;
     datapath.sync(snap);
     if first {
-        // What the restored cache allows goes (back) in; nothing learned is removed at start.
+        // What the restored cache allows goes (back) in; nothing learned is removed at start, but
+        // what the cache does not know (learned after its last snapshot) is adopted so it expires.
+        let orphans = cache.adopt_orphans();
+        if orphans > 0 {
+            tracing::info!(entries = orphans, "learned entries newer than the cache snapshot kept while in use");
+        }
         let add = cache.all_allows();
         if !add.is_empty()
             && let Err(e) = datapath.as_dyn().apply(fqdn_cache::Delta { add, remove: Vec::new() }).await
