@@ -60,7 +60,7 @@ fn observe_shows_dns_and_drop_flows_of_the_pod() {
         }
         // A destination is an endpoint (DNS flows: kube-dns, or alpine for answers) or, for the
         // world, just its IP.
-        assert!(f.get("destination").is_some() || f["IP"]["destination"].is_string(), "no destination in {l}");
+        assert!(f["destination"].is_object() && f["source"].is_object(), "no source/destination in {l}");
         let time = f["time"].as_str().expect("time is an RFC 3339 string");
         assert!(time.len() > 20 && time.as_bytes()[10] == b'T' && time.ends_with('Z'), "time {time:?}");
     }
@@ -105,6 +105,7 @@ fn observe_shows_dns_and_drop_flows_of_the_pod() {
     assert_eq!(drop["destination_names"], json!(["www.google.com"]), "{drop}");
     assert_eq!(drop["Type"], "L3_L4", "{drop}");
     assert_eq!(drop["IP"]["destination"], WWW_GOOGLE4.to_string(), "{drop}");
+    assert_eq!(drop["destination"]["labels"], json!(["reserved:world"]), "{drop}");
     assert_eq!(drop["l4"]["TCP"]["destination_port"], 443, "{drop}");
     assert_eq!(drop["l4"]["TCP"]["flags"]["SYN"], true, "{drop}");
     assert_eq!(drop["source"]["pod_name"], "alpine", "{drop}");

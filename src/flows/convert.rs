@@ -44,6 +44,18 @@ impl EndpointInfo {
     }
 }
 
+/// A peer that is no endpoint fqdnd knows, as Hubble names it: Cilium's reserved identities
+/// `host` (1) for the node's own loopback addresses and `world` (2) for everything else.
+fn reserved_peer(ip: IpAddr) -> Endpoint {
+    let (identity, label) = if ip.is_loopback() { (1, "reserved:host") } else { (2, "reserved:world") };
+    Endpoint { id: 0, identity, namespace: String::new(), labels: vec![label.to_string()], pod_name: String::new() }
+}
+
+/// The flow endpoint of `ip`: the endpoint found for it, else its reserved identity.
+fn peer(ep: Option<Arc<EndpointInfo>>, ip: IpAddr) -> Endpoint {
+    ep.map(|e| e.to_flow_endpoint()).unwrap_or_else(|| reserved_peer(ip))
+}
+
 /// Who is who: the agent implements this over its endpoint inventory.
 pub trait EndpointLookup: Send + Sync {
     fn by_id(&self, id: EndpointId) -> Option<Arc<EndpointInfo>>;
@@ -121,8 +133,8 @@ pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Fl
         drop_reason: 0,
         ip: Some(ip_of(src, dst)),
         l4: l4_of(f.protocol, src, dst, None),
-        source: src_ep.map(|e| e.to_flow_endpoint()),
-        destination: dst_ep.map(|e| e.to_flow_endpoint()),
+        source: Some(peer(src_ep, src.ip())),
+        destination: Some(peer(dst_ep, dst.ip())),
         flow_type: FlowType::L7,
         node_name: node_name.to_string(),
         destination_names: Vec::new(),
@@ -161,8 +173,8 @@ pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesL
         drop_reason: reason.code(),
         ip: Some(ip_of(ev.src, ev.dst)),
         l4: l4_of(ev.proto, ev.src, ev.dst, Some(flags)),
-        source: src_ep.map(|e| e.to_flow_endpoint()),
-        destination: dst_ep.map(|e| e.to_flow_endpoint()),
+        source: Some(peer(src_ep, ev.src.ip())),
+        destination: Some(peer(dst_ep, ev.dst.ip())),
         flow_type: FlowType::L3L4,
         node_name: node_name.to_string(),
         destination_names,
@@ -402,7 +414,11 @@ pub(crate) mod tests {
     fn drop_names_what_the_endpoint_resolved() {
         let f = drop_flow(&drop_event(), &table(), &Names, "node1");
         assert_eq!(f.destination_names, ["www.microsoft.com"]);
-        assert_eq!(f.destination, None);
+        let dst = f.destination.as_ref().unwrap();
+        assert_eq!(
+            (dst.identity, dst.labels.as_slice(), dst.pod_name.as_str()),
+            (2, &["reserved:world".to_string()][..], "")
+        );
         assert_eq!(f.source.as_ref().unwrap().pod_name, "alpine");
         assert_eq!(f.summary, "TCP Flags: SYN");
         assert_eq!(f.drop_reason, 133);
@@ -415,12 +431,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unknown_client_is_just_an_ip() {
+    fn unknown_peers_get_reserved_identities() {
         let mut req = dns_request();
         req.endpoint = None;
         req.client = "192.0.2.1:5000".parse().unwrap();
+        req.server = "127.0.0.53:53".parse().unwrap();
         let f = dns_flow(&req, &table(), "");
-        assert_eq!(f.source, None);
+        let (src, dst) = (f.source.clone().unwrap(), f.destination.clone().unwrap());
+        assert_eq!((src.identity, src.labels, src.pod_name), (2, vec!["reserved:world".to_string()], String::new()));
+        assert_eq!((dst.identity, dst.labels), (1, vec!["reserved:host".to_string()]));
         assert_eq!(f.ip.unwrap().source, "192.0.2.1");
     }
 }

@@ -265,7 +265,8 @@ mod tests {
         assert_eq!(f["destination_names"], serde_json::json!(["www.microsoft.com"]));
         assert_eq!(f["is_reply"], false);
         assert_eq!(f["Summary"], "TCP Flags: SYN");
-        assert!(f.get("destination").is_none() && f.get("l7").is_none());
+        assert_eq!(f["destination"], serde_json::json!({"identity": 2, "labels": ["reserved:world"]}));
+        assert!(f.get("l7").is_none());
         // Field order follows the proto field numbers, as Hubble prints them.
         let flow_text = serde_json::to_string(&drop_flow(&drop_event(), &table(), &Names, "node1")).unwrap();
         let keys = top_level_keys(&flow_text);
@@ -276,6 +277,7 @@ mod tests {
             "IP",
             "l4",
             "source",
+            "destination",
             "Type",
             "node_name",
             "destination_names",
