@@ -129,3 +129,76 @@ mod tests {
         assert_eq!(batch.recv(server.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 }
+
+/// Replies gathered while a received batch is processed, sent with one `sendmmsg`.
+#[derive(Default)]
+pub struct SendBatch {
+    items: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl SendBatch {
+    pub fn push(&mut self, to: SocketAddr, payload: Vec<u8>) {
+        self.items.push((to, payload));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Send what fits without blocking; return what was not sent (socket buffer full, or an
+    /// error for one message: the caller retries those one by one).
+    pub fn flush(&mut self, fd: RawFd) -> Vec<(SocketAddr, Vec<u8>)> {
+        if self.items.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<socket2::SockAddr> = self.items.iter().map(|(to, _)| socket2::SockAddr::from(*to)).collect();
+        let mut iovs: Vec<libc::iovec> = self
+            .items
+            .iter()
+            .map(|(_, p)| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+            .collect();
+        let mut hdrs: Vec<libc::mmsghdr> = (0..self.items.len())
+            .map(|i| {
+                // SAFETY: plain C data; all-zero is a valid header before the fields are set.
+                let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
+                h.msg_hdr.msg_name = names[i].as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = names[i].len();
+                h.msg_hdr.msg_iov = &raw mut iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        // SAFETY: every header points at an address and a payload that outlive the call.
+        let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        let sent = usize::try_from(sent).unwrap_or(0);
+        let mut rest = std::mem::take(&mut self.items);
+        rest.drain(..sent.min(rest.len()));
+        rest
+    }
+}
+
+#[cfg(test)]
+mod send_tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn one_call_sends_them_all() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = SendBatch::default();
+        batch.push(a.local_addr().unwrap(), b"one".to_vec());
+        batch.push(b.local_addr().unwrap(), b"two".to_vec());
+        batch.push(a.local_addr().unwrap(), b"three".to_vec());
+        assert!(batch.flush(from.as_raw_fd()).is_empty());
+        assert!(batch.is_empty());
+        let recv = |s: &std::net::UdpSocket| {
+            let mut buf = [0u8; 16];
+            let n = s.recv(&mut buf).unwrap();
+            buf[..n].to_vec()
+        };
+        assert_eq!([recv(&a), recv(&a), recv(&b)], [b"one".to_vec(), b"three".to_vec(), b"two".to_vec()]);
+    }
+}

@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::batch::RecvBatch;
+use crate::batch::{RecvBatch, SendBatch};
 use crate::forwarder::Forwarder;
 use crate::handler::{QueryMeta, Shared, Step};
 use crate::stats::inc;
@@ -42,6 +42,7 @@ pub(crate) struct UdpServer {
 impl UdpServer {
     pub(crate) async fn run(self) {
         let mut batch = RecvBatch::new(RECV_BATCH, QUERY_BUFFER);
+        let mut outbox = SendBatch::default();
         let fd = self.socket.as_raw_fd();
         let upstream = self.shared.config.upstream;
         let local = self.socket.local_addr().ok();
@@ -76,12 +77,29 @@ impl UdpServer {
                     tracing::debug!(client = %d.source, "datagram without original destination; dropped");
                     continue;
                 };
-                self.handle(packet, d.source, server, local);
+                self.handle(packet, d.source, server, local, &mut outbox);
+            }
+            // Answers made on the spot (refusals, FORMERR) leave together.
+            for (client, reply) in outbox.flush(fd) {
+                let meta = QueryMeta {
+                    client,
+                    server: upstream.unwrap_or(client),
+                    proto: L4Proto::Udp,
+                    received: Instant::now(),
+                };
+                ReplyVia::Listener(self.socket.clone()).send_now(&self.shared, reply, meta, &self.tracker);
             }
         }
     }
 
-    fn handle(&self, packet: &[u8], client: SocketAddr, server: SocketAddr, local: Option<SocketAddr>) {
+    fn handle(
+        &self,
+        packet: &[u8],
+        client: SocketAddr,
+        server: SocketAddr,
+        local: Option<SocketAddr>,
+        outbox: &mut SendBatch,
+    ) {
         let meta = QueryMeta { client, server, proto: L4Proto::Udp, received: Instant::now() };
         // A reply socket answers what reaches it from itself: it is bound to the server address.
         let reply_via = if self.transparent && local != Some(server) {
@@ -96,7 +114,10 @@ impl UdpServer {
         };
         match self.shared.decide(packet, meta) {
             Step::Reply(None) => {}
-            Step::Reply(Some(reply)) => reply_via.send_now(&self.shared, reply, meta, &self.tracker),
+            Step::Reply(Some(reply)) => match reply_via {
+                ReplyVia::Listener(_) => outbox.push(client, reply),
+                via => via.send_now(&self.shared, reply, meta, &self.tracker),
+            },
             Step::Forward(pending) => {
                 let packet = packet.to_vec();
                 let (shared, fwd) = (self.shared.clone(), self.forwarder.clone());
