@@ -123,7 +123,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let server = agent_metrics::serve(addr, Arc::new(registry), readiness.clone())
                 .await
                 .context("starting the metrics server")?;
-            tracing::info!(addr = %server.local_addr(), "metrics listening");
             Some(server)
         }
         None => None,
