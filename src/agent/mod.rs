@@ -81,7 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let lookup = Arc::new(InventoryLookup::default());
     let mut source = PolicySource::new(config.policies.clone(), config.endpoints.clone());
     let first = source.poll().unwrap_or_default();
-    apply_snapshot(&proxy, &cache, &datapath, &lookup, &first, true).await;
+    apply_snapshot(&proxy, endpoint_table(&first), &cache, &datapath, &lookup, &first, true).await;
     readiness.set_policies_loaded(true);
     readiness.set_datapath_loaded(true);
 
@@ -141,9 +141,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     _ = tick.tick() => {}
                     () = shutdown.cancelled() => return,
                 }
-                // Loading parses YAML and resolves every endpoint: off the async workers.
+                // Loading parses YAML, resolves every endpoint and compiles its DNS rules: off the
+                // async workers.
                 let (returned, snap) = match tokio::task::spawn_blocking(move || {
-                    let snap = source.poll();
+                    let snap = source.poll().map(|s| {
+                        let table = endpoint_table(&s);
+                        (s, table)
+                    });
                     (source, snap)
                 })
                 .await
@@ -155,8 +159,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     }
                 };
                 source = returned;
-                if let Some(snap) = snap {
-                    apply_snapshot(&proxy, &cache, &datapath, &lookup, &snap, false).await;
+                if let Some((snap, table)) = snap {
+                    apply_snapshot(&proxy, table, &cache, &datapath, &lookup, &snap, false).await;
                 }
             }
         }));
@@ -192,19 +196,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// Hand a policy snapshot to every part.
+/// The proxy's source-IP table for a snapshot (compiles every endpoint's DNS rules).
+fn endpoint_table(snap: &Snapshot) -> EndpointTable {
+    let mut table = EndpointTable::new();
+    for e in &snap.endpoints {
+        table.insert(&e.endpoint.ips, EndpointEntry::new(e.id, e.endpoint.key(), e.policy.clone()));
+    }
+    table
+}
+
+/// Hand a policy snapshot (and the proxy table built from it) to every part.
 async fn apply_snapshot(
     proxy: &Proxy,
+    table: EndpointTable,
     cache: &CacheHandle,
     datapath: &AgentDatapath,
     lookup: &InventoryLookup,
     snap: &Snapshot,
     first: bool,
 ) {
-    let mut table = EndpointTable::new();
-    for e in &snap.endpoints {
-        table.insert(&e.endpoint.ips, EndpointEntry::new(e.id, e.endpoint.key(), e.policy.clone()));
-    }
     tracing::debug!(generation = snap.generation, policies = ?snap.policies, "endpoint table updated");
     lookup.update(snap);
     // Selectors before the proxy sees the new rules, so an answer allowed by a new rule finds its
