@@ -201,7 +201,16 @@ fn hickory_resolver_as_client() {
 fn no_config_defaults_and_graceful_shutdown() {
     // The README's command: no config, no policies directory, plain mode on 127.0.0.1:5353 with
     // the system resolver as upstream. Nothing is queried (that upstream is not on loopback).
-    let f = Fqdnd::start_exact(&[]).unwrap();
+    // As root it runs in a network namespace of its own, so a developer's agent on 5353 cannot
+    // get in the way; otherwise 5353 must be free on this machine.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let f = if root {
+        let prefix = ["unshare", "--net", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""];
+        Fqdnd::start_exact_wrapped(&prefix, &[]).unwrap()
+    } else {
+        Fqdnd::start_exact(&[]).unwrap()
+    };
     assert_eq!(f.addr, "127.0.0.1:5353".parse::<SocketAddr>().unwrap(), "{}", f.log());
     let log = f.log();
     assert!(log.contains("effective configuration"), "{log}");

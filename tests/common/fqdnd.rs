@@ -41,6 +41,11 @@ impl Fqdnd {
         Self::spawn(&[], args, false)
     }
 
+    /// [`Fqdnd::start_exact`] under a command prefix.
+    pub fn start_exact_wrapped(prefix: &[&str], args: &[&str]) -> Result<Self> {
+        Self::spawn(prefix, args, false)
+    }
+
     fn spawn(prefix: &[&str], args: &[&str], default_listen: bool) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("fqdnd-run-").tempdir()?;
         let state = dir.path().join("state");
