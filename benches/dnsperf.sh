@@ -20,7 +20,8 @@
 # Usage: benches/dnsperf.sh            (builds the release binary first)
 #   env: DURATION=10 RATE=10000 CLIENTS=4 OUTSTANDING=200 FQDND_BIN=path
 #        FQDND_CONFIG=file: extra fqdnd config (e.g. udp-workers: 1)
-#        PERF_DATA=file: also record a `perf record -g` profile of fqdnd during its unthrottled phase
+#        PERF_DATA=file: also record a `perf record -g` profile of fqdnd (or PERF_TARGET=fqdnd-flows)
+#        during its unthrottled phase
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -238,12 +239,12 @@ declare -A QPS CPU P50
 for target in "fqdnd $FQDND_PORT $FQDND_PID" "dnsdist $DNSDIST_PORT $DNSDIST_PID" "fqdnd-flows $FLOWS_PORT $FLOWS_PID"; do
     set -- $target
     read -r L50 L90 < <(latency "$2")
-    if [ -n "${PERF_DATA:-}" ] && [ "$1" = fqdnd ]; then
+    if [ -n "${PERF_DATA:-}" ] && [ "$1" = "${PERF_TARGET:-fqdnd}" ]; then
         perf record -q -g -o "$PERF_DATA" -p "$3" -- sleep "$DURATION" >/dev/null 2>&1 &
         PERF_PID=$!
     fi
     read -r TQPS TCPU TDONE TLOST < <(throughput "$2" "$3")
-    if [ -n "${PERF_DATA:-}" ] && [ "$1" = fqdnd ]; then wait "$PERF_PID" || true; fi
+    if [ -n "${PERF_DATA:-}" ] && [ "$1" = "${PERF_TARGET:-fqdnd}" ]; then wait "$PERF_PID" || true; fi
     QPS[$1]=$TQPS; CPU[$1]=$TCPU; P50[$1]=$L50
     printf "%-12s %10s %9s %9s %14s %14s\n" "$1" "$TQPS" "$L50" "$L90" "$TCPU" "$TLOST/$TDONE"
 done
