@@ -234,10 +234,20 @@ if [ -n "${SYSCALLS:-}" ]; then
     exit 0
 fi
 echo "dnsperf: ${DURATION}s per phase, $CLIENTS clients, $OUTSTANDING outstanding, latency at ${RATE} q/s; 50% allowed / 50% denied"
-printf "\n%-12s %10s %9s %9s %14s %14s\n" proxy "max q/s" "p50 us" "p90 us" "CPU s/100k q" "lost/done"
+printf "\n%-14s %10s %9s %9s %14s %14s\n" proxy "max q/s" "p50 us" "p90 us" "CPU s/100k q" "lost/done"
 declare -A QPS CPU P50
-for target in "fqdnd $FQDND_PORT $FQDND_PID" "dnsdist $DNSDIST_PORT $DNSDIST_PID" "fqdnd-flows $FLOWS_PORT $FLOWS_PID"; do
+# The last row is the flows-on instance again, now with a live `fqdnd observe -f` client reading
+# every flow (its own CPU is not in the proxy's column).
+OBSERVER_PID=
+for target in "fqdnd $FQDND_PORT $FQDND_PID" "dnsdist $DNSDIST_PORT $DNSDIST_PID" "fqdnd-flows $FLOWS_PORT $FLOWS_PID" \
+    "fqdnd-observed $FLOWS_PORT $FLOWS_PID"; do
     set -- $target
+    if [ "$1" = fqdnd-observed ]; then
+        "$FQDND_BIN" observe -f -o json --state-dir "$WORK/state-fqdnd-flows" >"$WORK/observed.jsonl" 2>"$WORK/observe.log" &
+        OBSERVER_PID=$!
+        PIDS+=($OBSERVER_PID)
+        sleep 0.5
+    fi
     read -r L50 L90 < <(latency "$2")
     if [ -n "${PERF_DATA:-}" ] && [ "$1" = "${PERF_TARGET:-fqdnd}" ]; then
         perf record -q -g -o "$PERF_DATA" -p "$3" -- sleep "$DURATION" >/dev/null 2>&1 &
@@ -246,11 +256,19 @@ for target in "fqdnd $FQDND_PORT $FQDND_PID" "dnsdist $DNSDIST_PORT $DNSDIST_PID
     read -r TQPS TCPU TDONE TLOST < <(throughput "$2" "$3")
     if [ -n "${PERF_DATA:-}" ] && [ "$1" = "${PERF_TARGET:-fqdnd}" ]; then wait "$PERF_PID" || true; fi
     QPS[$1]=$TQPS; CPU[$1]=$TCPU; P50[$1]=$L50
-    printf "%-12s %10s %9s %9s %14s %14s\n" "$1" "$TQPS" "$L50" "$L90" "$TCPU" "$TLOST/$TDONE"
+    printf "%-14s %10s %9s %9s %14s %14s\n" "$1" "$TQPS" "$L50" "$L90" "$TCPU" "$TLOST/$TDONE"
 done
+if [ -n "$OBSERVER_PID" ]; then
+    kill "$OBSERVER_PID" 2>/dev/null || true
+    wait "$OBSERVER_PID" 2>/dev/null || true
+    echo "observe -f client received $(grep -c '"flow"' "$WORK/observed.jsonl") flows (and was told of $(grep -o '"lost_events"' "$WORK/observed.jsonl" | wc -l) gaps)"
+fi
 awk -v fq="${QPS[fqdnd]}" -v dq="${QPS[dnsdist]}" -v fc="${CPU[fqdnd]}" -v dc="${CPU[dnsdist]}" \
-    -v f50="${P50[fqdnd]}" -v d50="${P50[dnsdist]}" -v wq="${QPS[fqdnd-flows]}" -v wc="${CPU[fqdnd-flows]}" 'BEGIN {
+    -v f50="${P50[fqdnd]}" -v d50="${P50[dnsdist]}" -v wq="${QPS[fqdnd-flows]}" -v wc="${CPU[fqdnd-flows]}" \
+    -v oq="${QPS[fqdnd-observed]}" -v oc="${CPU[fqdnd-observed]}" 'BEGIN {
     printf "\nfqdnd/dnsdist: max q/s %.2f, CPU per query %.2f, p50 latency %.2f\n",
         (dq > 0 ? fq / dq : 0), (dc > 0 ? fc / dc : 0), (d50 > 0 ? f50 / d50 : 0)
     printf "fqdnd with flows on/dnsdist: max q/s %.2f, CPU per query %.2f\n", (dq > 0 ? wq / dq : 0), (dc > 0 ? wc / dc : 0)
+    printf "fqdnd with flows on, observe -f attached/not attached: max q/s %.2f, CPU per query %.2f\n",
+        (wq > 0 ? oq / wq : 0), (wc > 0 ? oc / wc : 0)
 }'
