@@ -157,32 +157,22 @@ impl Sockets {
     }
 }
 
+/// Maps a failed setsockopt on a plain listener to an error naming the option and the address.
+fn option_err(option: &'static str, proto: L4Proto, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> ProxyError {
+    move |source| ProxyError::SocketOption { option, proto, addr, source }
+}
+
 fn plain_udp(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, ProxyError> {
     let proto = L4Proto::Udp;
     let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)
         .map_err(|source| ProxyError::Bind { proto, addr, source })?;
     if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(|source| ProxyError::SocketOption {
-            option: "IPV6_V6ONLY",
-            proto,
-            addr,
-            source,
-        })?;
+        sock.set_only_v6(true).map_err(option_err("IPV6_V6ONLY", proto, addr))?;
     }
     if reuse_port {
-        sock.set_reuse_port(true).map_err(|source| ProxyError::SocketOption {
-            option: "SO_REUSEPORT",
-            proto,
-            addr,
-            source,
-        })?;
+        sock.set_reuse_port(true).map_err(option_err("SO_REUSEPORT", proto, addr))?;
     }
-    sock.set_nonblocking(true).map_err(|source| ProxyError::SocketOption {
-        option: "O_NONBLOCK",
-        proto,
-        addr,
-        source,
-    })?;
+    sock.set_nonblocking(true).map_err(option_err("O_NONBLOCK", proto, addr))?;
     sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
     Ok(sock.into())
 }
@@ -192,25 +182,10 @@ fn plain_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
     let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
         .map_err(|source| ProxyError::Bind { proto, addr, source })?;
     if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(|source| ProxyError::SocketOption {
-            option: "IPV6_V6ONLY",
-            proto,
-            addr,
-            source,
-        })?;
+        sock.set_only_v6(true).map_err(option_err("IPV6_V6ONLY", proto, addr))?;
     }
-    sock.set_reuse_address(true).map_err(|source| ProxyError::SocketOption {
-        option: "SO_REUSEADDR",
-        proto,
-        addr,
-        source,
-    })?;
-    sock.set_nonblocking(true).map_err(|source| ProxyError::SocketOption {
-        option: "O_NONBLOCK",
-        proto,
-        addr,
-        source,
-    })?;
+    sock.set_reuse_address(true).map_err(option_err("SO_REUSEADDR", proto, addr))?;
+    sock.set_nonblocking(true).map_err(option_err("O_NONBLOCK", proto, addr))?;
     sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
     sock.listen(1024).map_err(|source| ProxyError::Bind { proto, addr, source })?;
     Ok(sock.into())
