@@ -146,6 +146,7 @@ pub struct Config {
     pub policies: Option<PathBuf>,
     pub endpoints: Option<PathBuf>,
     pub state_dir: PathBuf,
+    #[serde(serialize_with = "display_cache")]
     pub cache: fqdn_cache::CacheConfig,
     #[serde(serialize_with = "display_duration")]
     pub policy_poll_interval: Duration,
@@ -159,6 +160,29 @@ pub struct Config {
 
 fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*d))
+}
+
+/// The cache settings under their flag names, durations as people write them (`30s`, not
+/// `{secs, nanos}`).
+fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct View {
+        min_ttl: u32,
+        max_ips_per_name: usize,
+        fqdn_scope: fqdn_cache::Scope,
+        #[serde(serialize_with = "display_duration")]
+        idle_connection_grace_period: Duration,
+        max_zombies: usize,
+    }
+    View {
+        min_ttl: c.min_ttl,
+        max_ips_per_name: c.max_ips_per_name,
+        fqdn_scope: c.scope,
+        idle_connection_grace_period: c.idle_grace,
+        max_zombies: c.max_zombies,
+    }
+    .serialize(s)
 }
 
 /// Every problem found in the config, each naming its source and key.
