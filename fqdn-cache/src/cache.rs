@@ -15,7 +15,6 @@
 //! Snapshots identify endpoints by [`EndpointId`]; the agent keeps those ids stable across
 //! restarts (assigned by namespace/name), or the restored entries land on the wrong endpoints.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::pattern::NamePattern;
-use crate::{AllowKey, Answer, Delta, EndpointId, LastUsed, PortProto, normalize_name};
+use crate::{AllowKey, Answer, Delta, EndpointId, LastUsed, PortProto, normalized_name};
 
 mod names;
 mod selectors;
@@ -211,16 +210,6 @@ impl Changes {
     }
 }
 
-fn normalized(name: &str) -> Cow<'_, str> {
-    let b = name.as_bytes();
-    let one_dot = b.last() == Some(&b'.') && (b.len() == 1 || b[b.len() - 2] != b'.');
-    if one_dot && !b.iter().any(u8::is_ascii_uppercase) {
-        Cow::Borrowed(name)
-    } else {
-        Cow::Owned(normalize_name(name))
-    }
-}
-
 /// Seconds the cache clock can count to; `NIL` stays free as "none".
 const MAX_SECS: u32 = NIL - 1;
 
@@ -362,7 +351,7 @@ impl Cache {
         ips.dedup();
         let mut changes = Changes::default();
         for name in std::iter::once(&answer.qname).chain(&answer.cnames) {
-            let name = normalized(name);
+            let name = normalized_name(name);
             self.learn_name(owner, &name, &ips, expires, &mut changes);
         }
         changes.finish()
@@ -625,7 +614,7 @@ impl Cache {
 
     /// IPs the endpoint's own lookups hold for `name` (zombies included), sorted.
     pub fn ips_for_name(&self, endpoint: EndpointId, name: &str) -> Vec<IpAddr> {
-        let Some(id) = self.names.get(&normalized(name)) else { return Vec::new() };
+        let Some(id) = self.names.get(&normalized_name(name)) else { return Vec::new() };
         let mut ips: Vec<IpAddr> = self.store.of_name(endpoint, id).map(|i| self.store.get(i).ip).collect();
         ips.sort_unstable();
         ips

@@ -11,4 +11,4 @@ pub mod types;
 
 pub use cache::{Cache, CacheConfig, CacheCounters, EntryView, ListFilter, Scope, SelectorRule, Source};
 pub use error::CacheError;
-pub use types::{AllowKey, Answer, Delta, EndpointId, L4Proto, LastUsed, PortProto, normalize_name};
+pub use types::{AllowKey, Answer, Delta, EndpointId, L4Proto, LastUsed, PortProto, normalize_name, normalized_name};

@@ -108,6 +108,18 @@ pub fn normalize_name(name: &str) -> String {
     out
 }
 
+/// [`normalize_name`] without the copy when `name` already is normalized (the common case on the
+/// query path: the proxy hands in lower-case names with their trailing dot).
+pub fn normalized_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let b = name.as_bytes();
+    let one_dot = b.last() == Some(&b'.') && (b.len() == 1 || b[b.len() - 2] != b'.');
+    if one_dot && !b.iter().any(u8::is_ascii_uppercase) {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(normalize_name(name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +134,7 @@ mod tests {
             (".", "."),
         ] {
             assert_eq!(normalize_name(input), want, "input {input:?}");
+            assert_eq!(normalized_name(input), want, "input {input:?}");
         }
     }
 }

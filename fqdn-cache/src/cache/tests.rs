@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{L4Proto, LastUsed};
+use crate::{L4Proto, LastUsed, normalize_name};
 
 fn ep(n: u32) -> EndpointId {
     EndpointId(n)

@@ -11,7 +11,7 @@
 //! costs milliseconds, while this set stays near 0.3 us: the hash indexes take the common shapes
 //! out of the automaton whatever their number.
 
-use std::borrow::Cow;
+use crate::normalized_name;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -122,7 +122,7 @@ impl PatternSet {
         if self.patterns.is_empty() {
             return false;
         }
-        let name = normalized(name);
+        let name = normalized_name(name);
         let name = name.as_ref();
         let dots = name.bytes().filter(|&b| b == b'.').count();
         if self.exact.get(name, dots).is_some() {
@@ -153,7 +153,7 @@ impl PatternSet {
         if self.patterns.is_empty() {
             return;
         }
-        let name = normalized(name);
+        let name = normalized_name(name);
         let name = name.as_ref();
         let dots = name.bytes().filter(|&b| b == b'.').count();
         let mut push = |ids: &[u32]| out.extend(ids.iter().map(|&i| i as usize));
@@ -222,17 +222,6 @@ fn classify(p: &NamePattern) -> Shape<'_> {
         return Shape::Subdomains(suffix);
     }
     Shape::Other
-}
-
-/// The name as the maps store it (lower case, one trailing dot), borrowed when it already is.
-fn normalized(name: &str) -> Cow<'_, str> {
-    let b = name.as_bytes();
-    let one_dot = b.last() == Some(&b'.') && (b.len() == 1 || b[b.len() - 2] != b'.');
-    if one_dot && !b.iter().any(u8::is_ascii_uppercase) {
-        Cow::Borrowed(name)
-    } else {
-        Cow::Owned(crate::normalize_name(name))
-    }
 }
 
 fn name_byte(b: u8) -> bool {
