@@ -39,8 +39,6 @@ type OneLabel = [(&'static str, &'static str); 1];
 pub struct AgentMetrics {
     /// Flows a follower (`fqdnd observe -f`) lost because it did not keep up.
     pub flows_dropped_slow_reader: Counter,
-    /// Flows the hub lost because it fell behind the proxy's flow channel.
-    pub flows_dropped_ingest_lag: Counter,
     /// Packets the datapath dropped: no allow entry under default deny.
     pub policy_drops_denied: Counter,
     /// Packets the datapath dropped on an explicit deny rule.
@@ -54,12 +52,16 @@ impl AgentMetrics {
         let flows_dropped = Family::<OneLabel, Counter>::default();
         registry.register(
             "flows_dropped",
-            "Flows lost before reaching an observer, by reason (slow_reader: a follower did not keep up; \
-             ingest_lag: the flow hub fell behind the DNS proxy)",
+            "Flows lost before reaching an observer, by reason (slow_reader: a follower did not keep up)",
             flows_dropped.clone(),
         );
         let policy_drops = Family::<OneLabel, Counter>::default();
-        registry.register("policy_drops", "Packets dropped by the datapath, by drop reason", policy_drops.clone());
+        registry.register(
+            "policy_drops",
+            "Drop flows published, by reason (policy_denied: egress default deny and no allow entry for the \
+             destination; policy_deny: an explicit egressDeny rule matched)",
+            policy_drops.clone(),
+        );
         let policy_load_errors = Counter::default();
         registry.register(
             "policy_load_errors",
@@ -68,7 +70,6 @@ impl AgentMetrics {
         );
         AgentMetrics {
             flows_dropped_slow_reader: flows_dropped.get_or_create_owned(&[("reason", "slow_reader")]),
-            flows_dropped_ingest_lag: flows_dropped.get_or_create_owned(&[("reason", "ingest_lag")]),
             policy_drops_denied: policy_drops.get_or_create_owned(&[("reason", "policy_denied")]),
             policy_drops_deny: policy_drops.get_or_create_owned(&[("reason", "policy_deny")]),
             policy_load_errors,
@@ -90,6 +91,13 @@ pub struct CacheStats {
 /// Implemented by the agent over its cache.
 pub trait CacheStatsSource: Send + Sync + 'static {
     fn cache_stats(&self) -> CacheStats;
+}
+
+impl CacheStatsSource for fqdn_cache::Enforcer {
+    fn cache_stats(&self) -> CacheStats {
+        let c = self.counters();
+        CacheStats { entries: c.entries, zombies: c.zombies, evictions: c.evictions + c.zombie_evictions }
+    }
 }
 
 /// Add `fqdnd_cache_entries`, `fqdnd_cache_zombies` and `fqdnd_cache_evictions_total`, asked of
@@ -130,6 +138,69 @@ impl Collector for CacheCollector {
             "Entries evicted by the per-name IP cap or the zombie cap",
             None,
             evictions.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Add the kernel datapath's packet counters, read from its per-CPU map at every scrape:
+/// `fqdnd_datapath_packets_total{result}` (seen, allowed, redirected to the proxy, passed as a
+/// reply), `fqdnd_datapath_drops_total{reason}` (every drop the programs made, including those
+/// whose event was lost) and `fqdnd_datapath_drop_events_lost_total`.
+pub fn register_datapath_counters(registry: &mut Registry, datapath: Arc<ebpf_redirect::AyaDatapath>) {
+    registry.register_collector(Box::new(DatapathCollector(datapath)));
+}
+
+struct DatapathCollector(Arc<ebpf_redirect::AyaDatapath>);
+
+impl fmt::Debug for DatapathCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatapathCollector")
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let c = match self.0.counters() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the datapath counters for a scrape");
+                return Ok(());
+            }
+        };
+        let kind = ConstCounter::new(0u64).metric_type();
+        let mut packets = encoder.encode_descriptor(
+            "datapath_packets",
+            "Packets of policed endpoints seen by the datapath, by result (seen: all; allowed: through an allow entry; \
+             redirected: to the DNS proxy; reply: a reply to a connection opened towards the endpoint)",
+            None,
+            kind,
+        )?;
+        for (result, v) in
+            [("seen", c.seen), ("allowed", c.allowed), ("redirected", c.redirected), ("reply", c.ct_replies)]
+        {
+            ConstCounter::new(v).encode(packets.encode_family(&[("result", result)])?)?;
+        }
+        let mut drops = encoder.encode_descriptor(
+            "datapath_drops",
+            "Packets the datapath dropped, by reason (policy_denied: default deny and no allow entry; policy_deny: \
+             an explicit deny rule; proxy_unavailable: DNS for the proxy, which had no socket)",
+            None,
+            kind,
+        )?;
+        for (reason, v) in [
+            ("policy_denied", c.dropped_denied),
+            ("policy_deny", c.dropped_deny),
+            ("proxy_unavailable", c.dropped_no_proxy),
+        ] {
+            ConstCounter::new(v).encode(drops.encode_family(&[("reason", reason)])?)?;
+        }
+        let lost = ConstCounter::new(c.events_lost);
+        lost.encode(encoder.encode_descriptor(
+            "datapath_drop_events_lost",
+            "Drop events lost because the ring buffer was full (the drops are still counted)",
+            None,
+            kind,
         )?)?;
         Ok(())
     }
@@ -329,7 +400,6 @@ mod tests {
         let text = encoded(&registry);
         for want in [
             "fqdnd_flows_dropped_total{reason=\"slow_reader\"} 5",
-            "fqdnd_flows_dropped_total{reason=\"ingest_lag\"} 0",
             "fqdnd_policy_drops_total{reason=\"policy_denied\"} 1",
             "fqdnd_policy_drops_total{reason=\"policy_deny\"} 0",
             "fqdnd_policy_load_errors_total 1",

@@ -12,7 +12,7 @@ use dns_proxy::Verdict;
 use dns_proxy::metrics::ProxyMetrics;
 use ebpf_redirect::{DropEvent, DropReason};
 use fqdn_cache::{EndpointId, L4Proto};
-use fqdnd::flows::{EndpointTable, FlowHub, HubConfig, NoNames};
+use fqdnd::flows::{FlowHub, HubConfig, NoNames};
 use fqdnd::metrics::{self, AgentMetrics, CacheStats, CacheStatsSource, Readiness};
 
 #[derive(Default)]
@@ -80,7 +80,7 @@ async fn counters_move_and_names_follow_conventions() {
         reason: DropReason::PolicyDenied,
         time: SystemTime::now(),
     };
-    hub.ingest_drop(&drop, &EndpointTable::default(), &NoNames);
+    hub.ingest_drop(&drop, &policy_sync::Snapshot::default(), &NoNames);
     cache.entries.store(42, Ordering::Relaxed);
 
     let (_, after) = curl(url).await;

@@ -14,14 +14,15 @@ use dns_proxy::{DnsFlow, DnsFlowKind};
 use ebpf_redirect::{DropEvent, DropReason};
 use fqdn_cache::{EndpointId, L4Proto};
 use fqdnd::admin::{self, AdminServer, AdminState, CacheEntryView, CacheLister, CacheSource};
-use fqdnd::flows::{EndpointTable, FlowHub, HubConfig, NamesLookup};
+use fqdnd::flows::{FlowHub, HubConfig, NamesLookup};
 use fqdnd::metrics::{AgentMetrics, Readiness};
+use policy_sync::Snapshot;
 use policy_sync::endpoint::{Endpoint, EndpointKey};
 use serde_json::Value;
 
 const FQDND: &str = env!("CARGO_BIN_EXE_fqdnd");
 
-fn endpoints() -> EndpointTable {
+fn endpoints() -> Snapshot {
     let alpine = Endpoint {
         namespace: "default".into(),
         name: "alpine".into(),
@@ -36,7 +37,7 @@ fn endpoints() -> EndpointTable {
         ips: vec!["10.96.0.10".parse().unwrap()],
         interface: None,
     };
-    EndpointTable::new([(EndpointId(1), &alpine), (EndpointId(2), &kube_dns)])
+    Snapshot::unpoliced([(EndpointId(1), alpine), (EndpointId(2), kube_dns)])
 }
 
 /// What the cache would say: alpine resolved www.microsoft.com to 13.107.1.1.

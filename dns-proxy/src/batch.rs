@@ -5,7 +5,7 @@
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd as _, RawFd};
 
 use crate::transparent::{original_dst_from_control, sockaddr_to_std};
 
@@ -95,6 +95,23 @@ impl RecvBatch {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(n as usize)
+    }
+
+    /// Receive what `socket` has queued, once it reported readable. A short batch means the
+    /// socket is drained: readiness is cleared in the same step, so the next `readable()` waits
+    /// for new datagrams without a failing extra read. Errors other than "nothing more to read"
+    /// are returned; what was received is in [`RecvBatch::datagrams`] either way.
+    pub fn recv_ready(&mut self, socket: &tokio::net::UdpSocket) -> io::Result<()> {
+        let capacity = self.capacity();
+        let fd = socket.as_raw_fd();
+        let res = socket.try_io(tokio::io::Interest::READABLE, || {
+            let n = self.recv(fd)?;
+            if n < capacity { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+        });
+        match res {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The datagrams of the last `recv`, with their bytes.

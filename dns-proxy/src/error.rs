@@ -41,12 +41,6 @@ pub enum ProxyError {
     },
     #[error("plain mode needs an upstream server (--upstream ADDR:PORT)")]
     NoUpstream,
-    #[error("opening an upstream socket towards {upstream}")]
-    UpstreamSocket {
-        upstream: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
     #[error("malformed query from {client}")]
     MalformedQuery {
         client: SocketAddr,
@@ -70,11 +64,6 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
-    #[error("upstream {upstream} sent a malformed reply for {qname}")]
-    UpstreamReply {
-        upstream: SocketAddr,
-        qname: String,
-        #[source]
-        source: DecodeError,
-    },
+    #[error("upstream {upstream} answered {qname} over TCP with something that is not a DNS response")]
+    UpstreamNotAResponse { upstream: SocketAddr, qname: String },
 }

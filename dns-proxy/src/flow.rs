@@ -1,6 +1,6 @@
-//! Flow events: one per query and one per answer, on a broadcast channel. The agent keeps them in
-//! its flow ring and streams them to `fqdnd observe`; dropping events for a slow reader never
-//! slows the query path.
+//! Flow events: one per query and one per answer, handed to a [`FlowSink`] on the query path. The
+//! agent's flow hub keeps them in its ring and streams them to `fqdnd observe`; it never makes the
+//! query path wait for a reader.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
@@ -55,4 +55,13 @@ pub struct DnsFlow {
     pub policy: Option<String>,
     /// Response only: time from receiving the query to releasing the answer.
     pub latency: Option<Duration>,
+}
+
+/// Where the proxy's flows go (the agent's flow hub). Called on the query path, from the proxy's
+/// receive threads: it must not block.
+pub trait FlowSink: Send + Sync + 'static {
+    /// Whether flows are wanted now; when not, the proxy builds none (they cost per query).
+    fn wants_flows(&self) -> bool;
+
+    fn dns_flow(&self, flow: DnsFlow);
 }

@@ -9,13 +9,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Notify, oneshot};
 
@@ -42,8 +41,8 @@ pub struct Outgoing<'a> {
 pub enum ForwardError {
     Timeout,
     Io(io::Error),
-    /// TCP reply that is not a DNS message for our query.
-    BadReply,
+    /// A TCP reply that is not a DNS response at all.
+    NotAResponse,
 }
 
 /// Upstreams with a pool at once; past this the pools start over (transparent mode meets one
@@ -119,7 +118,7 @@ impl Forwarder {
                         wire::set_id(&mut reply, client_id);
                         return Ok(reply);
                     }
-                    ReplyCheck::NotAResponse => return Err(ForwardError::BadReply),
+                    ReplyCheck::NotAResponse => return Err(ForwardError::NotAResponse),
                     ReplyCheck::WrongId => inc(&self.stats.spoofed_unknown_id),
                     ReplyCheck::WrongQuestion => inc(&self.stats.spoofed_wrong_question),
                 }
@@ -243,7 +242,6 @@ impl UpstreamSocket {
 
 async fn read_replies(sock: Arc<UpstreamSocket>) {
     let mut batch = RecvBatch::new(REPLY_BATCH, MAX_MESSAGE);
-    let fd = sock.socket.as_raw_fd();
     loop {
         let ready = if sock.retired.load(Ordering::Acquire) {
             if sock.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
@@ -264,14 +262,7 @@ async fn read_replies(sock: Arc<UpstreamSocket>) {
             tracing::warn!(error = %e, "upstream socket failed");
             return;
         }
-        let capacity = batch.capacity();
-        let res = sock.socket.try_io(Interest::READABLE, || {
-            let n = batch.recv(fd)?;
-            if n < capacity { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
-        });
-        if let Err(e) = res
-            && e.kind() != io::ErrorKind::WouldBlock
-        {
+        if let Err(e) = batch.recv_ready(&sock.socket) {
             // ICMP errors surface here; the waiting query times out.
             tracing::trace!(error = %e, "upstream socket receive");
             continue;

@@ -10,29 +10,21 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use ebpf_redirect::Datapath;
-use fqdn_cache::{EndpointId, L4Proto};
+use fqdn_cache::{EndpointId, L4Proto, Learner};
 use hickory_proto::op::{OpCode, ResponseCode};
-use policy_sync::PolicyRef;
-use tokio::sync::broadcast;
+use policy_sync::{PolicyRef, ResolvedEndpoint, RuleVerdict, Snapshot};
 
 use crate::answer::{Chain, extract_chain_wire};
 use crate::config::ProxyConfig;
-use crate::endpoints::{EndpointEntry, EndpointTable};
 use crate::error::ProxyError;
-use crate::flow::{DnsFlow, DnsFlowKind, Verdict};
+use crate::flow::{DnsFlow, DnsFlowKind, FlowSink, Verdict};
 use crate::forwarder::{ForwardError, Forwarder, Outgoing};
-use crate::learner::Learner;
 use crate::limits::{Limiter, Permit};
-use crate::matcher::RuleVerdict;
 use crate::metrics::ProxyMetrics;
 use crate::name_lock::NameLocks;
 use crate::refusal;
 use crate::stats::{ProxyStats, inc};
 use crate::wire::{self, ParsedQuery, QueryParseError};
-
-/// Flow events buffered for slow readers before the oldest are dropped (readers see `Lagged`).
-const FLOW_CHANNEL: usize = 4096;
 
 /// Where a query came from and where it was going.
 #[derive(Clone, Copy, Debug)]
@@ -46,12 +38,12 @@ pub struct QueryMeta {
 
 pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
-    pub(crate) endpoints: ArcSwap<EndpointTable>,
+    /// Who is who and what they may ask: the policy snapshot in force.
+    pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) learner: Arc<dyn Learner>,
-    pub(crate) datapath: Arc<dyn Datapath>,
     /// Upstream client for the TCP servers (UDP receive loops each have their own).
     pub(crate) forwarder: Forwarder,
-    pub(crate) flows: broadcast::Sender<DnsFlow>,
+    pub(crate) flows: Option<Arc<dyn FlowSink>>,
     pub(crate) stats: Arc<ProxyStats>,
     pub(crate) limiter: Limiter,
     pub(crate) names: NameLocks,
@@ -60,7 +52,7 @@ pub(crate) struct Shared {
 
 /// Who asked and what the rules said, owned so it can travel with the query into a task.
 pub(crate) struct Asker {
-    endpoint: Option<Arc<EndpointEntry>>,
+    endpoint: Option<Arc<ResolvedEndpoint>>,
     verdict: RuleVerdict,
 }
 
@@ -69,7 +61,7 @@ impl Asker {
         let ep = self.endpoint.as_ref()?;
         match self.verdict {
             RuleVerdict::NotProxied => None,
-            RuleVerdict::Allowed(r) | RuleVerdict::Refused(r) => Some(ep.dns.policy(r)),
+            RuleVerdict::Allowed(r) | RuleVerdict::Refused(r) => Some(ep.policy.dns.policy(r)),
         }
     }
 
@@ -98,22 +90,26 @@ impl Shared {
     pub(crate) fn new(
         config: ProxyConfig,
         learner: Arc<dyn Learner>,
-        datapath: Arc<dyn Datapath>,
+        flows: Option<Arc<dyn FlowSink>>,
         metrics: ProxyMetrics,
     ) -> Self {
         let stats = Arc::new(ProxyStats::default());
         Shared {
             forwarder: Forwarder::new(config.upstream_timeout, config.upstream_sockets, stats.clone()),
             limiter: Limiter::new(config.max_inflight, config.max_inflight_per_endpoint),
-            endpoints: ArcSwap::from_pointee(EndpointTable::new()),
-            flows: broadcast::channel(FLOW_CHANNEL).0,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
             names: NameLocks::default(),
             metrics,
             config,
             learner,
-            datapath,
+            flows,
             stats,
         }
+    }
+
+    /// Where flows go, if anyone wants them now.
+    fn flow_sink(&self) -> Option<&dyn FlowSink> {
+        self.flows.as_deref().filter(|s| s.wants_flows())
     }
 
     /// Both phases, for callers that spawn a task per query anyway (TCP).
@@ -138,9 +134,9 @@ impl Shared {
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
 
-        let endpoint = self.endpoints.load().lookup(meta.client.ip()).cloned();
+        let endpoint = self.snapshot.load().by_ip(meta.client.ip()).cloned();
         let verdict = match &endpoint {
-            Some(ep) => ep.dns.decide(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
+            Some(ep) => ep.policy.dns.decide(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
             None => RuleVerdict::NotProxied,
         };
         let asker = Asker { endpoint, verdict };
@@ -216,13 +212,9 @@ impl Shared {
                 inc(&self.stats.upstream_errors);
                 ProxyError::UpstreamIo { upstream: meta.server, qname, source }
             }
-            ForwardError::BadReply => {
+            ForwardError::NotAResponse => {
                 inc(&self.stats.upstream_errors);
-                ProxyError::UpstreamReply {
-                    upstream: meta.server,
-                    qname,
-                    source: hickory_proto::serialize::binary::DecodeError::InsufficientBytes,
-                }
+                ProxyError::UpstreamNotAResponse { upstream: meta.server, qname }
             }
         }
     }
@@ -237,7 +229,7 @@ impl Shared {
         asker: &Asker,
     ) -> Vec<u8> {
         let rcode = ResponseCode::from(0, wire::rcode_low(&reply));
-        let want_flow = self.flows.receiver_count() > 0;
+        let want_flow = self.flow_sink().is_some();
         let learnable = asker.learns() && rcode == ResponseCode::NoError && !wire::is_truncated(&reply);
         let mut chain = if learnable || want_flow {
             match extract_chain_wire(&reply) {
@@ -280,7 +272,7 @@ impl Shared {
         inc(&self.stats.learned);
         let started = Instant::now();
         let max = self.config.response_max_delay;
-        match tokio::time::timeout(max, self.learner.learn_into(&answer, &*self.datapath)).await {
+        match tokio::time::timeout(max, self.learner.learn(&answer)).await {
             Ok(Ok(false)) => {}
             Ok(Ok(true)) => self.metrics.datapath_ack_latency(started.elapsed()),
             Ok(Err(e)) => {
@@ -330,9 +322,7 @@ impl Shared {
         let rcode = refusal::response_code(err, self.config.reject);
         let logged_rcode = rcode.unwrap_or(ResponseCode::ServFail);
         self.access_log(query, meta, asker, logged_rcode, verdict);
-        if self.flows.receiver_count() > 0 {
-            self.response_flow(query, meta, asker, verdict, logged_rcode, None);
-        }
+        self.response_flow(query, meta, asker, verdict, logged_rcode, None);
         Some(refusal::error_reply(&query.metadata, query.question(packet), rcode?))
     }
 
@@ -349,7 +339,7 @@ impl Shared {
             src.port = meta.client.port(),
             dst = %meta.server,
             proto = %meta.proto,
-            endpoint = asker.endpoint.as_ref().map(|e| tracing::field::display(&e.key)),
+            endpoint = asker.endpoint.as_ref().map(|e| tracing::field::display(e.endpoint.display_key())),
             policy.name = asker.policy().map(tracing::field::display),
             dns.rcode = %rcode,
             latency_us = meta.received.elapsed().as_micros() as u64,
@@ -357,10 +347,9 @@ impl Shared {
     }
 
     fn request_flow(&self, query: &ParsedQuery, meta: QueryMeta, asker: &Asker, verdict: Verdict) {
-        if self.flows.receiver_count() == 0 {
-            return;
+        if let Some(sink) = self.flow_sink() {
+            sink.dns_flow(base_flow(query, meta, asker, DnsFlowKind::Request, verdict));
         }
-        let _ = self.flows.send(base_flow(query, meta, asker, DnsFlowKind::Request, verdict));
     }
 
     fn response_flow(
@@ -372,6 +361,7 @@ impl Shared {
         rcode: ResponseCode,
         chain: Option<Chain>,
     ) {
+        let Some(sink) = self.flow_sink() else { return };
         let mut flow = base_flow(query, meta, asker, DnsFlowKind::Response, verdict);
         flow.rcode = Some(rcode.to_str().to_string());
         flow.latency = Some(meta.received.elapsed());
@@ -381,7 +371,7 @@ impl Shared {
             flow.ips = c.ips;
             flow.cnames = c.cnames;
         }
-        let _ = self.flows.send(flow);
+        sink.dns_flow(flow);
     }
 }
 

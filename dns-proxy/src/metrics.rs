@@ -4,14 +4,19 @@
 //! array index and an atomic add. Label values come from closed enums (verdict, query type), never
 //! from query names or endpoints.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::flow::Verdict;
+use crate::stats::{ProxyStats, StatsSnapshot};
 
 /// The query types counted on their own; everything else is `OTHER`.
 const QTYPES: [(u16, &str); 12] = [
@@ -147,6 +152,87 @@ impl ProxyMetrics {
     }
 }
 
+/// Export the proxy's event counters ([`ProxyStats`]), read at every scrape:
+/// `fqdnd_dns_upstream_replies_dropped_total{reason}` (forged or stray upstream replies),
+/// `fqdnd_dns_upstream_failures_total{reason}`, `fqdnd_dns_malformed_queries_total`,
+/// `fqdnd_dns_truncated_answers_total`, `fqdnd_dns_shed_queries_total`,
+/// `fqdnd_dns_reply_send_errors_total`, `fqdnd_dns_answers_learned_total`,
+/// `fqdnd_datapath_update_errors_total`.
+pub fn register_stats(registry: &mut Registry, stats: Arc<ProxyStats>) {
+    registry.register_collector(Box::new(StatsCollector(stats)));
+}
+
+struct StatsCollector(Arc<ProxyStats>);
+
+impl fmt::Debug for StatsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StatsCollector")
+    }
+}
+
+/// One counter of the collector: name, help, and its series (labels, value).
+type Series = (&'static str, &'static str, Vec<(Option<(&'static str, &'static str)>, u64)>);
+
+fn stats_series(s: &StatsSnapshot) -> [Series; 8] {
+    [
+        (
+            "dns_upstream_replies_dropped",
+            "Upstream replies dropped as forged or stray (no query waits for their ID; wrong source address; wrong question)",
+            vec![
+                (Some(("reason", "unknown_id")), s.spoofed_unknown_id),
+                (Some(("reason", "wrong_source")), s.spoofed_wrong_source),
+                (Some(("reason", "wrong_question")), s.spoofed_wrong_question),
+            ],
+        ),
+        (
+            "dns_upstream_failures",
+            "Forwarded queries answered SERVFAIL because the upstream did not answer in time or failed",
+            vec![(Some(("reason", "timeout")), s.upstream_timeouts), (Some(("reason", "error")), s.upstream_errors)],
+        ),
+        (
+            "dns_malformed_queries",
+            "Packets answered FORMERR or NOTIMP, or ignored without a readable header",
+            vec![(None, s.malformed)],
+        ),
+        (
+            "dns_truncated_answers",
+            "UDP answers sent truncated (TC) because they exceeded the client's limit",
+            vec![(None, s.truncated)],
+        ),
+        (
+            "dns_shed_queries",
+            "Queries not served because --max-inflight (or an endpoint's share) was reached",
+            vec![(None, s.overloaded)],
+        ),
+        ("dns_reply_send_errors", "Replies that could not be sent to the client", vec![(None, s.send_errors)]),
+        ("dns_answers_learned", "Allowed answers handed to the cache and the datapath", vec![(None, s.learned)]),
+        (
+            "datapath_update_errors",
+            "Datapath updates for an answer that failed (the answer was released, the error logged)",
+            vec![(None, s.datapath_errors)],
+        ),
+    ]
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let snapshot = self.0.snapshot();
+        for (name, help, series) in stats_series(&snapshot) {
+            let mut metric = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+            match series.as_slice() {
+                [(None, value)] => ConstCounter::new(*value).encode(metric)?,
+                labelled => {
+                    for (label, value) in labelled {
+                        let pair = label.expect("a counter with several series labels each");
+                        ConstCounter::new(*value).encode(metric.encode_family(&[pair])?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +271,26 @@ mod tests {
         }
         // Every series exists from the start, so rates work from the first scrape.
         assert_eq!(text.matches("fqdnd_dns_queries_total{").count(), 3 * (OTHER + 1));
+    }
+
+    #[test]
+    fn stats_are_exported_at_scrape() {
+        let mut registry = Registry::with_prefix("fqdnd");
+        let stats = Arc::new(ProxyStats::default());
+        register_stats(&mut registry, stats.clone());
+        crate::stats::inc(&stats.spoofed_wrong_source);
+        crate::stats::inc(&stats.upstream_timeouts);
+        crate::stats::inc(&stats.upstream_timeouts);
+        let text = encoded(&registry);
+        for want in [
+            "fqdnd_dns_upstream_replies_dropped_total{reason=\"wrong_source\"} 1",
+            "fqdnd_dns_upstream_replies_dropped_total{reason=\"unknown_id\"} 0",
+            "fqdnd_dns_upstream_failures_total{reason=\"timeout\"} 2",
+            "fqdnd_dns_shed_queries_total 0",
+            "# TYPE fqdnd_datapath_update_errors counter",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
     }
 
     #[test]

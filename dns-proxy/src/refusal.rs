@@ -15,15 +15,14 @@ pub fn response_code(err: &ProxyError, reject: RejectCode) -> Option<ResponseCod
         ProxyError::Refused { .. } => Some(reject.into()),
         ProxyError::MalformedQuery { .. } | ProxyError::QuestionCount { .. } => Some(ResponseCode::FormErr),
         ProxyError::UnsupportedOpcode { .. } => Some(ResponseCode::NotImp),
-        ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamIo { .. } | ProxyError::UpstreamReply { .. } => {
-            Some(ResponseCode::ServFail)
-        }
+        ProxyError::UpstreamTimeout { .. }
+        | ProxyError::UpstreamIo { .. }
+        | ProxyError::UpstreamNotAResponse { .. } => Some(ResponseCode::ServFail),
         ProxyError::Overloaded { .. }
         | ProxyError::Bind { .. }
         | ProxyError::SocketOption { .. }
         | ProxyError::TransparentNotPermitted { .. }
-        | ProxyError::NoUpstream
-        | ProxyError::UpstreamSocket { .. } => None,
+        | ProxyError::NoUpstream => None,
     }
 }
 

@@ -1,109 +1,16 @@
-//! Transparent-mode sockets. The datapath assigns pods' DNS packets (still addressed to the DNS
-//! server they chose) to these sockets with `bpf_sk_assign`; `IP_TRANSPARENT` lets the kernel hand
-//! them over and lets the proxy answer from the server's address, which is not local.
+//! Reading what transparent sockets ([`crate::socket`] with `transparent`) report: the original
+//! destination of each datagram (the `IP_ORIGDSTADDR` / `IPV6_ORIGDSTADDR` control message). TCP
+//! needs none of this: an accepted socket's local address (`getsockname`) is the original
+//! destination.
 //!
-//! UDP: the original destination comes from the `IP_ORIGDSTADDR` / `IPV6_ORIGDSTADDR` control
-//! message (`IP_RECVORIGDSTADDR`). Replies leave from a socket bound to that address and port
-//! (`IP_TRANSPARENT` + `SO_REUSEADDR`), not via `IP_PKTINFO`: PKTINFO can set the source address
-//! but not the source port, and the pod expects the reply from the port it asked (53), while the
-//! listener sits on the proxy's own port.
-//! TCP: the accepted socket's local address (`getsockname`) is the original destination.
+//! Replies leave from a socket bound to the original destination's address and port, not via
+//! `IP_PKTINFO`: PKTINFO can set the source address but not the source port, and the pod expects
+//! the reply from the port it asked (53), while the listener sits on the proxy's own port.
 
 use std::io;
 use std::mem::{self, MaybeUninit};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
-
-use fqdn_cache::L4Proto;
-use socket2::{Domain, Protocol, Socket, Type};
-
-use crate::error::ProxyError;
-
-fn domain(addr: SocketAddr) -> Domain {
-    if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }
-}
-
-fn opt_err(option: &'static str, proto: L4Proto, addr: SocketAddr) -> impl FnOnce(io::Error) -> ProxyError {
-    move |source| match source.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => ProxyError::TransparentNotPermitted { option, proto, addr, source },
-        _ => ProxyError::SocketOption { option, proto, addr, source },
-    }
-}
-
-fn set_transparent(sock: &Socket, proto: L4Proto, addr: SocketAddr) -> Result<(), ProxyError> {
-    if addr.is_ipv4() {
-        sock.set_ip_transparent_v4(true).map_err(opt_err("IP_TRANSPARENT", proto, addr))
-    } else {
-        sock.set_ip_transparent_v6(true).map_err(opt_err("IPV6_TRANSPARENT", proto, addr))
-    }
-}
-
-fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid fd and a pointer to an int that lives for the call.
-    let rc = unsafe {
-        libc::setsockopt(fd, level, name, (&raw const one).cast(), mem::size_of::<libc::c_int>() as libc::socklen_t)
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-/// A non-blocking UDP socket with `IP_TRANSPARENT`, reporting each packet's original destination,
-/// bound to `addr` (the listener, or an original destination for replies). `reuse_port` lets
-/// several sockets share the address (plain mode's receive threads); the datapath's
-/// `bpf_sk_assign` refuses such sockets, so transparent listeners go without.
-pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, ProxyError> {
-    let proto = L4Proto::Udp;
-    let sock = Socket::new(domain(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(|source| ProxyError::Bind {
-        proto,
-        addr,
-        source,
-    })?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(opt_err("IPV6_V6ONLY", proto, addr))?;
-    }
-    // Reply sockets share the original destination's address with each other and with a
-    // wildcard listener.
-    sock.set_reuse_address(true).map_err(opt_err("SO_REUSEADDR", proto, addr))?;
-    if reuse_port {
-        sock.set_reuse_port(true).map_err(opt_err("SO_REUSEPORT", proto, addr))?;
-    }
-    set_transparent(&sock, proto, addr)?;
-    if addr.is_ipv4() {
-        set_int(sock.as_raw_fd(), libc::SOL_IP, libc::IP_RECVORIGDSTADDR).map_err(opt_err(
-            "IP_RECVORIGDSTADDR",
-            proto,
-            addr,
-        ))?;
-    } else {
-        set_int(sock.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR).map_err(opt_err(
-            "IPV6_RECVORIGDSTADDR",
-            proto,
-            addr,
-        ))?;
-    }
-    sock.set_nonblocking(true).map_err(opt_err("O_NONBLOCK", proto, addr))?;
-    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
-    Ok(sock.into())
-}
-
-/// A non-blocking TCP listener with `IP_TRANSPARENT` bound to `addr`.
-pub fn tcp_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
-    let proto = L4Proto::Tcp;
-    let sock = Socket::new(domain(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|source| ProxyError::Bind {
-        proto,
-        addr,
-        source,
-    })?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(opt_err("IPV6_V6ONLY", proto, addr))?;
-    }
-    sock.set_reuse_address(true).map_err(opt_err("SO_REUSEADDR", proto, addr))?;
-    set_transparent(&sock, proto, addr)?;
-    sock.set_nonblocking(true).map_err(opt_err("O_NONBLOCK", proto, addr))?;
-    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
-    sock.listen(1024).map_err(|source| ProxyError::Bind { proto, addr, source })?;
-    Ok(sock.into())
-}
+use std::os::fd::RawFd;
 
 /// Read a `sockaddr_in` or `sockaddr_in6`.
 ///
@@ -199,6 +106,8 @@ pub fn recv_original_dst(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd as _;
+
     use super::*;
 
     /// Unprivileged runs get the clear error; privileged runs get a socket that reports the
@@ -206,8 +115,8 @@ mod tests {
     #[test]
     fn transparent_udp_reports_destination_or_needs_privilege() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        match udp_socket(addr, false) {
-            Err(ProxyError::TransparentNotPermitted { option, .. }) => assert_eq!(option, "IP_TRANSPARENT"),
+        match crate::socket::udp(addr, crate::socket::Options::TRANSPARENT) {
+            Err(crate::ProxyError::TransparentNotPermitted { option, .. }) => assert_eq!(option, "IP_TRANSPARENT"),
             Err(e) => panic!("unexpected error: {e}"),
             Ok(sock) => {
                 let local = sock.local_addr().unwrap();

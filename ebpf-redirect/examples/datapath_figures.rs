@@ -4,18 +4,15 @@
 //!
 //! cargo run --release -p ebpf-redirect --example datapath_figures [-- <packets>]
 //!
-//! Reports; never asserts. Uses the test harness's namespace code (tests/common/netns.rs).
-
-#[path = "../../tests/common/netns.rs"]
-mod netns;
+//! Reports; never asserts. Uses the test harness's namespaces (fqdnd_testkit::netns).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
-use ebpf_redirect::{AyaConfig, AyaDatapath, Datapath, EndpointSpec, PolicyRoute, ProxyTarget};
+use ebpf_redirect::{AyaConfig, AyaDatapath, Datapath, DesiredEndpoint, PolicyRoute, ProxyTarget};
 use fqdn_cache::{AllowKey, Delta, EndpointId, L4Proto, PortProto};
-use netns::{Bpffs, POD_IP4, POD_VETH, Topology, WORLD_IP4};
+use fqdnd_testkit::netns::{Bpffs, POD_IP4, POD_VETH, Topology, WORLD_IP4};
 use policy_sync::resolved::EndpointPolicy;
 
 const EP: EndpointId = EndpointId(1);
@@ -45,19 +42,20 @@ fn main() {
     let open_time = t.elapsed();
 
     let policy = EndpointPolicy { egress_default_deny: true, ..Default::default() };
+    let sync = |policy: &EndpointPolicy| {
+        let desired = [DesiredEndpoint::new(EP, Some(POD_VETH.into()), policy)];
+        topo.node.run(|| dp.sync_endpoints(&desired)).expect("sync");
+    };
     let t = Instant::now();
-    dp.set_endpoint_policy(EP, &policy).expect("policy");
-    topo.node.run(|| dp.attach_endpoint(&EndpointSpec { endpoint: EP, interface: POD_VETH.into() })).expect("attach");
+    sync(&policy);
     let attach_time = t.elapsed();
 
     // Detach/attach cycles for a steadier attach figure.
     let mut attach_times = Vec::new();
     for _ in 0..20 {
-        topo.node.run(|| dp.detach_endpoint(EP)).expect("detach");
+        topo.node.run(|| dp.sync_endpoints(&[])).expect("detach");
         let t = Instant::now();
-        topo.node
-            .run(|| dp.attach_endpoint(&EndpointSpec { endpoint: EP, interface: POD_VETH.into() }))
-            .expect("attach");
+        sync(&policy);
         attach_times.push(t.elapsed());
     }
 
@@ -108,7 +106,7 @@ fn main() {
     .expect("allow sink");
     let with_deny = flood(&topo, sink, packets);
     // Attached, endpoint without policy: the programs' cheapest path.
-    dp.set_endpoint_policy(EP, &EndpointPolicy::default()).expect("no policy");
+    sync(&EndpointPolicy::default());
     let pass_through = flood(&topo, sink, packets);
     let counters = dp.counters().expect("counters");
     let last_used = dp.last_used().expect("last used").len();

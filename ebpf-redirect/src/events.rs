@@ -8,7 +8,9 @@ use fqdn_cache::EndpointId;
 use tokio::io::unix::AsyncFd;
 
 use crate::maps::{RawDropEvent, addr_from, proto_from_number};
-use crate::{DatapathError, DropEvent, DropReason};
+use fqdn_cache::DatapathError;
+
+use crate::{DropEvent, DropReason};
 
 const REASON_POLICY_DENY: u8 = 2;
 

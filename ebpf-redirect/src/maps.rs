@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use fqdn_cache::{EndpointId, L4Proto};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::rules::RuleKey;
+use crate::rules::{EndpointFlags, RuleKey};
 
 pub(crate) const MAP_ENDPOINTS: &str = "fqdnd_endpoints";
 pub(crate) const MAP_PROXY: &str = "fqdnd_proxy";
@@ -20,12 +20,42 @@ pub(crate) const MAP_CT: &str = "fqdnd_ct";
 pub(crate) const MAP_DROPS: &str = "fqdnd_drops";
 pub(crate) const MAP_COUNTERS: &str = "fqdnd_counters";
 
+/// Every map of the object, by pin name.
+pub(crate) const ALL_MAPS: [&str; 11] = [
+    MAP_ENDPOINTS,
+    MAP_PROXY,
+    MAP_ALLOW4,
+    MAP_ALLOW6,
+    MAP_DENY4,
+    MAP_DENY6,
+    MAP_REDIR4,
+    MAP_REDIR6,
+    MAP_CT,
+    MAP_DROPS,
+    MAP_COUNTERS,
+];
+
 pub(crate) const PROG_FROM_POD: &str = "fqdnd_from_pod";
 pub(crate) const PROG_TO_POD: &str = "fqdnd_to_pod";
 
 pub(crate) const EP_DEFAULT_DENY: u32 = 1;
 pub(crate) const EP_REDIRECT_DNS: u32 = 2;
 pub(crate) const EP_HAS_DENY: u32 = 4;
+
+/// The `ep_cfg.flags` bits of an endpoint's flags.
+pub(crate) fn flag_bits(flags: EndpointFlags) -> u32 {
+    (if flags.default_deny { EP_DEFAULT_DENY } else { 0 })
+        | (if flags.redirect_dns { EP_REDIRECT_DNS } else { 0 })
+        | (if flags.has_deny { EP_HAS_DENY } else { 0 })
+}
+
+pub(crate) fn flags_from_bits(bits: u32) -> EndpointFlags {
+    EndpointFlags {
+        default_deny: bits & EP_DEFAULT_DENY != 0,
+        redirect_dns: bits & EP_REDIRECT_DNS != 0,
+        has_deny: bits & EP_HAS_DENY != 0,
+    }
+}
 
 pub(crate) const PROXY_HAS_V4: u32 = 1;
 pub(crate) const PROXY_HAS_V6: u32 = 2;
@@ -227,6 +257,13 @@ mod tests {
             ("drop_event", size_of::<RawDropEvent>(), 56),
         ] {
             assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn flag_bits_round_trip() {
+        for bits in 0..8 {
+            assert_eq!(flag_bits(flags_from_bits(bits)), bits);
         }
     }
 

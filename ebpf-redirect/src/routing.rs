@@ -15,7 +15,7 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
-use crate::DatapathError;
+use crate::KernelError;
 
 /// Mark, table and rule priority of the proxy route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ const RT_TABLE_UNSPEC: u8 = 0;
 impl PolicyRoute {
     /// Install the rule and the local route for IPv4 and IPv6 in the calling thread's network
     /// namespace.
-    pub fn install(&self) -> Result<(), DatapathError> {
+    pub fn install(&self) -> Result<(), KernelError> {
         let lo = loopback_index()?;
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             self.request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, &self.rule_msg(family), family, "add rule")?;
@@ -68,7 +68,7 @@ impl PolicyRoute {
     }
 
     /// Remove what [`install`](Self::install) added.
-    pub fn remove(&self) -> Result<(), DatapathError> {
+    pub fn remove(&self) -> Result<(), KernelError> {
         let lo = loopback_index()?;
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             self.request(RTM_DELRULE, 0, &self.rule_msg(family), family, "delete rule")?;
@@ -102,8 +102,8 @@ impl PolicyRoute {
         m
     }
 
-    fn request(&self, kind: u16, flags: u16, payload: &[u8], family: u8, op: &str) -> Result<(), DatapathError> {
-        let err = |source| DatapathError::Route { op: self.describe(op, family), source };
+    fn request(&self, kind: u16, flags: u16, payload: &[u8], family: u8, op: &str) -> Result<(), KernelError> {
+        let err = |source| KernelError::Route { op: self.describe(op, family), source };
         match netlink_request(kind, flags, payload) {
             Ok(()) => Ok(()),
             Err(e) if kind == RTM_NEWRULE || kind == RTM_NEWROUTE => {
@@ -119,11 +119,11 @@ impl PolicyRoute {
     }
 }
 
-fn loopback_index() -> Result<u32, DatapathError> {
+fn loopback_index() -> Result<u32, KernelError> {
     // SAFETY: a valid NUL-terminated name.
     let idx = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
     if idx == 0 {
-        return Err(DatapathError::InterfaceNotFound { interface: "lo".into(), source: io::Error::last_os_error() });
+        return Err(KernelError::InterfaceNotFound { interface: "lo".into(), source: io::Error::last_os_error() });
     }
     Ok(idx)
 }

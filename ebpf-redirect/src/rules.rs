@@ -13,8 +13,6 @@ use fqdn_cache::{AllowKey, EndpointId, L4Proto, PortProto};
 use ipnet::IpNet;
 use policy_sync::resolved::{EndpointPolicy, Peer};
 
-use crate::maps::{EP_DEFAULT_DENY, EP_HAS_DENY, EP_REDIRECT_DNS};
-
 /// The DNS port, for DNS rules written without one.
 const DNS_PORT: u16 = 53;
 
@@ -52,20 +50,6 @@ impl EndpointFlags {
             has_deny: !policy.egress_denies.is_empty(),
         }
     }
-
-    pub(crate) fn bits(self) -> u32 {
-        (if self.default_deny { EP_DEFAULT_DENY } else { 0 })
-            | (if self.redirect_dns { EP_REDIRECT_DNS } else { 0 })
-            | (if self.has_deny { EP_HAS_DENY } else { 0 })
-    }
-
-    pub(crate) fn from_bits(bits: u32) -> Self {
-        EndpointFlags {
-            default_deny: bits & EP_DEFAULT_DENY != 0,
-            redirect_dns: bits & EP_REDIRECT_DNS != 0,
-            has_deny: bits & EP_HAS_DENY != 0,
-        }
-    }
 }
 
 /// The static (policy-derived, not learned) entries of one endpoint.
@@ -87,7 +71,7 @@ impl StaticRules {
         for rule in &policy.egress_denies {
             insert_peer(&mut out.deny, endpoint, &rule.peer, &rule.ports);
         }
-        for rule in &policy.dns_rules {
+        for rule in policy.dns.rules() {
             let ports = dns_ports(&rule.ports);
             insert_peer(&mut out.redirect, endpoint, &rule.server, &ports);
         }
@@ -283,7 +267,6 @@ mod tests {
         assert!(rules.redirect.is_empty());
         let flags = EndpointFlags::from_policy(&policy);
         assert_eq!(flags, EndpointFlags { default_deny: true, redirect_dns: false, has_deny: true });
-        assert_eq!(EndpointFlags::from_bits(flags.bits()), flags);
     }
 
     #[test]

@@ -34,6 +34,17 @@ impl Endpoint {
         EndpointKey { namespace: self.namespace.clone(), name: self.name.clone() }
     }
 
+    /// `namespace/name` for display, without copying (logs on the query path).
+    pub fn display_key(&self) -> impl fmt::Display + '_ {
+        struct Key<'a>(&'a Endpoint);
+        impl fmt::Display for Key<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}", self.0.namespace, self.0.name)
+            }
+        }
+        Key(self)
+    }
+
     /// Labels including the implied namespace label, as selectors see them.
     pub fn effective_labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();

@@ -4,11 +4,12 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use fqdn_cache::L4Proto;
+use fqdn_cache::{L4Proto, normalized_name};
 use serde::Serialize;
 
+use crate::dns::RuleVerdict;
 use crate::resolve::{Origin, Traced};
-use crate::resolved::{DnsVerdict, Entity, L3Rule, Peer, ports_allow};
+use crate::resolved::{Entity, L3Rule, Peer, ports_allow};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -123,22 +124,18 @@ pub fn explain_dns(t: &Traced, qname: &str, server: IpAddr, port: u16, proto: L4
         };
     }
     let dest = format!("{server}:{port}/{}", proto_name(proto));
-    let covering = |f: &dyn Fn(&crate::resolved::DnsRule) -> bool| {
-        t.policy
-            .dns_rules
-            .iter()
-            .zip(&t.dns_rules)
-            .find(|(r, _)| r.server.contains(server) && ports_allow(&r.ports, port, proto) && f(r))
-    };
-    match t.policy.dns_verdict(server, port, proto, qname) {
-        DnsVerdict::NotProxied => Explanation {
+    // The proxy's own verdict: the same compiled rules, the same call.
+    let qname = normalized_name(qname);
+    let qname = qname.as_ref();
+    match t.policy.dns.decide(server, port, proto, qname) {
+        RuleVerdict::NotProxied => Explanation {
             verdict: Verdict::Allowed,
             policy: conn.policy,
             reason: format!("{}; no rules.dns cover {dest}, so the query is not proxied", conn.reason),
         },
-        DnsVerdict::Allowed { .. } => {
-            let (rule, o) = covering(&|r| r.patterns.is_match(qname)).expect("dns_verdict found a matching rule");
-            let pattern = rule.patterns.patterns().iter().find(|pat| pat.matches(qname));
+        RuleVerdict::Allowed(i) => {
+            let (rule, o) = (&t.policy.dns.rules()[i as usize], &t.dns_rules[i as usize]);
+            let pattern = rule.patterns.iter().find(|pat| pat.matches(qname));
             let what = pattern.map_or_else(|| "a pattern".to_string(), ToString::to_string);
             Explanation::new(
                 Verdict::Allowed,
@@ -146,8 +143,8 @@ pub fn explain_dns(t: &Traced, qname: &str, server: IpAddr, port: u16, proto: L4
                 format!("{qname} to {dest} is allowed by rules.dns {what} in {}", at(o)),
             )
         }
-        DnsVerdict::Refused { .. } => {
-            let (_, o) = covering(&|_| true).expect("dns_verdict found a covering rule");
+        RuleVerdict::Refused(i) => {
+            let o = &t.dns_rules[i as usize];
             Explanation::new(
                 Verdict::Refused,
                 Some(o),

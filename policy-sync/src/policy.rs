@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use fqdn_cache::PortProto;
-use fqdn_cache::pattern::{NamePattern, PatternSet};
+use fqdn_cache::pattern::NamePattern;
 use ipnet::IpNet;
 
 use crate::resolved::{Entity, PolicyRef};
@@ -68,7 +68,7 @@ pub enum PeerSpec {
 #[derive(Clone, Debug)]
 pub struct DnsSpec {
     pub ports: Vec<PortProto>,
-    pub patterns: PatternSet,
+    pub patterns: Vec<NamePattern>,
 }
 
 /// One element of `egress`, `egressDeny`, `ingress` or `ingressDeny`.

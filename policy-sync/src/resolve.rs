@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use crate::dns::DnsRules;
 use crate::endpoint::Endpoint;
 use crate::policy::{PeerRule, PeerSpec, Policy, Subject};
 use crate::resolved::{DnsRule, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
@@ -72,6 +73,7 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
     let labels = endpoint.effective_labels();
     let mut ctx = Ctx { inventory, node, inventory_labels: None };
     let mut out = Traced::default();
+    let mut dns_rules = Vec::new();
     for policy in policies {
         let mut selected = false;
         for rule in &policy.rules {
@@ -93,7 +95,7 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
                 let o = origin(&r.path);
                 for peer in ctx.peers(r) {
                     for dns in &r.dns {
-                        out.policy.dns_rules.push(DnsRule {
+                        dns_rules.push(DnsRule {
                             server: peer.clone(),
                             ports: dns.ports.clone(),
                             patterns: dns.patterns.clone(),
@@ -125,6 +127,7 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
             out.policy.policies.push(policy.reference.clone());
         }
     }
+    out.policy.dns = DnsRules::new(dns_rules);
     out
 }
 
@@ -311,13 +314,14 @@ pub(crate) mod tests {
         assert_eq!(s3.egress_allows.len(), 1);
         assert_eq!(s3.egress_allows[0].peer, kube_dns);
         assert_eq!(s3.egress_allows[0].ports, udp53);
-        assert!(s3.dns_rules.is_empty() && s3.fqdn_rules.is_empty());
+        assert!(s3.dns.is_empty() && s3.fqdn_rules.is_empty());
 
         let s4 = resolve(&seed(4), &alpine(), &inv);
-        assert_eq!(s4.dns_rules.len(), 1);
-        assert_eq!(s4.dns_rules[0].server, kube_dns);
-        assert_eq!(s4.dns_rules[0].ports, udp53);
-        assert!(s4.dns_rules[0].patterns.is_match("anything.example."));
+        let dns = s4.dns.rules();
+        assert_eq!(dns.len(), 1);
+        assert_eq!(dns[0].server, kube_dns);
+        assert_eq!(dns[0].ports, udp53);
+        assert!(dns[0].patterns.iter().any(|p| p.matches("anything.example.")));
         assert_eq!(s4.fqdn_rules.len(), 1);
         assert_eq!(s4.fqdn_rules[0].selector.as_str(), "*.microsoft.com.");
         assert!(s4.fqdn_rules[0].ports.is_empty());

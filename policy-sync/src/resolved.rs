@@ -4,9 +4,11 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use fqdn_cache::pattern::{NamePattern, PatternSet};
+use fqdn_cache::pattern::NamePattern;
 use fqdn_cache::{L4Proto, PortProto};
 use ipnet::IpNet;
+
+use crate::dns::DnsRules;
 use serde::Serialize;
 
 /// Which policy a rule came from. `namespace` is `None` for a CiliumClusterwideNetworkPolicy.
@@ -135,11 +137,11 @@ pub fn ports_allow(ports: &[PortProto], port: u16, proto: L4Proto) -> bool {
 }
 
 /// `toPorts[].rules.dns` for DNS servers matching `server`, on `ports`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsRule {
     pub server: Peer,
     pub ports: Vec<PortProto>,
-    pub patterns: PatternSet,
+    pub patterns: Vec<NamePattern>,
     pub policy: PolicyRef,
 }
 
@@ -164,7 +166,8 @@ pub struct L3Rule {
 pub struct EndpointPolicy {
     pub egress_default_deny: bool,
     pub ingress_default_deny: bool,
-    pub dns_rules: Vec<DnsRule>,
+    /// `rules.dns`, compiled: the proxy's verdict for every query.
+    pub dns: DnsRules,
     pub fqdn_rules: Vec<FqdnRule>,
     pub egress_allows: Vec<L3Rule>,
     pub egress_denies: Vec<L3Rule>,
@@ -174,38 +177,9 @@ pub struct EndpointPolicy {
     pub policies: Vec<PolicyRef>,
 }
 
-/// The proxy's decision for one query.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DnsVerdict {
-    /// No DNS rule covers this server/port: forward untouched and learn nothing.
-    NotProxied,
-    /// A rule allows the name.
-    Allowed { policy: PolicyRef },
-    /// DNS rules cover this server/port but none allows the name.
-    Refused { policy: PolicyRef },
-}
-
 impl EndpointPolicy {
     /// Does any DNS rule apply to this endpoint at all (so its DNS traffic must be proxied)?
     pub fn has_dns_rules(&self) -> bool {
-        !self.dns_rules.is_empty()
-    }
-
-    /// Decide a query from this endpoint to `server:port` over `proto` for `qname`.
-    pub fn dns_verdict(&self, server: IpAddr, port: u16, proto: L4Proto, qname: &str) -> DnsVerdict {
-        let mut covering = None;
-        for rule in &self.dns_rules {
-            if !rule.server.contains(server) || !ports_allow(&rule.ports, port, proto) {
-                continue;
-            }
-            if rule.patterns.is_match(qname) {
-                return DnsVerdict::Allowed { policy: rule.policy.clone() };
-            }
-            covering.get_or_insert_with(|| rule.policy.clone());
-        }
-        match covering {
-            Some(policy) => DnsVerdict::Refused { policy },
-            None => DnsVerdict::NotProxied,
-        }
+        !self.dns.is_empty()
     }
 }

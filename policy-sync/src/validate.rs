@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
 
-use fqdn_cache::pattern::{NamePattern, PatternSet};
+use fqdn_cache::pattern::NamePattern;
 use fqdn_cache::{L4Proto, PortProto};
 use ipnet::IpNet;
 
@@ -520,7 +520,7 @@ fn ports(
                     pats.push(pat);
                 }
             }
-            rule.dns.push(DnsSpec { ports: these.clone(), patterns: PatternSet::new(pats) });
+            rule.dns.push(DnsSpec { ports: these.clone(), patterns: pats });
         }
         for pp in these {
             if !rule.ports.contains(&pp) {

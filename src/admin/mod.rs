@@ -18,12 +18,14 @@
 //! The socket is mode 0600 in a 0700 directory: flows name pods and IPs, so only the agent's user
 //! (root on a node) may read them.
 
+pub mod cache;
 pub mod client;
 pub mod protocol;
 pub mod server;
 
 use std::path::{Path, PathBuf};
 
+pub use cache::EnforcerCache;
 pub use client::{AdminClient, ConnectError};
 pub use protocol::{AgentStatus, CacheEntryView, CacheSource, LostEvent, Request, Response};
 pub use server::{AdminServer, AdminState, CacheLister, serve};

@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dns_proxy::ListenerInfo;
-use ebpf_redirect::{AyaConfig, AyaDatapath, Datapath, DesiredEndpoint, MemoryDatapath, ProxyTarget};
-use fqdn_cache::L4Proto;
-
-use super::policies::Snapshot;
+use ebpf_redirect::{AyaConfig, AyaDatapath, DesiredEndpoint, ProxyTarget};
+use fqdn_cache::{Datapath, L4Proto, MemoryDatapath};
+use policy_sync::Snapshot;
 
 pub enum AgentDatapath {
     Memory(Arc<MemoryDatapath>),
@@ -41,8 +40,8 @@ impl AgentDatapath {
 
     /// Converge endpoints (attachments, static rules, flags) to `snap`. Learned entries of the
     /// endpoints that remain are kept: after a crash the cache's snapshot may be older than the
-    /// kernel's maps, and an entry the cache does not know may carry a live connection. (Such an
-    /// entry stays until its endpoint goes; the restored cache's own entries expire normally.)
+    /// kernel's maps, and an entry the cache does not know may carry a live connection (the
+    /// enforcer adopts those so they still expire).
     pub fn sync(&self, snap: &Snapshot) {
         let AgentDatapath::Kernel(dp) = self else { return };
         let endpoints: Vec<DesiredEndpoint> = snap

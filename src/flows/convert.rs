@@ -1,13 +1,13 @@
 //! Turning the proxy's `DnsFlow` and the datapath's `DropEvent` into Hubble-shaped flows: endpoints
 //! named by namespace/pod and labels, drops annotated with the names the endpoint resolved to the IP.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use dns_proxy::{DnsFlow, DnsFlowKind};
 use ebpf_redirect::DropEvent;
-use fqdn_cache::{EndpointId, L4Proto};
+use fqdn_cache::{EndpointId, Enforcer, L4Proto};
+use policy_sync::{ResolvedEndpoint, Snapshot};
 
 use super::model::{
     CiliumEventType, Dns, DropReason, EVENT_TYPE_ACCESS_LOG, EVENT_TYPE_DROP, Endpoint, Flow, FlowType, Ip, IpVersion,
@@ -28,9 +28,10 @@ pub struct EndpointInfo {
 }
 
 impl EndpointInfo {
-    pub fn from_endpoint(id: EndpointId, ep: &policy_sync::endpoint::Endpoint) -> Self {
+    pub fn from_resolved(e: &ResolvedEndpoint) -> Self {
+        let ep = &e.endpoint;
         let labels = ep.effective_labels().into_iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
-        EndpointInfo { id, namespace: ep.namespace.clone(), name: ep.name.clone(), labels }
+        EndpointInfo { id: e.id, namespace: ep.namespace.clone(), name: ep.name.clone(), labels }
     }
 
     fn to_flow_endpoint(&self) -> Endpoint {
@@ -52,14 +53,35 @@ fn reserved_peer(ip: IpAddr) -> Endpoint {
 }
 
 /// The flow endpoint of `ip`: the endpoint found for it, else its reserved identity.
-fn peer(ep: Option<Arc<EndpointInfo>>, ip: IpAddr) -> Endpoint {
+fn peer(ep: Option<EndpointInfo>, ip: IpAddr) -> Endpoint {
     ep.map(|e| e.to_flow_endpoint()).unwrap_or_else(|| reserved_peer(ip))
 }
 
-/// Who is who: the agent implements this over its endpoint inventory.
+/// Who is who: the policy snapshot in force.
 pub trait EndpointLookup: Send + Sync {
-    fn by_id(&self, id: EndpointId) -> Option<Arc<EndpointInfo>>;
-    fn by_ip(&self, ip: IpAddr) -> Option<Arc<EndpointInfo>>;
+    fn by_id(&self, id: EndpointId) -> Option<EndpointInfo>;
+    fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo>;
+}
+
+impl EndpointLookup for Snapshot {
+    fn by_id(&self, id: EndpointId) -> Option<EndpointInfo> {
+        Snapshot::by_id(self, id).map(|e| EndpointInfo::from_resolved(e))
+    }
+
+    fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo> {
+        Snapshot::by_ip(self, ip).map(|e| EndpointInfo::from_resolved(e))
+    }
+}
+
+/// The agent's current snapshot, swapped on every policy change.
+impl EndpointLookup for ArcSwap<Snapshot> {
+    fn by_id(&self, id: EndpointId) -> Option<EndpointInfo> {
+        EndpointLookup::by_id(self.load().as_ref(), id)
+    }
+
+    fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo> {
+        EndpointLookup::by_ip(self.load().as_ref(), ip)
+    }
 }
 
 /// The names an endpoint resolved to an IP (the cache's `names_for_ip`), for drop flows.
@@ -76,34 +98,9 @@ impl NamesLookup for NoNames {
     }
 }
 
-/// An immutable endpoint table; the agent builds a new one when the inventory changes.
-#[derive(Clone, Debug, Default)]
-pub struct EndpointTable {
-    by_id: HashMap<EndpointId, Arc<EndpointInfo>>,
-    by_ip: HashMap<IpAddr, Arc<EndpointInfo>>,
-}
-
-impl EndpointTable {
-    pub fn new<'a>(endpoints: impl IntoIterator<Item = (EndpointId, &'a policy_sync::endpoint::Endpoint)>) -> Self {
-        let mut table = EndpointTable::default();
-        for (id, ep) in endpoints {
-            let info = Arc::new(EndpointInfo::from_endpoint(id, ep));
-            for ip in &ep.ips {
-                table.by_ip.insert(*ip, info.clone());
-            }
-            table.by_id.insert(id, info);
-        }
-        table
-    }
-}
-
-impl EndpointLookup for EndpointTable {
-    fn by_id(&self, id: EndpointId) -> Option<Arc<EndpointInfo>> {
-        self.by_id.get(&id).cloned()
-    }
-
-    fn by_ip(&self, ip: IpAddr) -> Option<Arc<EndpointInfo>> {
-        self.by_ip.get(&ip).cloned()
+impl NamesLookup for Enforcer {
+    fn names_for_ip(&self, endpoint: EndpointId, ip: IpAddr) -> Vec<String> {
+        Enforcer::names_for_ip(self, endpoint, ip)
     }
 }
 
@@ -274,7 +271,7 @@ pub(crate) mod tests {
 
     use super::*;
 
-    pub(crate) fn table() -> EndpointTable {
+    pub(crate) fn table() -> Snapshot {
         let alpine = policy_sync::endpoint::Endpoint {
             namespace: "default".into(),
             name: "alpine".into(),
@@ -289,7 +286,7 @@ pub(crate) mod tests {
             ips: vec!["10.96.0.10".parse().unwrap()],
             interface: None,
         };
-        EndpointTable::new([(EndpointId(7), &alpine), (EndpointId(9), &dns)])
+        Snapshot::unpoliced([(EndpointId(7), alpine), (EndpointId(9), dns)])
     }
 
     pub(crate) fn dns_response() -> DnsFlow {

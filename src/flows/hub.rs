@@ -6,9 +6,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use dns_proxy::DnsFlow;
+use dns_proxy::{DnsFlow, FlowSink};
 use ebpf_redirect::DropEvent;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::convert::{EndpointLookup, NamesLookup, dns_flow, drop_flow};
 use super::filter::FlowFilter;
@@ -123,21 +123,6 @@ impl FlowHub {
         self.publish(flow);
     }
 
-    /// Feed the hub from the proxy's flow channel until it closes. A lagging receiver here means
-    /// the hub itself fell behind the proxy: those flows are lost for everyone, and counted.
-    pub async fn pump_dns(self: Arc<Self>, mut rx: broadcast::Receiver<DnsFlow>, lookup: Arc<dyn EndpointLookup>) {
-        loop {
-            match rx.recv().await {
-                Ok(f) => self.ingest_dns(&f, lookup.as_ref()),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    self.metrics.flows_dropped_ingest_lag.inc_by(n);
-                    tracing::warn!(lost = n, "flow hub fell behind the DNS proxy; flows lost");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-
     /// Keep a flow and hand it to every follower that wants it, without ever waiting.
     pub fn publish(&self, flow: Flow) {
         let flow = Arc::new(flow);
@@ -190,6 +175,22 @@ impl FlowHub {
             capacity: self.config.ring_capacity,
             followers: inner.followers.iter().filter(|s| !s.tx.is_closed()).count(),
         }
+    }
+}
+
+/// The proxy's flows into the hub, endpoints named from `lookup` (the snapshot in force).
+pub struct DnsFlows {
+    pub hub: Arc<FlowHub>,
+    pub lookup: Arc<dyn EndpointLookup>,
+}
+
+impl FlowSink for DnsFlows {
+    fn wants_flows(&self) -> bool {
+        true
+    }
+
+    fn dns_flow(&self, flow: DnsFlow) {
+        self.hub.ingest_dns(&flow, self.lookup.as_ref());
     }
 }
 
@@ -303,19 +304,5 @@ mod tests {
         hub.ingest_drop(&deny, &table(), &NoNames);
         hub.ingest_drop(&deny, &table(), &NoNames);
         assert_eq!((metrics.policy_drops_denied.get(), metrics.policy_drops_deny.get()), (1, 2));
-    }
-
-    #[tokio::test]
-    async fn pump_counts_what_the_hub_missed() {
-        let metrics = AgentMetrics::default();
-        let hub = Arc::new(FlowHub::with_config(HubConfig::default(), metrics.clone()));
-        let (tx, rx) = broadcast::channel(4);
-        for _ in 0..10 {
-            tx.send(dns_request()).unwrap();
-        }
-        drop(tx);
-        hub.clone().pump_dns(rx, Arc::new(table())).await;
-        assert_eq!(metrics.flows_dropped_ingest_lag.get(), 6);
-        assert_eq!(hub.stats().buffered, 4);
     }
 }

@@ -7,7 +7,7 @@ pub mod format;
 pub mod hub;
 pub mod model;
 
-pub use convert::{EndpointInfo, EndpointLookup, EndpointTable, NamesLookup, NoNames};
+pub use convert::{EndpointInfo, EndpointLookup, NamesLookup, NoNames};
 pub use filter::{FlowFilter, PodSelector};
-pub use hub::{FlowHub, Follower, HubConfig, HubStats, Subscription};
+pub use hub::{DnsFlows, FlowHub, Follower, HubConfig, HubStats, Subscription};
 pub use model::{Flow, FlowKind, FlowResponse, Verdict};

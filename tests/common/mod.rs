@@ -1,7 +1,7 @@
-pub mod clients;
-pub mod dig;
-pub mod dns_server;
-pub mod fqdnd;
-pub mod netns;
-pub mod privileged;
+//! The root package's test harness: the workspace's shared testkit (tests/support), plus the
+//! agent-in-namespaces topology, which drives the `fqdnd` binary and its admin client.
+
+#![allow(dead_code, unused_imports)]
+
+pub use fqdnd_testkit::{clients, dig, dns_server, fqdnd, netns, paths, privileged, wait};
 pub mod topology;

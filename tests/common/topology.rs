@@ -77,7 +77,6 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(40);
 
 /// The fixture of a seed stage (1..=4).
 pub fn seed_stage(n: u8) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/policies/seed");
     let name = match n {
         1 => "1-locking-down-alpine.yaml",
         2 => "2-deny-everything.yaml",
@@ -85,12 +84,12 @@ pub fn seed_stage(n: u8) -> PathBuf {
         4 => "4-allow-fqdn.yaml",
         _ => panic!("the seed has stages 1 to 4, not {n}"),
     };
-    dir.join(name)
+    super::paths::fixture(&format!("policies/seed/{name}"))
 }
 
 /// A policy of fixtures/policies/e2e/.
 pub fn e2e_policy(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/policies/e2e").join(name)
+    super::paths::fixture(&format!("policies/e2e/{name}"))
 }
 
 /// `/etc/netns/<pod>/`, removed on drop.

@@ -8,23 +8,20 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use ebpf_redirect::Datapath;
-use fqdn_cache::L4Proto;
+use fqdn_cache::{L4Proto, Learner};
+use policy_sync::Snapshot;
 use serde::Serialize;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Mode, ProxyConfig};
-use crate::endpoints::EndpointTable;
 use crate::error::ProxyError;
-use crate::flow::DnsFlow;
+use crate::flow::FlowSink;
 use crate::forwarder::Forwarder;
 use crate::handler::Shared;
-use crate::learner::Learner;
 use crate::metrics::ProxyMetrics;
+use crate::socket::{self, Options};
 use crate::stats::{ProxyStats, StatsSnapshot};
-use crate::transparent;
 
 /// A running (or ready to run) DNS proxy. Cheap to clone.
 #[derive(Clone)]
@@ -60,45 +57,37 @@ pub struct Bound {
 }
 
 impl Proxy {
-    /// A proxy whose metrics go nowhere (tests, benches).
+    /// A proxy whose metrics go nowhere (tests, benches). `flows`: where DNS flows go (none are
+    /// built without a sink).
     pub fn new(
         config: ProxyConfig,
         learner: Arc<dyn Learner>,
-        datapath: Arc<dyn Datapath>,
+        flows: Option<Arc<dyn FlowSink>>,
     ) -> Result<Self, ProxyError> {
-        Self::with_metrics(config, learner, datapath, ProxyMetrics::unregistered())
+        Self::with_metrics(config, learner, flows, ProxyMetrics::unregistered())
     }
 
     /// A proxy recording into `metrics` (registered in the agent's registry).
     pub fn with_metrics(
         config: ProxyConfig,
         learner: Arc<dyn Learner>,
-        datapath: Arc<dyn Datapath>,
+        flows: Option<Arc<dyn FlowSink>>,
         metrics: ProxyMetrics,
     ) -> Result<Self, ProxyError> {
         if config.mode == Mode::Plain && config.upstream.is_none() {
             return Err(ProxyError::NoUpstream);
         }
-        Ok(Proxy { shared: Arc::new(Shared::new(config, learner, datapath, metrics)) })
+        Ok(Proxy { shared: Arc::new(Shared::new(config, learner, flows, metrics)) })
     }
 
     pub fn config(&self) -> &ProxyConfig {
         &self.shared.config
     }
 
-    /// Replace the source-IP -> endpoint table; queries already in flight finish with the old one.
-    pub fn set_endpoints(&self, table: EndpointTable) {
-        self.shared.endpoints.store(Arc::new(table));
-    }
-
-    pub fn endpoints(&self) -> Arc<EndpointTable> {
-        self.shared.endpoints.load_full()
-    }
-
-    /// Flow events from now on. A reader that falls more than 4096 events behind loses the oldest
-    /// (it sees `RecvError::Lagged` with the count); the query path never waits for readers.
-    pub fn subscribe(&self) -> broadcast::Receiver<DnsFlow> {
-        self.shared.flows.subscribe()
+    /// Enforce `snapshot` (who is who, their DNS rules) from now on; queries already in flight
+    /// finish with the one they started with.
+    pub fn set_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.shared.snapshot.store(snapshot);
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -131,14 +120,13 @@ impl Sockets {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in &config.listen {
-            let t = if transparent { transparent::tcp_listener(addr)? } else { plain_tcp(addr)? };
+            let opts = if transparent { Options::TRANSPARENT } else { Options::PLAIN };
+            let t = socket::tcp_listener(addr, opts)?;
             // Bind UDP on the port TCP got, so `:0` yields one port for both.
             let port = t.local_addr().map(|a| a.port()).unwrap_or(addr.port());
             let uaddr = SocketAddr::new(addr.ip(), port);
             for _ in 0..workers {
-                let u =
-                    if transparent { transparent::udp_socket(uaddr, false)? } else { plain_udp(uaddr, workers > 1)? };
-                udp.push(u);
+                udp.push(socket::udp(uaddr, Options { reuse_port: workers > 1, ..opts })?);
             }
             tcp.push(t);
         }
@@ -155,40 +143,6 @@ impl Sockets {
         });
         udp.chain(tcp).collect()
     }
-}
-
-/// Maps a failed setsockopt on a plain listener to an error naming the option and the address.
-fn option_err(option: &'static str, proto: L4Proto, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> ProxyError {
-    move |source| ProxyError::SocketOption { option, proto, addr, source }
-}
-
-fn plain_udp(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, ProxyError> {
-    let proto = L4Proto::Udp;
-    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)
-        .map_err(|source| ProxyError::Bind { proto, addr, source })?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(option_err("IPV6_V6ONLY", proto, addr))?;
-    }
-    if reuse_port {
-        sock.set_reuse_port(true).map_err(option_err("SO_REUSEPORT", proto, addr))?;
-    }
-    sock.set_nonblocking(true).map_err(option_err("O_NONBLOCK", proto, addr))?;
-    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
-    Ok(sock.into())
-}
-
-fn plain_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
-    let proto = L4Proto::Tcp;
-    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
-        .map_err(|source| ProxyError::Bind { proto, addr, source })?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(option_err("IPV6_V6ONLY", proto, addr))?;
-    }
-    sock.set_reuse_address(true).map_err(option_err("SO_REUSEADDR", proto, addr))?;
-    sock.set_nonblocking(true).map_err(option_err("O_NONBLOCK", proto, addr))?;
-    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
-    sock.listen(1024).map_err(|source| ProxyError::Bind { proto, addr, source })?;
-    Ok(sock.into())
 }
 
 impl Bound {

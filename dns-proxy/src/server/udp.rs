@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fqdn_cache::L4Proto;
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,8 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::batch::{RecvBatch, SendBatch};
 use crate::forwarder::Forwarder;
 use crate::handler::{QueryMeta, Shared, Step};
+use crate::socket::{self, Options};
 use crate::stats::inc;
-use crate::transparent;
 
 /// Cached reply sockets are capped; past this, a reply gets a socket of its own.
 const MAX_REPLY_SOCKETS: usize = 1024;
@@ -54,16 +53,7 @@ impl UdpServer {
                 },
                 () = self.shutdown.cancelled() => return,
             }
-            // A short batch means the socket is drained: report WouldBlock so the readiness is
-            // cleared in the same step (no extra failing read before sleeping).
-            let capacity = batch.capacity();
-            let res = self.socket.try_io(Interest::READABLE, || {
-                let n = batch.recv(fd)?;
-                if n < capacity { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
-            });
-            if let Err(e) = res
-                && e.kind() != io::ErrorKind::WouldBlock
-            {
+            if let Err(e) = batch.recv_ready(&self.socket) {
                 tracing::debug!(error = %e, local = ?local, "UDP receive");
                 continue;
             }
@@ -197,7 +187,7 @@ impl ReplySockets {
         if let Some(s) = sockets.get(&original_dst) {
             return Ok(s.clone());
         }
-        let std = transparent::udp_socket(original_dst, false).map_err(io::Error::other)?;
+        let std = socket::udp(original_dst, Options::TRANSPARENT).map_err(io::Error::other)?;
         let sock = Arc::new(UdpSocket::from_std(std)?);
         if sockets.len() < MAX_REPLY_SOCKETS {
             sockets.insert(original_dst, sock.clone());

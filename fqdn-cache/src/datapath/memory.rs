@@ -1,14 +1,14 @@
-//! An in-memory datapath: holds the allow entries in a set. Tests use it to see what fqdnd would
-//! have written to the kernel, and to delay acks.
+//! An in-memory datapath: holds the allow entries in a set. Plain mode runs on it (DNS rules are
+//! enforced by the proxy, nothing in the kernel); tests use it to see what fqdnd would have
+//! written to the kernel, and to delay acks.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fqdn_cache::{AllowKey, Delta, EndpointId};
-
-use crate::{BoxFuture, Datapath, DatapathError, LastUsed};
+use super::{BoxFuture, Datapath, DatapathError};
+use crate::{AllowKey, Delta, EndpointId, LastUsed};
 
 #[derive(Debug, Default)]
 pub struct MemoryDatapath {

@@ -1,22 +1,21 @@
 //! The eBPF datapath with real packets: pod, node and world network namespaces, the tc programs
 //! on the node side of the pod's veth, TCP connects and DNS queries from the pod.
-//! Root only (see tests/common/privileged.rs).
-
-mod common;
+//! Root only (see fqdnd_testkit::privileged).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::netns::{self, Bpffs, POD_IP4, POD_IP6, POD_VETH, TcpServer, Topology, WORLD_IP4, WORLD_IP6};
-use common::privileged;
 use ebpf_redirect::{
-    AyaConfig, AyaDatapath, Datapath, Desired, DesiredEndpoint, DropEvent, DropEvents, DropReason, EndpointSpec,
-    PolicyRoute, ProxyTarget, ReconcileReport,
+    AyaConfig, AyaDatapath, Datapath, DesiredEndpoint, DropEvent, DropEvents, DropReason, PolicyRoute, ProxyTarget,
+    ReconcileReport,
 };
-use fqdn_cache::pattern::{NamePattern, PatternSet};
+use fqdn_cache::pattern::NamePattern;
 use fqdn_cache::{AllowKey, Delta, EndpointId, L4Proto, PortProto};
+use fqdnd_testkit::netns::{self, Bpffs, POD_IP4, POD_IP6, POD_VETH, TcpServer, Topology, WORLD_IP4, WORLD_IP6};
+use fqdnd_testkit::privileged;
+use policy_sync::DnsRules;
 use policy_sync::resolved::{DnsRule, EndpointPolicy, L3Rule, Peer, PolicyRef};
 
 const EP: EndpointId = EndpointId(42);
@@ -46,12 +45,10 @@ impl Fixture {
         self.topo.node.run(|| AyaDatapath::open(config)).unwrap_or_else(|e| panic!("open: {}", chain(&e)))
     }
 
-    fn attach(&self, dp: &AyaDatapath, policy: &EndpointPolicy) {
-        dp.set_endpoint_policy(EP, policy).expect("policy");
-        self.topo
-            .node
-            .run(|| dp.attach_endpoint(&EndpointSpec { endpoint: EP, interface: POD_VETH.into() }))
-            .unwrap_or_else(|e| panic!("attach: {}", chain(&e)));
+    /// The pod as the one endpoint, under `policy`: what the agent does on every snapshot.
+    fn attach(&self, dp: &AyaDatapath, policy: &EndpointPolicy) -> ReconcileReport {
+        let desired = [DesiredEndpoint::new(EP, Some(POD_VETH.into()), policy)];
+        self.topo.node.run(|| dp.sync_endpoints(&desired)).unwrap_or_else(|e| panic!("sync: {}", chain(&e)))
     }
 
     fn apply(&self, dp: &AyaDatapath, delta: Delta) {
@@ -201,13 +198,13 @@ fn static_rules_from_policy() {
         ports: vec![PortProto { port: 80, proto: L4Proto::Tcp }],
         policy: policy_ref,
     });
-    dp.set_endpoint_policy(EP, &policy).expect("policy with deny");
+    fx.attach(&dp, &policy);
     let (sport, res) = fx.connect(a, DROPPED_CONNECT);
     assert!(res.is_err(), "deny wins over allow");
     assert_eq!(fx.drop_event(&mut events, sport, a).reason, DropReason::PolicyDeny);
 
     // Removing the policy removes the enforcement.
-    dp.set_endpoint_policy(EP, &EndpointPolicy::default()).expect("no policy");
+    fx.attach(&dp, &EndpointPolicy::default());
     assert_eq!(fx.connect(b, CONNECT).1.expect("no policy, no enforcement"), b"b");
     assert!(dp.allow_entries().is_empty(), "static entries left: {:?}", dp.allow_entries());
     fx.topo.node.run(|| dp.uninstall()).expect("uninstall");
@@ -332,12 +329,12 @@ fn dig(fx: &Fixture, server: IpAddr, tcp: bool) -> Result<String, String> {
 fn dns_policy(servers: &[IpAddr]) -> EndpointPolicy {
     let policy = PolicyRef { namespace: Some("default".into()), name: "dns".into() };
     let mut p = default_deny();
-    p.dns_rules.push(DnsRule {
+    p.dns = DnsRules::new(vec![DnsRule {
         server: Peer::Endpoints { ips: servers.to_vec() },
         ports: vec![PortProto { port: 53, proto: L4Proto::Any }],
-        patterns: PatternSet::new([NamePattern::match_pattern("*").unwrap()]),
+        patterns: vec![NamePattern::match_pattern("*").unwrap()],
         policy,
-    });
+    }]);
     p
 }
 
@@ -513,6 +510,10 @@ fn replies_to_inbound_connections_pass_default_deny() {
     let _server = TcpServer::start(&fx.topo.pod, pod_server, b"from the pod");
     let pod_udp = fx.topo.pod.run(|| std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(POD_IP4), 5353))).unwrap();
     let dp = fx.open(no_proxy());
+    let mut events = {
+        let _g = fx.rt.enter();
+        dp.drop_events().expect("drop events")
+    };
     fx.attach(&dp, &default_deny());
 
     // TCP: the world connects in; the pod's SYN-ACK and data are replies.
@@ -530,9 +531,13 @@ fn replies_to_inbound_connections_pass_default_deny() {
     assert_eq!(&buf[..n], b"ping");
     assert!(dp.counters().unwrap().ct_replies > 0);
 
-    // Still default deny for what the pod opens itself, including to the same peer.
-    let (_, res) = fx.connect(SocketAddr::new(IpAddr::V4(WORLD_IP4), 9), DROPPED_CONNECT);
+    // Still default deny for what the pod opens itself, including to the same peer: a listener
+    // there would answer, so only the drop explains the failure.
+    let open = SocketAddr::new(IpAddr::V4(WORLD_IP4), 9);
+    let _listener = TcpServer::start(&fx.topo.world, open, b"would answer");
+    let (sport, res) = fx.connect(open, DROPPED_CONNECT);
     assert!(res.is_err());
+    assert_eq!(fx.drop_event(&mut events, sport, open).reason, DropReason::PolicyDenied);
     let before = dp.counters().unwrap().dropped_denied;
     pod_udp.send_to(b"unsolicited", SocketAddr::new(IpAddr::V4(WORLD_IP4), 9999)).unwrap();
     assert_eq!(dp.counters().unwrap().dropped_denied, before + 1, "a datagram the pod starts is policed");
@@ -540,8 +545,8 @@ fn replies_to_inbound_connections_pass_default_deny() {
 }
 
 #[test]
-fn reconcile_converges_and_is_idempotent() {
-    if !privileged::available("reconcile_converges_and_is_idempotent") {
+fn sync_converges_and_is_idempotent() {
+    if !privileged::available("sync_converges_and_is_idempotent") {
         return;
     }
     let fx = Fixture::new();
@@ -550,7 +555,12 @@ fn reconcile_converges_and_is_idempotent() {
     let _sa = TcpServer::start(&fx.topo.world, a, b"a");
     let _sb = TcpServer::start(&fx.topo.world, b, b"b");
     let dp = fx.open(no_proxy());
-    fx.attach(&dp, &default_deny());
+    let mut events = {
+        let _g = fx.rt.enter();
+        dp.drop_events().expect("drop events")
+    };
+    let first = fx.attach(&dp, &default_deny());
+    assert_eq!((first.attached, first.entries_added), (1, 0), "{first:?}");
     let stale_ep = EndpointId(7);
     fx.apply(
         &dp,
@@ -560,36 +570,33 @@ fn reconcile_converges_and_is_idempotent() {
         },
     );
 
-    let desired = Desired {
-        endpoints: vec![DesiredEndpoint::new(EP, Some(POD_VETH.into()), &default_deny())],
-        learned: vec![allow(a.ip(), 80)],
-    };
-    let report = fx.topo.node.run(|| dp.reconcile(&desired)).expect("reconcile");
-    assert_eq!(report.entries_removed, 2, "{report:?}");
-    assert_eq!(report.entries_added, 0, "{report:?}");
-    assert_eq!(fx.connect(a, CONNECT).1.expect("kept"), b"a");
-    assert!(fx.connect(b, DROPPED_CONNECT).1.is_err(), "removed by reconcile");
+    // Entries of an endpoint no snapshot names go; the learned entries of the pod stay.
+    let report = fx.attach(&dp, &default_deny());
+    assert_eq!((report.entries_removed, report.entries_added, report.attached), (1, 0, 0), "{report:?}");
+    assert_eq!(fx.connect(a, CONNECT).1.expect("learned entry kept"), b"a");
+    assert_eq!(fx.connect(b, CONNECT).1.expect("learned entry kept"), b"b");
+    assert_eq!(fx.attach(&dp, &default_deny()), ReconcileReport::default(), "a converged state changes nothing");
 
-    let again = fx.topo.node.run(|| dp.reconcile(&desired)).expect("reconcile");
-    assert_eq!(again, ReconcileReport::default());
-
-    // A policy snapshot: static rules change, the cache's learned entries stay.
+    // A policy change: a static rule for b's prefix is added, the cache's entries stay.
     let mut policy = default_deny();
     policy.egress_allows.push(L3Rule {
         peer: Peer::Cidr { net: "fd00:202::/64".parse().unwrap(), except: vec![] },
         ports: vec![PortProto { port: 80, proto: L4Proto::Tcp }],
         policy: PolicyRef { namespace: Some("default".into()), name: "v6".into() },
     });
-    let snapshot = [DesiredEndpoint::new(EP, Some(POD_VETH.into()), &policy)];
-    let report = fx.topo.node.run(|| dp.sync_endpoints(&snapshot)).expect("sync");
+    let report = fx.attach(&dp, &policy);
     assert_eq!((report.entries_added, report.entries_removed), (1, 0), "{report:?}");
+    // The learned entry of b goes (expiry); the static rule still allows b, not a.
+    fx.apply(&dp, Delta { add: vec![], remove: vec![allow(a.ip(), 80), allow(b.ip(), 80)] });
     assert_eq!(fx.connect(b, CONNECT).1.expect("static allow"), b"b");
-    assert_eq!(fx.connect(a, CONNECT).1.expect("learned entry kept"), b"a");
+    let (sport, res) = fx.connect(a, DROPPED_CONNECT);
+    assert!(res.is_err(), "a's learned entry expired");
+    assert_eq!(fx.drop_event(&mut events, sport, a).reason, DropReason::PolicyDenied);
 
-    // An endpoint no longer desired is detached.
-    let report = fx.topo.node.run(|| dp.reconcile(&Desired::default())).expect("reconcile");
-    assert_eq!((report.detached, report.entries_removed), (1, 2), "{report:?}");
+    // No endpoint wanted: detached, every entry gone, traffic unfiltered.
+    let report = fx.topo.node.run(|| dp.sync_endpoints(&[])).expect("sync");
+    assert_eq!((report.detached, report.entries_removed), (1, 1), "{report:?}");
     assert_eq!(tcx_programs(&fx), (vec![], vec![]));
-    assert_eq!(fx.connect(b, CONNECT).1.expect("no enforcement"), b"b");
+    assert_eq!(fx.connect(a, CONNECT).1.expect("no enforcement"), b"a");
     fx.topo.node.run(|| dp.uninstall()).expect("uninstall");
 }

@@ -1,4 +1,4 @@
-//! The endpoint inventory: who fqdnd polices, from the endpoints file, with stable ids.
+//! Stable endpoint ids.
 //!
 //! Endpoint ids key the datapath's allow maps, which outlive the agent (pinned), so an endpoint
 //! must get the same id on every start without any saved state: the id is a 31-bit FNV-1a hash of
@@ -8,7 +8,8 @@
 use std::collections::HashSet;
 
 use fqdn_cache::EndpointId;
-use policy_sync::{Endpoint, EndpointKey};
+
+use crate::endpoint::{Endpoint, EndpointKey};
 
 const ID_MASK: u32 = 0x7fff_ffff;
 

@@ -1,5 +1,3 @@
-#![allow(dead_code)]
-
 //! The real DNS clients `dig` (dnsutils) and `kdig` (knot-dnsutils), run as processes, with
 //! their output parsed into the parts tests assert on.
 

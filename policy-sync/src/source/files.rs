@@ -8,35 +8,68 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use fqdn_cache::EndpointId;
-use policy_sync::{Endpoint, EndpointPolicy, Policy, PolicyRef};
-
-use super::inventory::assign_ids;
-
-/// One policed endpoint with its resolved policy.
-#[derive(Clone, Debug)]
-pub struct ResolvedEndpoint {
-    pub id: EndpointId,
-    pub endpoint: Endpoint,
-    pub policy: Arc<EndpointPolicy>,
-}
-
-/// Everything in force after a reload. Components (proxy, cache, datapath, flows) read it.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    /// Counts reloads; 0 before the first.
-    pub generation: u64,
-    pub endpoints: Vec<ResolvedEndpoint>,
-    pub policies: Vec<PolicyRef>,
-}
+use super::ids::assign_ids;
+use super::{BoxFuture, ResolvedEndpoint, Snapshot, Source};
+use crate::endpoint::{Endpoint, load_endpoints_file};
+use crate::policy::Policy;
+use crate::resolved::PolicyRef;
 
 /// (path, modified, length) of every watched file: changes when anything is edited, added or removed.
 type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
-pub struct PolicySource {
+/// The policy directory (or file) and the endpoints file, polled every `interval`.
+pub struct FilesSource {
+    state: Arc<Mutex<Files>>,
+    interval: Duration,
+    first: bool,
+}
+
+impl FilesSource {
+    pub fn new(policies: Option<PathBuf>, endpoints: Option<PathBuf>, interval: Duration) -> Self {
+        let files = Files {
+            policies,
+            endpoints,
+            last_good: HashMap::new(),
+            inventory: Vec::new(),
+            fingerprint: None,
+            generation: 0,
+        };
+        FilesSource { state: Arc::new(Mutex::new(files)), interval, first: true }
+    }
+
+    /// Reload now if anything changed since the last load (always on the first call).
+    pub fn poll(&self) -> Option<Snapshot> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).poll()
+    }
+}
+
+impl Source for FilesSource {
+    fn next(&mut self) -> BoxFuture<'_, Snapshot> {
+        Box::pin(async move {
+            loop {
+                if !std::mem::take(&mut self.first) {
+                    tokio::time::sleep(self.interval).await;
+                }
+                // Loading parses YAML, resolves every endpoint and compiles its DNS rules: off the
+                // async workers.
+                let state = self.state.clone();
+                let polled =
+                    tokio::task::spawn_blocking(move || state.lock().unwrap_or_else(PoisonError::into_inner).poll())
+                        .await;
+                match polled {
+                    Ok(Some(snap)) => return snap,
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "policy reload panicked; policies stay as they were"),
+                }
+            }
+        })
+    }
+}
+
+struct Files {
     policies: Option<PathBuf>,
     endpoints: Option<PathBuf>,
     last_good: HashMap<PathBuf, Vec<Policy>>,
@@ -45,20 +78,8 @@ pub struct PolicySource {
     generation: u64,
 }
 
-impl PolicySource {
-    pub fn new(policies: Option<PathBuf>, endpoints: Option<PathBuf>) -> Self {
-        PolicySource {
-            policies,
-            endpoints,
-            last_good: HashMap::new(),
-            inventory: Vec::new(),
-            fingerprint: None,
-            generation: 0,
-        }
-    }
-
-    /// Reload if anything changed since the last load (always on the first call).
-    pub fn poll(&mut self) -> Option<Snapshot> {
+impl Files {
+    fn poll(&mut self) -> Option<Snapshot> {
         let fp = self.fingerprint();
         if self.fingerprint.as_ref() == Some(&fp) {
             return None;
@@ -91,9 +112,9 @@ impl PolicySource {
 
     fn reload(&mut self) -> Snapshot {
         self.generation += 1;
-        let policies = self.load_policies();
+        let (policies, rejected) = self.load_policies();
         if let Some(path) = &self.endpoints {
-            match policy_sync::load_endpoints_file(path) {
+            match load_endpoints_file(path) {
                 Ok(eps) => self.inventory = eps,
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -110,7 +131,7 @@ impl PolicySource {
             .map(|(ep, id)| ResolvedEndpoint {
                 id,
                 endpoint: ep.clone(),
-                policy: Arc::new(policy_sync::resolve(&policies, ep, &self.inventory)),
+                policy: Arc::new(crate::resolve(&policies, ep, &self.inventory)),
             })
             .collect();
         let refs: Vec<PolicyRef> = policies.iter().map(|p| p.reference.clone()).collect();
@@ -121,18 +142,20 @@ impl PolicySource {
             with_dns_rules = endpoints.iter().filter(|e| e.policy.has_dns_rules()).count(),
             "policies loaded"
         );
-        Snapshot { generation: self.generation, endpoints, policies: refs }
+        Snapshot::new(self.generation, endpoints, refs, rejected)
     }
 
-    fn load_policies(&mut self) -> Vec<Policy> {
-        let Some(path) = self.policies.clone() else { return Vec::new() };
-        let report = policy_sync::load_paths(std::slice::from_ref(&path));
+    /// The policies in force and how many policy problems this load found.
+    fn load_policies(&mut self) -> (Vec<Policy>, usize) {
+        let Some(path) = self.policies.clone() else { return (Vec::new(), 0) };
+        let report = crate::load_paths(std::slice::from_ref(&path));
+        let rejected = report.problems.len();
         for problem in &report.problems {
             tracing::warn!("{problem}");
         }
         if report.problems.iter().any(|p| p.path == path && path.is_dir()) {
             tracing::warn!(path = %path.display(), "policy directory unreadable; keeping every policy as it was");
-            return self.last_good.values().flatten().cloned().collect();
+            return (self.last_good.values().flatten().cloned().collect(), rejected);
         }
         let troubled: HashSet<&PathBuf> = report.problems.iter().map(|p| &p.path).collect();
         let mut by_file: HashMap<PathBuf, Vec<Policy>> = HashMap::new();
@@ -165,13 +188,14 @@ impl PolicySource {
         // A kept old version and a new file may now define the same policy: the first wins.
         let mut seen = HashSet::new();
         out.retain(|p| seen.insert(p.reference.clone()));
-        out
+        (out, rejected)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::DnsVerdict;
 
     const GOOD: &str = r#"
 apiVersion: cilium.io/v2
@@ -191,9 +215,9 @@ spec:
 - {namespace: default, name: alpine, labels: {app: alpine}, ips: [10.0.1.5]}
 "#;
 
-    fn verdict(s: &Snapshot, name: &str) -> policy_sync::DnsVerdict {
+    fn verdict(s: &Snapshot, name: &str) -> DnsVerdict {
         let alpine = s.endpoints.iter().find(|e| e.endpoint.name == "alpine").unwrap();
-        alpine.policy.dns_verdict("10.96.0.10".parse().unwrap(), 53, fqdn_cache::L4Proto::Udp, name)
+        alpine.policy.dns.verdict("10.96.0.10".parse().unwrap(), 53, fqdn_cache::L4Proto::Udp, name)
     }
 
     #[test]
@@ -204,16 +228,16 @@ spec:
         let eps = dir.path().join("endpoints.yaml");
         std::fs::write(&eps, ENDPOINTS).unwrap();
         std::fs::write(pol.join("dns.yaml"), GOOD).unwrap();
-        let mut src = PolicySource::new(Some(pol.clone()), Some(eps.clone()));
+        let src = FilesSource::new(Some(pol.clone()), Some(eps.clone()), Duration::from_secs(1));
         let s1 = src.poll().expect("first poll loads");
-        assert!(matches!(verdict(&s1, "www.microsoft.com."), policy_sync::DnsVerdict::Allowed { .. }));
+        assert!(matches!(verdict(&s1, "www.microsoft.com."), DnsVerdict::Allowed { .. }));
         assert!(src.poll().is_none(), "nothing changed");
 
         // Break the file: the old rule stays in force.
         std::fs::write(pol.join("dns.yaml"), GOOD.replace("matchPattern", "matchPatern")).unwrap();
         let s2 = src.poll().expect("change detected");
-        assert!(matches!(verdict(&s2, "www.microsoft.com."), policy_sync::DnsVerdict::Allowed { .. }));
-        assert!(matches!(verdict(&s2, "www.google.com."), policy_sync::DnsVerdict::Refused { .. }));
+        assert!(matches!(verdict(&s2, "www.microsoft.com."), DnsVerdict::Allowed { .. }));
+        assert!(matches!(verdict(&s2, "www.google.com."), DnsVerdict::Refused { .. }));
 
         // A broken endpoints file keeps the inventory.
         std::fs::write(&eps, "- {namespace: x, nme: y}\n").unwrap();
@@ -223,7 +247,7 @@ spec:
         // Removing the file removes its policies.
         std::fs::remove_file(pol.join("dns.yaml")).unwrap();
         let s4 = src.poll().expect("change detected");
-        assert_eq!(verdict(&s4, "www.google.com."), policy_sync::DnsVerdict::NotProxied);
+        assert_eq!(verdict(&s4, "www.google.com."), DnsVerdict::NotProxied);
         assert!(s4.policies.is_empty());
     }
 }

@@ -1,5 +1,3 @@
-#![allow(dead_code)]
-
 //! `fqdnd run` as a real process for tests: its own state dir, stderr captured to a file, the
 //! listening port read from `<state-dir>/listeners.json` (so `--listen 127.0.0.1:0` works),
 //! SIGTERM on drop.
@@ -20,7 +18,7 @@ pub struct Fqdnd {
 }
 
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fqdnd"))
+    crate::paths::fqdnd_binary()
 }
 
 impl Fqdnd {

@@ -1,7 +1,5 @@
 //! Real resolver clients: the C library's getaddrinfo, built with musl (`musl-gcc -static`, as in
-//! an alpine pod) and with glibc, from tests/clients/getaddrinfo.c.
-
-#![allow(dead_code)]
+//! an alpine pod) and with glibc, from tests/support/clients/getaddrinfo.c.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,9 +13,8 @@ pub enum Libc {
 }
 
 fn build(libc: Libc) -> Result<PathBuf, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/getaddrinfo.c");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clients");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/getaddrinfo.c");
+    let dir = crate::paths::scratch("clients");
     let (compiler, name, static_flag): (&str, &str, &[&str]) = match libc {
         Libc::Musl => ("musl-gcc", "getaddrinfo-musl", &["-static"]),
         Libc::Glibc => ("gcc", "getaddrinfo-glibc", &[]),

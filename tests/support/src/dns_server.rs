@@ -1,5 +1,3 @@
-#![allow(dead_code)]
-
 //! A real authoritative DNS server (NSD from Debian) for tests: zone files in, a listening
 //! address out, killed and cleaned up on drop. Each server has its own temp dir; several run at
 //! once.
@@ -14,7 +12,7 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,7 +20,7 @@ use anyhow::{Context, Result, bail};
 
 /// The repository's `fixtures/zones/<origin>.zone`.
 pub fn fixture_zone(origin: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zones").join(format!("{origin}.zone"))
+    crate::paths::fixture(&format!("zones/{origin}.zone"))
 }
 
 #[derive(Default)]

@@ -1,8 +1,6 @@
 //! Gate for tests that need root (network namespaces, eBPF): skip with a printed reason, unless
 //! FQDND_REQUIRE_PRIVILEGED=1 (CI), where a skip would hide a failure and panics instead.
 
-#![allow(dead_code)]
-
 /// True when the test may run. Call first thing: `if !privileged::available("name") { return; }`.
 pub fn available(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -15,8 +15,6 @@
 //!
 //! The addresses exist only inside these namespaces; every test has its own copies.
 
-#![allow(dead_code)]
-
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd as _;
@@ -134,9 +132,13 @@ pub struct Bpffs {
 }
 
 impl Bpffs {
+    #[allow(clippy::new_without_default, reason = "mounting a filesystem is not a default value")]
     pub fn new() -> Bpffs {
         let dir = tempfile::Builder::new().prefix("fqdnd-bpffs-").tempdir().expect("tempdir");
-        ebpf_redirect::bpffs::mount_bpffs(dir.path()).expect("mounting bpffs");
+        let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: valid NUL-terminated strings for the duration of the call.
+        let rc = unsafe { libc::mount(c"bpf".as_ptr(), c.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(rc, 0, "mounting bpffs on {}: {}", dir.path().display(), std::io::Error::last_os_error());
         Bpffs { dir }
     }
 
@@ -162,6 +164,7 @@ pub struct Topology {
 }
 
 impl Topology {
+    #[allow(clippy::new_without_default, reason = "creating namespaces is not a default value")]
     pub fn new() -> Topology {
         let node = Netns::new("node");
         let pod = Netns::new("pod");
@@ -203,139 +206,20 @@ impl Topology {
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; we fill the variant that matches `addr`.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as u16,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
-fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says this is a sockaddr_in.
-            let sin: libc::sockaddr_in = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())),
-                u16::from_be(sin.sin_port),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this is a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)), u16::from_be(sin6.sin6_port)))
-        }
-        _ => None,
-    }
-}
-
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
-}
-
-fn socket(family: IpAddr, kind: libc::c_int) -> io::Result<OwnedFd> {
-    let domain = if family.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
-    let fd = cvt(unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, 0) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn setsockopt_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the option value is a live c_int of the size passed.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
-}
-
-fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
-    let (ss, len) = sockaddr(addr);
-    // SAFETY: ss holds a valid sockaddr of length len.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) }).map(drop)
-}
-
-fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    // SAFETY: getsockname writes at most len bytes into ss.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    cvt(unsafe { libc::getsockname(fd.as_raw_fd(), (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) })?;
-    from_sockaddr(&ss).ok_or_else(|| io::Error::other("unknown address family"))
-}
+use dns_proxy::socket::Options;
 
 /// A TCP connection attempt from `src` (port chosen by the kernel, returned even when the connect
 /// fails, so a test can look for the drop event of exactly this 5-tuple). Call inside the
 /// source's namespace ([`Netns::run`]).
 pub fn tcp_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> (u16, io::Result<TcpStream>) {
-    let fd = socket(src, libc::SOCK_STREAM).expect("socket");
-    bind(&fd, SocketAddr::new(src, 0)).expect("bind");
-    let port = local_addr(&fd).expect("getsockname").port();
-    let stream = TcpStream::from(fd);
-    stream.set_nonblocking(true).expect("nonblocking");
-    let (ss, len) = sockaddr(dst);
-    // SAFETY: ss holds a valid sockaddr of length len.
-    let rc = unsafe { libc::connect(stream.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) };
-    let result = if rc == 0 {
-        Ok(())
-    } else {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            Err(e)
-        } else {
-            let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-            if n == 0 {
-                Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out")))
-            } else {
-                match stream.take_error() {
-                    Ok(None) => Ok(()),
-                    Ok(Some(e)) | Err(e) => Err(e),
-                }
-            }
-        }
-    };
-    (
-        port,
-        result.map(|()| {
-            stream.set_nonblocking(false).expect("blocking");
-            stream
-        }),
-    )
+    let sock = socket2::Socket::new(socket2::Domain::for_address(dst), socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&SocketAddr::new(src, 0).into()).expect("bind");
+    let port = sock.local_addr().ok().and_then(|a| a.as_socket()).expect("getsockname").port();
+    (port, sock.connect_timeout(&dst.into(), timeout).map(|()| sock.into()))
 }
 
 /// Connect, read the server's greeting and return it.
@@ -417,95 +301,36 @@ pub struct Intercepted {
     pub original_dst: SocketAddr,
 }
 
-/// A transparent UDP socket (IP_TRANSPARENT + IP_RECVORIGDSTADDR) bound to `bind` — the shape of
-/// the DNS proxy's socket, for tests of the redirect without the proxy.
+/// A blocking transparent UDP socket bound to `bind_to`: the DNS proxy's own socket
+/// (`dns_proxy::socket`), for tests of the redirect without the proxy.
 pub fn transparent_udp(bind_to: SocketAddr) -> io::Result<UdpSocket> {
-    let fd = socket(bind_to.ip(), libc::SOCK_DGRAM)?;
-    if bind_to.is_ipv4() {
-        setsockopt_int(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
-        setsockopt_int(&fd, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)?;
-    } else {
-        setsockopt_int(&fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
-        setsockopt_int(&fd, libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, 1)?;
-    }
-    bind(&fd, bind_to)?;
-    Ok(UdpSocket::from(fd))
+    let sock = dns_proxy::socket::udp(bind_to, Options::TRANSPARENT).map_err(io::Error::other)?;
+    sock.set_nonblocking(false)?;
+    Ok(sock)
 }
 
-/// Receive one datagram from a [`transparent_udp`] socket.
+/// Receive one datagram from a [`transparent_udp`] socket, as the proxy reads it.
 pub fn recv_intercepted(sock: &UdpSocket) -> io::Result<Intercepted> {
     let mut buf = vec![0u8; 4096];
-    // SAFETY: msghdr points at live buffers for the duration of recvmsg.
-    unsafe {
-        let mut peer: libc::sockaddr_storage = std::mem::zeroed();
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let mut control = [0u64; 64];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut peer as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control);
-        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, 0);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.truncate(n as usize);
-        let mut original = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let c = &*cmsg;
-            let is_v4 = c.cmsg_level == libc::SOL_IP && c.cmsg_type == libc::IP_ORIGDSTADDR;
-            let is_v6 = c.cmsg_level == libc::SOL_IPV6 && c.cmsg_type == libc::IPV6_ORIGDSTADDR;
-            if is_v4 || is_v6 {
-                let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-                let len = (c.cmsg_len as usize - libc::CMSG_LEN(0) as usize).min(size_of::<libc::sockaddr_storage>());
-                std::ptr::copy_nonoverlapping(
-                    libc::CMSG_DATA(cmsg),
-                    (&mut ss as *mut libc::sockaddr_storage).cast(),
-                    len,
-                );
-                original = from_sockaddr(&ss);
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        Ok(Intercepted {
-            payload: buf,
-            peer: from_sockaddr(&peer).ok_or_else(|| io::Error::other("no peer address"))?,
-            original_dst: original.ok_or_else(|| io::Error::other("no IP_ORIGDSTADDR control message"))?,
-        })
-    }
+    let got = dns_proxy::transparent::recv_original_dst(sock.as_raw_fd(), &mut buf)?;
+    buf.truncate(got.len);
+    let original_dst = got.original_dst.ok_or_else(|| io::Error::other("no IP_ORIGDSTADDR control message"))?;
+    Ok(Intercepted { payload: buf, peer: got.source, original_dst })
 }
 
-/// Send `payload` to `to` from the non-local address `from` (IP_TRANSPARENT), as the proxy
-/// answers in the original server's name.
+/// Send `payload` to `to` from the non-local address `from`, as the proxy answers in the original
+/// server's name (its reply socket).
 pub fn send_from(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> io::Result<()> {
-    let fd = socket(from.ip(), libc::SOCK_DGRAM)?;
-    if from.is_ipv4() {
-        setsockopt_int(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
-    } else {
-        setsockopt_int(&fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
-    }
-    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    bind(&fd, from)?;
-    UdpSocket::from(fd).send_to(payload, to).map(drop)
+    let sock = dns_proxy::socket::udp(from, Options::TRANSPARENT).map_err(io::Error::other)?;
+    sock.send_to(payload, to).map(drop)
 }
 
-/// A transparent TCP listener (IP_TRANSPARENT) on `bind_to`: accepted connections carry the
+/// A blocking transparent TCP listener on `bind_to` (the proxy's): accepted connections carry the
 /// original destination as their local address.
 pub fn transparent_tcp(bind_to: SocketAddr) -> io::Result<TcpListener> {
-    let fd = socket(bind_to.ip(), libc::SOCK_STREAM)?;
-    if bind_to.is_ipv4() {
-        setsockopt_int(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
-    } else {
-        setsockopt_int(&fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)?;
-    }
-    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    bind(&fd, bind_to)?;
-    // SAFETY: listen(2) on a bound socket we own.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), 64) })?;
-    Ok(TcpListener::from(fd))
+    let sock = dns_proxy::socket::tcp_listener(bind_to, Options::TRANSPARENT).map_err(io::Error::other)?;
+    sock.set_nonblocking(false)?;
+    Ok(sock)
 }
 
 /// The DNS answer to `query` (a single-question query) with one A/AAAA record `ip`, TTL 60.

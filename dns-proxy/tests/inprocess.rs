@@ -1,46 +1,56 @@
 //! The proxy driven in-process, so tests can see what it hands the learner and the datapath, read
 //! its counters and flows, and put a fake (hostile) upstream behind it. Real NSD, real sockets.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::dns_server::DnsServer;
-use common::fqdnd::dns_policy;
-use dns_proxy::{DnsFlowKind, EndpointEntry, EndpointTable, Learner, Proxy, ProxyConfig, Verdict};
-use ebpf_redirect::MemoryDatapath;
-use fqdn_cache::{AllowKey, Answer, Delta, EndpointId, L4Proto, PortProto};
+use dns_proxy::{DnsFlow, DnsFlowKind, FlowSink, Proxy, ProxyConfig, Verdict};
+use fqdn_cache::{
+    AllowKey, Answer, BoxFuture, Datapath, DatapathError, Delta, EndpointId, L4Proto, Learner, MemoryDatapath,
+    PortProto,
+};
+use fqdnd_testkit::dns_server::DnsServer;
+use fqdnd_testkit::fqdnd::dns_policy;
+use fqdnd_testkit::wait;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use policy_sync::Endpoint;
+use policy_sync::{Endpoint, ResolvedEndpoint, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 const ALPINE: EndpointId = EndpointId(1);
 
-/// Records every answer and allows each of its IPs for the endpoint (what the cache does for a
-/// selector matching the name).
-#[derive(Default)]
+/// Records every answer and allows each of its IPs for the endpoint in the datapath (what the
+/// enforcer does for a selector matching the name), resolving with the datapath's ack.
 struct Recorder {
     answers: Mutex<Vec<Answer>>,
+    datapath: Arc<MemoryDatapath>,
 }
 
 impl Learner for Recorder {
-    fn learn(&self, answer: &Answer) -> Delta {
+    fn learn(&self, answer: &Answer) -> BoxFuture<'_, Result<bool, DatapathError>> {
         self.answers.lock().unwrap().push(answer.clone());
-        Delta {
-            add: answer
-                .ips
-                .iter()
-                .map(|&ip| AllowKey { endpoint: answer.endpoint, ip, port: PortProto::ANY })
-                .collect(),
-            remove: vec![],
-        }
+        let add =
+            answer.ips.iter().map(|&ip| AllowKey { endpoint: answer.endpoint, ip, port: PortProto::ANY }).collect();
+        let apply = self.datapath.apply(Delta { add, remove: vec![] });
+        Box::pin(async move { apply.await.map(|()| true) })
+    }
+}
+
+/// Flows into a channel, as the agent's hub would take them.
+struct Flows(tokio::sync::mpsc::UnboundedSender<DnsFlow>);
+
+impl FlowSink for Flows {
+    fn wants_flows(&self) -> bool {
+        true
+    }
+
+    fn dns_flow(&self, flow: DnsFlow) {
+        let _ = self.0.send(flow);
     }
 }
 
@@ -49,6 +59,7 @@ struct Harness {
     addr: SocketAddr,
     learner: Arc<Recorder>,
     datapath: Arc<MemoryDatapath>,
+    flows: Mutex<tokio::sync::mpsc::UnboundedReceiver<DnsFlow>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -59,9 +70,10 @@ impl Harness {
     async fn start(upstream: SocketAddr, patterns: &[&str], tweak: impl FnOnce(&mut ProxyConfig)) -> Harness {
         let mut config = ProxyConfig::plain(vec!["127.0.0.1:0".parse().unwrap()], upstream);
         tweak(&mut config);
-        let learner = Arc::new(Recorder::default());
         let datapath = Arc::new(MemoryDatapath::new());
-        let proxy = Proxy::new(config, learner.clone(), datapath.clone()).unwrap();
+        let learner = Arc::new(Recorder { answers: Mutex::default(), datapath: datapath.clone() });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let proxy = Proxy::new(config, learner.clone(), Some(Arc::new(Flows(tx)))).unwrap();
 
         let (policies, problems) = policy_sync::parse_file(
             std::path::Path::new("dns.yaml"),
@@ -83,19 +95,16 @@ impl Harness {
             interface: None,
         };
         let inventory = vec![dns, alpine.clone()];
-        let mut table = EndpointTable::new();
-        table.insert(
-            &alpine.ips,
-            EndpointEntry::new(ALPINE, alpine.key(), Arc::new(policy_sync::resolve(&policies, &alpine, &inventory))),
-        );
-        proxy.set_endpoints(table);
+        let policy = Arc::new(policy_sync::resolve(&policies, &alpine, &inventory));
+        let snapshot = Snapshot::new(1, vec![ResolvedEndpoint { id: ALPINE, endpoint: alpine, policy }], vec![], 0);
+        proxy.set_snapshot(Arc::new(snapshot));
 
         let bound = proxy.bind().unwrap();
         let addr = bound.listeners()[0].addr;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { bound.serve(token).await.unwrap() });
-        Harness { proxy, addr, learner, datapath, shutdown, task }
+        Harness { proxy, addr, learner, datapath, flows: Mutex::new(rx), shutdown, task }
     }
 
     async fn stop(self) {
@@ -264,13 +273,14 @@ async fn malformed_queries() {
 async fn flows_for_requests_and_responses() {
     let nsd = nsd();
     let h = Harness::start(nsd.addr, &["*.microsoft.com"], |_| {}).await;
-    let mut rx = h.proxy.subscribe();
     ask(h.addr, &query(1, "www.microsoft.com.", RecordType::A, None)).await;
     ask(h.addr, &query(2, "www.google.com.", RecordType::AAAA, None)).await;
-    let mut flows = Vec::new();
-    for _ in 0..4 {
-        flows.push(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap());
-    }
+    // Both answers were received, so all four flows were handed over already.
+    let flows: Vec<DnsFlow> = {
+        let mut rx = h.flows.lock().unwrap();
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    };
+    assert_eq!(flows.len(), 4, "{flows:?}");
     let resp = flows.iter().find(|f| f.kind == DnsFlowKind::Response && f.qname == "www.microsoft.com.").unwrap();
     assert_eq!(resp.verdict, Verdict::Forwarded);
     assert_eq!(resp.endpoint, Some(ALPINE));
@@ -429,11 +439,11 @@ async fn shutdown_lets_queries_in_flight_finish() {
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.send_to(&query(0x5151, "www.microsoft.com.", RecordType::A, None), h.addr).await.unwrap();
     // Wait until the query is upstream (the proxy counted it), then shut down before the answer.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.proxy.stats().forwarded == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "query never forwarded");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait::until_async("the query to be forwarded", Duration::from_secs(10), || {
+        (h.proxy.stats().forwarded > 0).then_some(())
+    })
+    .await
+    .unwrap();
     h.shutdown.cancel();
     go.send(()).unwrap();
     let reply = recv(&client).await;

@@ -1,0 +1,102 @@
+//! The one place the proxy's sockets are made: listeners in plain and transparent mode, and the
+//! transparent reply sockets. Every setsockopt failure names its option and address.
+//!
+//! Transparent mode: the datapath assigns pods' DNS packets (still addressed to the DNS server
+//! they chose) to these sockets with `bpf_sk_assign`; `IP_TRANSPARENT` lets the kernel hand them
+//! over and lets the proxy answer from the server's address, which is not local. UDP sockets also
+//! report each datagram's original destination (`IP_RECVORIGDSTADDR`, read by
+//! [`crate::transparent`]) and share addresses (`SO_REUSEADDR`: one reply socket per original
+//! destination next to a wildcard listener).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use fqdn_cache::L4Proto;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::ProxyError;
+
+/// How a socket is set up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `IP_TRANSPARENT` (and, for UDP, `IP_RECVORIGDSTADDR` and `SO_REUSEADDR`). Needs
+    /// `CAP_NET_ADMIN`.
+    pub transparent: bool,
+    /// `SO_REUSEPORT`: several sockets share the address (plain mode's receive threads). The
+    /// datapath's `bpf_sk_assign` refuses such sockets, so transparent listeners go without.
+    pub reuse_port: bool,
+}
+
+impl Options {
+    pub const PLAIN: Options = Options { transparent: false, reuse_port: false };
+    pub const TRANSPARENT: Options = Options { transparent: true, reuse_port: false };
+}
+
+fn opt_err(option: &'static str, proto: L4Proto, addr: SocketAddr) -> impl FnOnce(io::Error) -> ProxyError {
+    move |source| match source.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => ProxyError::TransparentNotPermitted { option, proto, addr, source },
+        _ => ProxyError::SocketOption { option, proto, addr, source },
+    }
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd and a pointer to an int that lives for the call.
+    let rc = unsafe {
+        libc::setsockopt(fd, level, name, (&raw const one).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// A socket of `kind` for `addr` with `opts`, non-blocking, bound.
+fn bound(addr: SocketAddr, proto: L4Proto, opts: Options) -> Result<Socket, ProxyError> {
+    let (kind, protocol) = match proto {
+        L4Proto::Tcp => (Type::STREAM, Protocol::TCP),
+        _ => (Type::DGRAM, Protocol::UDP),
+    };
+    let sock = Socket::new(Domain::for_address(addr), kind, Some(protocol)).map_err(|source| ProxyError::Bind {
+        proto,
+        addr,
+        source,
+    })?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true).map_err(opt_err("IPV6_V6ONLY", proto, addr))?;
+    }
+    if proto == L4Proto::Tcp || opts.transparent {
+        sock.set_reuse_address(true).map_err(opt_err("SO_REUSEADDR", proto, addr))?;
+    }
+    if opts.reuse_port {
+        sock.set_reuse_port(true).map_err(opt_err("SO_REUSEPORT", proto, addr))?;
+    }
+    if opts.transparent {
+        if addr.is_ipv4() {
+            sock.set_ip_transparent_v4(true).map_err(opt_err("IP_TRANSPARENT", proto, addr))?;
+        } else {
+            sock.set_ip_transparent_v6(true).map_err(opt_err("IPV6_TRANSPARENT", proto, addr))?;
+        }
+        if proto == L4Proto::Udp {
+            let (level, name, option) = if addr.is_ipv4() {
+                (libc::SOL_IP, libc::IP_RECVORIGDSTADDR, "IP_RECVORIGDSTADDR")
+            } else {
+                (libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, "IPV6_RECVORIGDSTADDR")
+            };
+            set_int(sock.as_raw_fd(), level, name).map_err(opt_err(option, proto, addr))?;
+        }
+    }
+    sock.set_nonblocking(true).map_err(opt_err("O_NONBLOCK", proto, addr))?;
+    sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;
+    Ok(sock)
+}
+
+/// A non-blocking UDP socket bound to `addr`.
+pub fn udp(addr: SocketAddr, opts: Options) -> Result<std::net::UdpSocket, ProxyError> {
+    Ok(bound(addr, L4Proto::Udp, opts)?.into())
+}
+
+/// A non-blocking TCP listener bound to `addr`.
+pub fn tcp_listener(addr: SocketAddr, opts: Options) -> Result<std::net::TcpListener, ProxyError> {
+    let sock = bound(addr, L4Proto::Tcp, opts)?;
+    sock.listen(1024).map_err(|source| ProxyError::Bind { proto: L4Proto::Tcp, addr, source })?;
+    Ok(sock.into())
+}

@@ -1,0 +1,52 @@
+//! Where learned IPs go: the [`Datapath`] the enforcer writes [`Delta`]s to. It lives here, below
+//! both its caller (the [`Enforcer`](crate::Enforcer)) and its kernel implementation
+//! (`ebpf-redirect`), so the DNS proxy and this crate build without the eBPF loader.
+//! [`MemoryDatapath`] keeps the entries in memory: plain mode (nothing is enforced in the kernel)
+//! and tests.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use thiserror::Error;
+
+use crate::{AllowKey, Delta, LastUsed};
+
+mod memory;
+
+pub use memory::MemoryDatapath;
+
+/// A boxed future, so the traits stay object-safe (`Arc<dyn Datapath>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a delta (or a read of the datapath's state) failed. Every variant names the map.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error("allow map {map} is full ({capacity} entries); {entry} not added")]
+    MapFull { map: String, capacity: u32, entry: String },
+    #[error("writing map {map}")]
+    MapWrite {
+        map: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading map {map}")]
+    MapRead {
+        map: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where learned IPs go. `apply` resolves once the entries are enforceable: the proxy releases a
+/// DNS answer only after that (or after `--response-max-delay`).
+pub trait Datapath: Send + Sync + 'static {
+    fn apply(&self, delta: Delta) -> BoxFuture<'_, Result<(), DatapathError>>;
+
+    /// Last-used times of the allow entries of learned IPs, for the cache's zombie pass.
+    fn last_used(&self) -> Result<Vec<LastUsed>, DatapathError>;
+
+    /// Every learned (not policy) entry the datapath holds. After a crash the maps can hold
+    /// entries newer than the cache's last snapshot; the enforcer adopts them at start so they
+    /// still expire.
+    fn learned_entries(&self) -> Vec<AllowKey>;
+}
