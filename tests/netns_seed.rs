@@ -245,10 +245,16 @@ fn restart_keeps_connections_and_learned_addresses() {
 
     c.kill_agent();
     assert_eq!(roundtrip(b"while down").expect("echo while the agent is down"), b"while down");
-    let (_, res) = c.connect(SocketAddr::new(WWW_GOOGLE4, 80), DROPPED_CONNECT);
+    let google80 = SocketAddr::new(WWW_GOOGLE4, 80);
+    let (down_sport, res) = c.connect(google80, DROPPED_CONNECT);
     assert!(res.is_err(), "enforcement goes on while the agent is down: {res:?}");
 
     c.start_agent();
+    // The world answers on :80, so the failure was the datapath's: its drop event waited in the
+    // pinned ring buffer for the next agent.
+    c.wait_flow(&["--type", "drop"], "for the drop made while the agent was down", |f| {
+        is_tcp_drop(f, down_sport, google80)
+    });
     let after = roundtrip(b"after").unwrap_or_else(|e| {
         let drops = c.observe(&["--type", "drop"]);
         panic!("echo after the restart: {e}\ndrops: {drops:?}\nagent log:\n{}", c.log())

@@ -95,12 +95,7 @@ fn chain_of(answers: &[Record], qname: &Name) -> Chain {
 }
 
 fn normalized(name: &Name) -> String {
-    let mut s = name.to_ascii();
-    s.make_ascii_lowercase();
-    if !s.ends_with('.') {
-        s.push('.');
-    }
-    s
+    fqdn_cache::normalize_owned(name.to_ascii())
 }
 
 #[cfg(test)]

@@ -81,8 +81,7 @@ pub fn parse_query(packet: &[u8]) -> Result<ParsedQuery, QueryParseError> {
         }
     }
 
-    let mut qname = name.to_ascii();
-    qname.make_ascii_lowercase();
+    let qname = fqdn_cache::normalize_owned(name.to_ascii());
     Ok(ParsedQuery { metadata, qname, qtype, qclass, question_end, edns_udp_size })
 }
 

@@ -16,4 +16,6 @@ pub use cache::{Cache, CacheConfig, CacheCounters, EntryView, ListFilter, Scope,
 pub use datapath::{BoxFuture, Datapath, DatapathError, MemoryDatapath};
 pub use enforcer::{Enforcer, Learner};
 pub use error::CacheError;
-pub use types::{AllowKey, Answer, Delta, EndpointId, L4Proto, LastUsed, PortProto, normalize_name, normalized_name};
+pub use types::{
+    AllowKey, Answer, Delta, EndpointId, L4Proto, LastUsed, PortProto, normalize_name, normalize_owned, normalized_name,
+};

@@ -99,13 +99,16 @@ pub struct Answer {
 /// Lower-case a DNS name and give it exactly one trailing dot (`WWW.Example.com` -> `www.example.com.`).
 /// The root name stays `.`.
 pub fn normalize_name(name: &str) -> String {
-    let trimmed = name.trim_end_matches('.');
-    let mut out = String::with_capacity(trimmed.len() + 1);
-    for c in trimmed.chars() {
-        out.push(c.to_ascii_lowercase());
-    }
-    out.push('.');
-    out
+    normalize_owned(name.to_string())
+}
+
+/// [`normalize_name`] in place, for a name already owned (one decoded from the wire).
+pub fn normalize_owned(mut name: String) -> String {
+    name.make_ascii_lowercase();
+    let stem = name.trim_end_matches('.').len();
+    name.truncate(stem);
+    name.push('.');
+    name
 }
 
 /// [`normalize_name`] without the copy when `name` already is normalized (the common case on the
@@ -134,6 +137,7 @@ mod tests {
             (".", "."),
         ] {
             assert_eq!(normalize_name(input), want, "input {input:?}");
+            assert_eq!(normalize_owned(input.to_string()), want, "input {input:?}");
             assert_eq!(normalized_name(input), want, "input {input:?}");
         }
     }

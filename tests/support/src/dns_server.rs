@@ -14,9 +14,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+use crate::wait;
 
 /// The repository's `fixtures/zones/<origin>.zone`.
 pub fn fixture_zone(origin: &str) -> PathBuf {
@@ -148,23 +150,24 @@ impl DnsServer {
     /// Wait until NSD answers an SOA query for `origin` (probing from here only when it runs in
     /// this network namespace; otherwise until its log says it serves).
     fn wait_ready(&mut self, origin: &str, probe: bool) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                bail!("nsd exited with {status}: {err}{}", self.log());
+        let mut exited = None;
+        let ready = wait::until("nsd to serve its zones", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                exited = Some(status);
+                return Some(());
             }
             let ready = if probe { soa_answered(self.addr, origin) } else { self.log().contains("nsd started") };
-            if ready {
-                return Ok(());
+            ready.then_some(())
+        });
+        if let Some(status) = exited {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            bail!("nsd exited with {status}: {err}{}", self.log());
         }
-        bail!("nsd did not become ready on {}: {}", self.addr, self.log())
+        ready.map_err(|e| anyhow::anyhow!("{e} on {}: {}", self.addr, self.log()))
     }
 }
 

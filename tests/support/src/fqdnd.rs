@@ -5,9 +5,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+use crate::wait;
 
 pub struct Fqdnd {
     child: Option<Child>,
@@ -75,24 +77,32 @@ impl Fqdnd {
     }
 
     fn wait_listening(&mut self, file: &std::path::Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
-                bail!("fqdnd exited with {status} before listening:\n{}", self.log());
+        let mut exited = None;
+        let text = wait::until("fqdnd to list its listeners", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = self.child.as_mut().expect("running").try_wait() {
+                exited = Some(status);
+                return Some(None);
             }
-            if let Ok(text) = std::fs::read_to_string(file) {
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                for l in v.as_array().into_iter().flatten() {
-                    let proto = l["proto"].as_str().unwrap_or_default().to_string();
-                    let addr: SocketAddr = l["addr"].as_str().unwrap_or_default().parse()?;
-                    self.listeners.push((proto, addr));
-                }
-                self.addr = self.listeners.first().map(|l| l.1).context("no listeners")?;
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            std::fs::read_to_string(file).ok().map(Some)
+        });
+        let text = match (text, exited) {
+            (_, Some(status)) => bail!("fqdnd exited with {status} before listening:\n{}", self.log()),
+            (Ok(Some(text)), None) => text,
+            (Ok(None), None) | (Err(_), None) => bail!("fqdnd did not start listening:\n{}", self.log()),
+        };
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        for l in v.as_array().into_iter().flatten() {
+            let proto = l["proto"].as_str().unwrap_or_default().to_string();
+            let addr: SocketAddr = l["addr"].as_str().unwrap_or_default().parse()?;
+            self.listeners.push((proto, addr));
         }
-        bail!("fqdnd did not start listening:\n{}", self.log())
+        self.addr = self.listeners.first().map(|l| l.1).context("no listeners")?;
+        Ok(())
+    }
+
+    /// The agent's process id (the wrapper's, which execs the agent, when started wrapped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// The agent's stderr so far, without terminal colour codes.
@@ -102,14 +112,10 @@ impl Fqdnd {
 
     /// Wait until the log contains `needle` (or give up after 30 s and say so).
     pub fn wait_log(&self, needle: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("fqdnd log never showed {needle:?}:\n{}", self.log())
+        wait::until(&format!("{needle:?} in the fqdnd log"), Duration::from_secs(30), || {
+            self.log().contains(needle).then_some(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}:\n{}", self.log()))
     }
 
     /// SIGTERM, then wait for the exit.
@@ -144,12 +150,11 @@ impl Drop for Fqdnd {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill on our own child's pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let exited = wait::until("fqdnd to exit on SIGTERM", Duration::from_secs(5), || {
+                matches!(child.try_wait(), Ok(Some(_))).then_some(())
+            });
+            if exited.is_ok() {
+                return;
             }
             let _ = child.kill();
             let _ = child.wait();
