@@ -13,14 +13,11 @@ use common::privileged;
 fn mounted_type(pid: u32, path: &str) -> Option<String> {
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).ok()?;
     // The last mount at a path is the visible one.
-    mounts
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
-            (at == path).then(|| kind.to_string())
-        })
+    mounts.lines().rev().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+        (at == path).then(|| kind.to_string())
+    })
 }
 
 #[test]
