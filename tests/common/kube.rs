@@ -217,7 +217,8 @@ impl KubeApiserver {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_DEADLINE;
+        let started = Instant::now();
+        let deadline = started + READY_DEADLINE;
         loop {
             if let Some(status) = self.apiserver.as_mut().and_then(|c| c.try_wait().transpose()) {
                 let status = status.context("waiting for kube-apiserver")?;
@@ -232,6 +233,8 @@ impl KubeApiserver {
             }
             let out = self.kubectl(&["get", "--raw", "/readyz"]);
             if out.status.success() {
+                // Shown with a failing test's output: a slow start explains a slow test.
+                eprintln!("kube-apiserver on port {} ready after {:.1?}", self.port, started.elapsed());
                 return Ok(());
             }
             if Instant::now() > deadline {
