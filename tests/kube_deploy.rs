@@ -28,11 +28,14 @@ fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Every policy fixture file, sorted.
+/// Every policy fixture file (fixtures/policies/*/*.yaml), sorted.
 fn policy_fixtures() -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in std::fs::read_dir(repo("fixtures/policies")).unwrap() {
         let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
         for f in std::fs::read_dir(&dir).unwrap() {
             let f = f.unwrap().path();
             if f.extension().is_some_and(|e| e == "yaml") {
