@@ -155,6 +155,11 @@ fn deploy_manifests_and_policies_against_a_real_apiserver() {
     let node_name = agent["env"].as_array().unwrap().iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME env");
     assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
     assert_ne!(agent["securityContext"]["privileged"], true, "the agent container itself is not privileged");
+    assert_eq!(
+        agent["securityContext"]["capabilities"],
+        serde_json::json!({ "drop": ["ALL"], "add": ["NET_ADMIN", "BPF", "PERFMON"] }),
+        "the agent's capabilities (deploy/daemonset.yaml says why each)"
+    );
     assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/healthz");
 
