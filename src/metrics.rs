@@ -226,7 +226,7 @@ impl Readiness {
         self.missing().is_empty()
     }
 
-    /// What is not loaded yet, for the `/readyz` body and `fqdnd status`.
+    /// What is not loaded yet, for the `/readyz` body and the admin socket's status.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
         if !self.policies.load(Ordering::Acquire) {
