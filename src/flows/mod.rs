@@ -9,5 +9,5 @@ pub mod model;
 
 pub use convert::{EndpointInfo, EndpointLookup, EndpointTable, NamesLookup, NoNames};
 pub use filter::{FlowFilter, PodSelector};
-pub use hub::{FlowHub, Follower, HubConfig, HubStats, Subscription};
+pub use hub::{FlowHub, FlowMatch, FlowSink, Follower, HubConfig, HubStats, Subscription};
 pub use model::{Flow, FlowKind, FlowResponse, Verdict};
