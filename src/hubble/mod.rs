@@ -11,4 +11,6 @@
 //!  filter.rs: whitelist/blacklist; json.rs: protobuf JSON; client.rs: `fqdnd observe --server`
 //! ```
 
+pub mod convert;
+pub mod json;
 pub mod proto;
