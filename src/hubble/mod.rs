@@ -12,5 +12,6 @@
 //! ```
 
 pub mod convert;
+pub mod filter;
 pub mod json;
 pub mod proto;
