@@ -14,4 +14,9 @@
 pub mod convert;
 pub mod filter;
 pub mod json;
+pub mod listen;
 pub mod proto;
+pub mod server;
+
+pub use listen::{ListenAddr, ServerAddr};
+pub use server::{HubbleServer, ObserverState, serve};
