@@ -15,8 +15,10 @@ pub mod convert;
 pub mod filter;
 pub mod json;
 pub mod listen;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 
 pub use listen::{ListenAddr, ServerAddr};
+pub use metrics::{HubbleMetrics, MetricsConfig, MetricsSetting};
 pub use server::{HubbleServer, ObserverState, serve};
