@@ -11,6 +11,7 @@
 //!  filter.rs: whitelist/blacklist; json.rs: protobuf JSON; client.rs: `fqdnd observe --server`
 //! ```
 
+pub mod client;
 pub mod convert;
 pub mod filter;
 pub mod json;
