@@ -9,7 +9,8 @@
 //!  Proxy ─Answer─► CacheHandle::learn_into ─Delta─► datapath ─ack─► answer released
 //!        └─DnsFlow─► broadcast ─► FlowHub ◄─ drop events (kernel datapath)
 //!  FlowHub + CacheHandle + Readiness ─► admin socket <state-dir>/fqdnd.sock (observe, cache list, status)
-//!  registry (proxy, agent, cache metrics) ─► --metrics-addr (/metrics, /healthz, /readyz)
+//!  FlowHub ─► Hubble's Observer API on --hubble-listen (gRPC); every flow ─► Hubble's metrics
+//!  registries (fqdnd_*: proxy, agent, cache; hubble_*) ─► --metrics-addr (/metrics, /healthz, /readyz)
 //! ```
 //!
 //! Start order: bind the proxy's sockets (the datapath needs their ports), restore the cache,
@@ -25,7 +26,7 @@ pub mod policies;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use dns_proxy::metrics::ProxyMetrics;
@@ -56,6 +57,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut registry = agent_metrics::new_registry();
     let agent_metrics = AgentMetrics::register(&mut registry);
     let proxy_metrics = ProxyMetrics::register(&mut registry);
+    let mut hubble_registry = fqdnd::hubble::metrics::new_registry();
+    let hubble_metrics = (!config.hubble_metrics.is_empty())
+        .then(|| Arc::new(fqdnd::hubble::HubbleMetrics::register(&config.hubble_metrics, &mut hubble_registry)));
     let readiness = Arc::new(Readiness::default());
 
     // The proxy's sockets first: the transparent datapath redirects to their ports.
@@ -85,13 +89,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     readiness.set_policies_loaded(true);
     readiness.set_datapath_loaded(true);
 
-    let hub = Arc::new(FlowHub::with_config(
+    let mut hub = FlowHub::with_config(
         HubConfig { ring_capacity: config.flow_ring_size, node_name: config.node_name.clone(), ..Default::default() },
         agent_metrics.clone(),
-    ));
+    );
+    if let Some(m) = &hubble_metrics {
+        hub = hub.with_sink(m.clone());
+    }
+    let hub = Arc::new(hub);
     let mut tasks = Vec::new();
-    // A ring of 0 keeps no flows: the proxy then builds none (no subscriber), saving their cost.
-    if config.flow_ring_size > 0 {
+    // A ring of 0 keeps no flows: the proxy then builds none (no subscriber), saving their cost,
+    // unless Hubble's metrics count them.
+    if config.flow_ring_size > 0 || hubble_metrics.is_some() {
         tasks.push(tokio::spawn(hub.clone().pump_dns(proxy.subscribe(), lookup.clone())));
     }
     if let AgentDatapath::Kernel(dp) = &datapath {
@@ -115,12 +124,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _admin = admin::serve(
         &admin::socket_path(&config.state_dir),
-        AdminState { hub, cache: cache.clone(), readiness: readiness.clone(), started: SystemTime::now() },
+        AdminState { hub: hub.clone(), cache: cache.clone(), readiness: readiness.clone(), started: SystemTime::now() },
     )
     .context("starting the admin socket")?;
+    let _hubble = match &config.hubble_listen {
+        Some(listen) => Some(
+            fqdnd::hubble::serve(listen, fqdnd::hubble::ObserverState { hub: hub.clone(), started: Instant::now() })
+                .await
+                .context("starting Hubble's Observer API")?,
+        ),
+        None => None,
+    };
     let _metrics = match config.metrics_addr {
         Some(addr) => {
-            let server = agent_metrics::serve(addr, Arc::new(registry), readiness.clone())
+            let registries = vec![Arc::new(registry), Arc::new(hubble_registry)];
+            let server = agent_metrics::serve_registries(addr, registries, readiness.clone())
                 .await
                 .context("starting the metrics server")?;
             Some(server)
