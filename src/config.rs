@@ -25,6 +25,7 @@
 //! max-zombies: 10000
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
+//! flow-follower-queue: 1024        # flows queued per live follower before it loses them
 //! node-name: ""                    # in every flow; default: the host name
 //! hubble-listen: unix:/run/fqdnd/hubble.sock  # Hubble's Observer API (gRPC): unix:PATH or HOST:PORT;
 //!                                  # default <state-dir>/hubble.sock; "none" turns it off
@@ -74,6 +75,7 @@ pub struct FileConfig {
     pub max_zombies: Option<usize>,
     pub cache_snapshot_interval: Option<String>,
     pub flow_ring_size: Option<usize>,
+    pub flow_follower_queue: Option<usize>,
     pub node_name: Option<String>,
     pub hubble_listen: Option<String>,
     pub hubble_metrics: Option<fqdnd::hubble::MetricsSetting>,
@@ -140,6 +142,10 @@ pub struct Flags {
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
+    /// Flows queued per live follower (observe -f, GetFlows follow) before it loses them and is
+    /// told so (default 1024); publishing never waits on a follower.
+    #[arg(long, value_name = "N")]
+    pub flow_follower_queue: Option<usize>,
     /// Hubble's Observer API (gRPC): unix:PATH or HOST:PORT (default unix:<state-dir>/hubble.sock;
     /// "none": off). TCP is plain gRPC: listen on addresses only trusted clients reach.
     #[arg(long, value_name = "ADDR")]
@@ -168,6 +174,7 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub bpffs_dir: PathBuf,
     pub flow_ring_size: usize,
+    pub flow_follower_queue: usize,
     pub node_name: String,
     pub hubble_listen: Option<fqdnd::hubble::ListenAddr>,
     pub hubble_metrics: fqdnd::hubble::MetricsConfig,
@@ -440,6 +447,12 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
     };
     let flow_ring_size =
         flags.flow_ring_size.or(file.flow_ring_size).unwrap_or(fqdnd::flows::hub::DEFAULT_RING_CAPACITY);
+    let flow_follower_queue =
+        flags.flow_follower_queue.or(file.flow_follower_queue).unwrap_or(fqdnd::flows::hub::DEFAULT_FOLLOWER_QUEUE);
+    if flow_follower_queue == 0 {
+        problems
+            .push(format!("{}: must be at least 1", src(flags.flow_follower_queue.is_some(), "flow-follower-queue")));
+    }
     let node_name = file.node_name.clone().unwrap_or_else(hostname);
 
     let hubble_listen = match pick!(flags.hubble_listen.clone(), file.hubble_listen.clone(), "hubble-listen") {
@@ -506,6 +519,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             .or(file.bpffs_dir.clone())
             .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
         flow_ring_size,
+        flow_follower_queue,
         node_name,
         hubble_listen,
         hubble_metrics,
@@ -671,6 +685,18 @@ mod tests {
         );
         let typo = parse_file(Path::new("f.yaml"), "hubble-listn: none\n").unwrap_err().to_string();
         assert!(typo.contains("hubble-listn"), "{typo}");
+    }
+
+    #[test]
+    fn flow_follower_queue_key_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.flow_follower_queue, 1024);
+        let queue = parse_file(Path::new("f.yaml"), "flow-follower-queue: 0\n").unwrap();
+        let text = resolve(&queue, &Flags::default(), &env(dir.path())).unwrap_err().to_string();
+        assert!(text.contains("config flow-follower-queue: must be at least 1"), "{text}");
+        let c = resolve(&queue, &Flags { flow_follower_queue: Some(8), ..Flags::default() }, &env(dir.path())).unwrap();
+        assert_eq!(c.flow_follower_queue, 8);
     }
 
     #[test]

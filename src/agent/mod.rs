@@ -90,7 +90,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     readiness.set_datapath_loaded(true);
 
     let mut hub = FlowHub::with_config(
-        HubConfig { ring_capacity: config.flow_ring_size, node_name: config.node_name.clone(), ..Default::default() },
+        HubConfig {
+            ring_capacity: config.flow_ring_size,
+            follower_queue: config.flow_follower_queue,
+            node_name: config.node_name.clone(),
+        },
         agent_metrics.clone(),
     );
     if let Some(m) = &hubble_metrics {
