@@ -6,6 +6,11 @@
 //! are counted and the client gets Hubble's `lost_events` (source OBSERVER_EVENTS_QUEUE). The
 //! response stream is pulled by tonic only as fast as HTTP/2 flow control lets it send, so a
 //! client that stops reading stops its own stream and nothing else.
+//!
+//! Over the Unix socket, Python's grpcio (C core) sends the percent-encoded socket path as
+//! `:authority`, which h2 (under tonic) rejects as malformed (RST_STREAM PROTOCOL_ERROR); such
+//! clients set `grpc.default_authority` to `localhost` (grpc-go, the hubble CLI's library, sends
+//! `localhost` itself). TCP clients need nothing.
 
 use std::io;
 use std::path::PathBuf;
@@ -148,17 +153,29 @@ struct Flows {
     follower: Option<Follower>,
     /// A flow taken from the queue while a loss notice went out first.
     pending: Option<Arc<Flow>>,
+    since: Option<SystemTime>,
     until: Option<SystemTime>,
     hub: Arc<FlowHub>,
 }
 
+/// What to do with the next flow of a stream.
+enum Next {
+    Send(Box<GetFlowsResponse>),
+    Skip,
+    End,
+}
+
 impl Flows {
-    fn flow(&self, f: &Flow) -> Option<GetFlowsResponse> {
-        // Hubble ends a stream at the first flow past `until`, followed or not.
+    fn flow(&self, f: &Flow) -> Next {
+        // Hubble ends a stream at the first flow past `until`, and skips flows before `since`,
+        // followed or not (a `since` in the future waits for it).
         if self.until.is_some_and(|u| f.time > u) {
-            return None;
+            return Next::End;
         }
-        Some(flow_response(f, self.hub.node_name()))
+        if self.since.is_some_and(|s| f.time < s) {
+            return Next::Skip;
+        }
+        Next::Send(Box::new(flow_response(f, self.hub.node_name())))
     }
 
     fn lost(&self, n: u64) -> GetFlowsResponse {
@@ -166,29 +183,40 @@ impl Flows {
     }
 
     async fn next(&mut self) -> Option<GetFlowsResponse> {
+        loop {
+            let step = self.step().await?;
+            match step {
+                Next::Send(r) => return Some(*r),
+                Next::Skip => continue,
+                Next::End => return None,
+            }
+        }
+    }
+
+    async fn step(&mut self) -> Option<Next> {
         if let Some(f) = self.history.next() {
-            return self.flow(&f);
+            return Some(self.flow(&f));
         }
         if let Some(f) = self.pending.take() {
-            return self.flow(&f);
+            return Some(self.flow(&f));
         }
         let follower = self.follower.as_mut()?;
         if let Some(f) = follower.try_recv() {
-            return self.flow(&f);
+            return Some(self.flow(&f));
         }
         // The queue ran dry: if flows were lost meanwhile, say so now rather than at the next flow,
         // so a reader that caught up learns of its gap without waiting for more traffic.
         let lost = follower.take_lost();
         if lost > 0 {
-            return Some(self.lost(lost));
+            return Some(Next::Send(Box::new(self.lost(lost))));
         }
         let f = follower.recv().await?;
         let lost = self.follower.as_ref().map(Follower::take_lost).unwrap_or(0);
         if lost > 0 {
             self.pending = Some(f);
-            return Some(self.lost(lost));
+            return Some(Next::Send(Box::new(self.lost(lost))));
         }
-        self.flow(&f)
+        Some(self.flow(&f))
     }
 }
 
@@ -209,7 +237,7 @@ impl Observer for Service {
         // History and follower come from one lock: a flow is either in the history or followed.
         let sub = hub.subscribe_with(Arc::new(filters), None, req.follow);
         let history = select_history(sub.history, &req, since, until);
-        let state = Flows { history: history.into_iter(), follower: sub.follower, pending: None, until, hub };
+        let state = Flows { history: history.into_iter(), follower: sub.follower, pending: None, since, until, hub };
         let stream = futures::stream::unfold(state, |mut s| async move {
             let item = s.next().await?;
             Some((Ok(item), s))
@@ -293,6 +321,41 @@ mod tests {
                 "{r:?} since {since:?} until {until:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn followed_flows_skip_before_since_end_after_until_and_losses_are_told() {
+        use crate::flows::HubConfig;
+        use crate::metrics::AgentMetrics;
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let base = crate::hubble::convert::tests::real_flows().remove(0);
+        let cfg = HubConfig { ring_capacity: 16, follower_queue: 2, node_name: "n".into() };
+        let hub = Arc::new(FlowHub::with_config(cfg, AgentMetrics::default()));
+        let sub = hub.subscribe_with(Arc::new(FilterSet::default()), None, true);
+        let mut s = Flows {
+            history: Vec::new().into_iter(),
+            follower: sub.follower,
+            pending: None,
+            since: Some(at(3)),
+            until: Some(at(6)),
+            hub: hub.clone(),
+        };
+        // A queue of 2: flows 1 and 2 wait, 3 to 5 are lost.
+        for i in 1..=5 {
+            hub.publish(Flow { time: at(i), ..base.clone() });
+        }
+        let notice = s.next().await.unwrap();
+        match notice.response_types {
+            Some(super::super::proto::observer::get_flows_response::ResponseTypes::LostEvents(l)) => {
+                assert_eq!(l.num_events_lost, 3)
+            }
+            other => panic!("expected lost_events after 1 and 2 were skipped, got {other:?}"),
+        }
+        hub.publish(Flow { time: at(6), ..base.clone() });
+        hub.publish(Flow { time: at(7), ..base.clone() });
+        let six = s.next().await.unwrap();
+        assert_eq!(six.time, Some(crate::hubble::convert::timestamp(at(6))));
+        assert!(s.next().await.is_none(), "the stream ends at the first flow past until");
     }
 
     #[test]
