@@ -8,7 +8,9 @@
 # dnsdist gets the equivalent rules (QNameSetRule for exact names, SuffixMatchNodeRule for the
 # suffixes, NXDOMAIN otherwise). dnsdist keeps no per-query records, so the comparison runs
 # fqdnd with its flow ring off (flow-ring-size: 0); a third row shows fqdnd with flows on
-# (the default: every query and answer becomes a Hubble-shaped flow in a 4096-entry ring).
+# (the default: every query and answer becomes a Hubble-shaped flow in a 4096-entry ring), then
+# the same instance with a live `fqdnd observe -f` on the admin socket, then with a live
+# `fqdnd observe --server -f` on Hubble's Observer API (a gRPC GetFlows follower).
 # Half of the queries are allowed, half denied.
 #
 # For each proxy, two dnsperf phases:
@@ -88,16 +90,27 @@ fi
 echo "dnsperf: ${DURATION}s per phase, $CLIENTS clients, $OUTSTANDING outstanding, latency at ${RATE} q/s; 50% allowed / 50% denied"
 printf "\n%-14s %10s %9s %9s %14s %14s\n" proxy "max q/s" "p50 us" "p90 us" "CPU s/100k q" "lost/done"
 declare -A QPS CPU P50
-# The last row is the flows-on instance again, now with a live `fqdnd observe -f` client reading
-# every flow (its own CPU is not in the proxy's column).
+# The last rows are the flows-on instance again, now with a live client reading every flow: `fqdnd
+# observe -f` on the admin socket, then `fqdnd observe --server -f` over gRPC (the client's own CPU
+# is not in the proxy's column; on a small machine it competes for cores).
 OBSERVER_PID=
+GRPC_PID=
 for target in "fqdnd $FQDND_PORT $FQDND_PID" "dnsdist $DNSDIST_PORT $DNSDIST_PID" "fqdnd-flows $FLOWS_PORT $FLOWS_PID" \
-    "fqdnd-observed $FLOWS_PORT $FLOWS_PID"; do
+    "fqdnd-observed $FLOWS_PORT $FLOWS_PID" "fqdnd-grpc $FLOWS_PORT $FLOWS_PID"; do
     set -- $target
     if [ "$1" = fqdnd-observed ]; then
         "$FQDND_BIN" observe -f -o json --state-dir "$WORK/state-fqdnd-flows" >"$WORK/observed.jsonl" 2>"$WORK/observe.log" &
         OBSERVER_PID=$!
         PIDS+=($OBSERVER_PID)
+        sleep 0.5
+    fi
+    if [ "$1" = fqdnd-grpc ]; then
+        kill "$OBSERVER_PID" 2>/dev/null || true
+        wait "$OBSERVER_PID" 2>/dev/null || true
+        "$FQDND_BIN" observe -f -o json --server "unix:$WORK/state-fqdnd-flows/hubble.sock" \
+            >"$WORK/grpc.jsonl" 2>"$WORK/grpc.log" &
+        GRPC_PID=$!
+        PIDS+=($GRPC_PID)
         sleep 0.5
     fi
     read -r L50 L90 < <(latency "$2")
@@ -111,16 +124,23 @@ for target in "fqdnd $FQDND_PORT $FQDND_PID" "dnsdist $DNSDIST_PORT $DNSDIST_PID
     printf "%-14s %10s %9s %9s %14s %14s\n" "$1" "$TQPS" "$L50" "$L90" "$TCPU" "$TLOST/$TDONE"
 done
 if [ -n "$OBSERVER_PID" ]; then
-    kill "$OBSERVER_PID" 2>/dev/null || true
-    wait "$OBSERVER_PID" 2>/dev/null || true
     echo "observe -f client received $(grep -c '"flow"' "$WORK/observed.jsonl") flows (and was told of $(grep -o '"lost_events"' "$WORK/observed.jsonl" | wc -l) gaps)"
+fi
+if [ -n "$GRPC_PID" ]; then
+    kill "$GRPC_PID" 2>/dev/null || true
+    wait "$GRPC_PID" 2>/dev/null || true
+    # observe prints lost_events notices on stderr, one line each.
+    echo "observe --server -f (gRPC) client received $(grep -c '"flow"' "$WORK/grpc.jsonl") flows (and was told of $(grep -c 'flows lost' "$WORK/grpc.log") gaps)"
 fi
 awk -v fq="${QPS[fqdnd]}" -v dq="${QPS[dnsdist]}" -v fc="${CPU[fqdnd]}" -v dc="${CPU[dnsdist]}" \
     -v f50="${P50[fqdnd]}" -v d50="${P50[dnsdist]}" -v wq="${QPS[fqdnd-flows]}" -v wc="${CPU[fqdnd-flows]}" \
-    -v oq="${QPS[fqdnd-observed]}" -v oc="${CPU[fqdnd-observed]}" 'BEGIN {
+    -v oq="${QPS[fqdnd-observed]}" -v oc="${CPU[fqdnd-observed]}" \
+    -v gq="${QPS[fqdnd-grpc]}" -v gc="${CPU[fqdnd-grpc]}" 'BEGIN {
     printf "\nfqdnd/dnsdist: max q/s %.2f, CPU per query %.2f, p50 latency %.2f\n",
         (dq > 0 ? fq / dq : 0), (dc > 0 ? fc / dc : 0), (d50 > 0 ? f50 / d50 : 0)
     printf "fqdnd with flows on/dnsdist: max q/s %.2f, CPU per query %.2f\n", (dq > 0 ? wq / dq : 0), (dc > 0 ? wc / dc : 0)
     printf "fqdnd with flows on, observe -f attached/not attached: max q/s %.2f, CPU per query %.2f\n",
         (wq > 0 ? oq / wq : 0), (wc > 0 ? oc / wc : 0)
+    printf "fqdnd with flows on, gRPC GetFlows follower attached/not attached: max q/s %.2f, CPU per query %.2f\n",
+        (wq > 0 ? gq / wq : 0), (wc > 0 ? gc / wc : 0)
 }'

@@ -3,4 +3,5 @@
 
 pub mod admin;
 pub mod flows;
+pub mod hubble;
 pub mod metrics;

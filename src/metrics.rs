@@ -260,6 +260,17 @@ impl Drop for MetricsServer {
 
 /// Bind `addr` and serve `/metrics` (OpenMetrics text of `registry`), `/healthz` and `/readyz`.
 pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, readiness: Arc<Readiness>) -> io::Result<MetricsServer> {
+    serve_registries(addr, vec![registry], readiness).await
+}
+
+/// [`serve`] with several registries on one page: a registry has one name prefix, and Hubble's
+/// metrics (`hubble_*`) sit beside fqdnd's (`fqdnd_*`).
+pub async fn serve_registries(
+    addr: SocketAddr,
+    registries: Vec<Arc<Registry>>,
+    readiness: Arc<Readiness>,
+) -> io::Result<MetricsServer> {
+    let registries: Arc<[Arc<Registry>]> = registries.into();
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("metrics server: binding {addr}: {e}")))?;
@@ -268,9 +279,9 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, readiness: Arc<Rea
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let (registry, readiness) = (registry.clone(), readiness.clone());
+                    let (registries, readiness) = (registries.clone(), readiness.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &registry, &readiness).await {
+                        if let Err(e) = handle(stream, &registries, &readiness).await {
                             tracing::debug!(error = %e, "metrics connection");
                         }
                     });
@@ -291,12 +302,12 @@ const MAX_REQUEST_HEAD: usize = 8192;
 /// A client that sends no complete request head within this is dropped (not a test timing).
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn handle(mut stream: TcpStream, registry: &Registry, readiness: &Readiness) -> io::Result<()> {
+async fn handle(mut stream: TcpStream, registries: &[Arc<Registry>], readiness: &Readiness) -> io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(head) => head?,
         Err(_) => return Ok(()),
     };
-    let response = respond(&head, registry, readiness);
+    let response = respond(&head, registries, readiness);
     stream.write_all(&response).await?;
     stream.shutdown().await
 }
@@ -318,7 +329,7 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
 }
 
 /// The whole HTTP response for a request head.
-fn respond(head: &[u8], registry: &Registry, readiness: &Readiness) -> Vec<u8> {
+fn respond(head: &[u8], registries: &[Arc<Registry>], readiness: &Readiness) -> Vec<u8> {
     let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
@@ -331,7 +342,11 @@ fn respond(head: &[u8], registry: &Registry, readiness: &Readiness) -> Vec<u8> {
     match path {
         "/metrics" => {
             let mut body = String::new();
-            match prometheus_client::encoding::text::encode(&mut body, registry) {
+            let encoded = registries
+                .iter()
+                .try_for_each(|r| prometheus_client::encoding::text::encode_registry(&mut body, r))
+                .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut body));
+            match encoded {
                 Ok(()) => {
                     http_response(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body, head_only)
                 }
@@ -414,7 +429,7 @@ mod tests {
 
     #[test]
     fn routes() {
-        let registry = new_registry();
+        let registry = [Arc::new(new_registry())];
         let readiness = Readiness::default();
         let status = |req: &str| {
             let resp = String::from_utf8(respond(req.as_bytes(), &registry, &readiness)).unwrap();
@@ -431,5 +446,24 @@ mod tests {
         assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), 404);
         let head = String::from_utf8(respond(b"HEAD /healthz HTTP/1.1\r\n\r\n", &registry, &readiness)).unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 3"), "{head}");
+    }
+
+    #[test]
+    fn registries_share_one_page_and_one_eof() {
+        let mut fqdnd = new_registry();
+        AgentMetrics::register(&mut fqdnd).policy_load_errors.inc();
+        let mut other = Registry::with_prefix("hubble");
+        let c = Counter::<u64>::default();
+        other.register("drop", "drops", c.clone());
+        c.inc_by(2);
+        let resp =
+            respond(b"GET /metrics HTTP/1.1\r\n\r\n", &[Arc::new(fqdnd), Arc::new(other)], &Readiness::default());
+        let text = String::from_utf8(resp).unwrap();
+        assert!(
+            text.contains("fqdnd_policy_load_errors_total 1\n") && text.contains("hubble_drop_total 2\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod cache;
 pub mod observe;
+pub mod observe_grpc;
 pub mod policy;
 pub mod run;
