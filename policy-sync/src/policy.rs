@@ -76,9 +76,14 @@ pub struct DnsSpec {
 pub struct PeerRule {
     /// Field path, e.g. `spec.egress[1]`.
     pub path: String,
-    /// Whether any L3 field (`toEndpoints`, `toCIDR`, `toFQDNs`, ...) was given. A rule without one but with
-    /// `toPorts` allows those ports to every peer; a rule with neither (`{}`) selects nothing.
+    /// Whether any L3 field (`toEndpoints`, `toCIDR`, `toFQDNs`, ...) was given, an empty list
+    /// included. A rule without one but with `toPorts` allows those ports to every peer; a rule
+    /// with neither (`{}`) selects nothing.
     pub has_l3: bool,
+    /// An L3 field was given as an empty list (`toEndpoints: []`, `toCIDR: []`, `toCIDRSet: []`,
+    /// `toEntities: []` or a `from*` twin): as in Cilium, the rule then selects no peer at all,
+    /// and `peers` and `fqdns` are empty.
+    pub no_peer: bool,
     pub peers: Vec<PeerSpec>,
     /// Whether `toPorts` was given (non-empty).
     pub has_ports: bool,
@@ -91,6 +96,6 @@ pub struct PeerRule {
 impl PeerRule {
     /// True for a rule that can allow (or deny) nothing, like `egress: [{}]`.
     pub fn selects_nothing(&self) -> bool {
-        !self.has_l3 && !self.has_ports
+        self.no_peer || (!self.has_l3 && !self.has_ports)
     }
 }

@@ -149,9 +149,13 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The resolved L3 peers of a rule. A rule with ports but no L3 field allows every peer;
-    /// a rule with neither (`{}`) has none, and toFQDNs peers are only known from DNS answers
-    /// (they become [`FqdnRule`]s).
+    /// a rule with neither (`{}`) has none, nor has one with an empty peer list
+    /// (`toEndpoints: []`); toFQDNs peers are only known from DNS answers (they become
+    /// [`FqdnRule`]s).
     fn peers(&mut self, r: &PeerRule) -> Vec<Peer> {
+        if r.no_peer {
+            return Vec::new();
+        }
         if !r.has_l3 {
             return if r.has_ports { vec![Peer::Any] } else { Vec::new() };
         }
@@ -379,6 +383,73 @@ pub(crate) mod tests {
         let web = inv.iter().find(|e| e.name == "web").unwrap();
         assert!(resolve(&policies(text), web, &inv).egress_default_deny);
         assert!(!resolve(&policies(text), &alpine(), &inv).egress_default_deny);
+    }
+
+    /// Cilium (`mergeEndpointSelectors`): an explicitly empty peer list selects no peer, so the
+    /// rule allows nothing, its `toPorts` included; without the field the ports open to every
+    /// peer. One case per field, each direction, allow and deny.
+    #[test]
+    fn empty_peer_lists_select_no_peer() {
+        let ports = "toPorts: [{ports: [{port: '443', protocol: TCP}]}]";
+        let fields = ["Endpoints", "CIDR", "CIDRSet", "Entities"];
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let probes = [ip("10.0.2.7"), ip("10.96.0.10"), ip("1.1.1.1"), ip("127.0.0.1"), ip("2001:db8::1")];
+        let anywhere = |rules: &[L3Rule]| probes.iter().any(|p| rules.iter().any(|r| r.peer.contains(*p)));
+        for field in fields {
+            for (dir, deny) in [("egress", false), ("egressDeny", true), ("ingress", false), ("ingressDeny", true)] {
+                let prefix = if dir.starts_with("egress") { "to" } else { "from" };
+                let text = cnp(
+                    "p",
+                    &format!(
+                        "  {dir}:\n  - {prefix}{field}: []\n    {ports}\n  enableDefaultDeny: {{egress: true, ingress: true}}\n"
+                    ),
+                );
+                let ep = resolve(&policies(&text), &alpine(), &inventory());
+                let rules = match (dir.starts_with("egress"), deny) {
+                    (true, false) => &ep.egress_allows,
+                    (true, true) => &ep.egress_denies,
+                    (false, false) => &ep.ingress_allows,
+                    (false, true) => &ep.ingress_denies,
+                };
+                assert!(!anywhere(rules), "{dir} {prefix}{field}: [] must select no peer: {rules:?}");
+                // The control: the same rule without the field opens (or denies) 443 everywhere.
+                let open = cnp("p", &format!("  {dir}:\n  - {ports}\n"));
+                let ep = resolve(&policies(&open), &alpine(), &inventory());
+                let rules = match (dir.starts_with("egress"), deny) {
+                    (true, false) => &ep.egress_allows,
+                    (true, true) => &ep.egress_denies,
+                    (false, false) => &ep.ingress_allows,
+                    (false, true) => &ep.ingress_denies,
+                };
+                assert!(probes.iter().all(|p| rules.iter().any(|r| r.peer.contains(*p))), "{dir} without {field}");
+            }
+        }
+        // One empty list voids the rule's other peers (Cilium checks each list before merging),
+        // toFQDNs included; the selectors are still validated.
+        let cases = [
+            ("toEndpoints: [] beside toCIDR", "  - toEndpoints: []\n    toCIDR: [1.1.1.0/24]\n"),
+            ("toEntities: [] beside toCIDRSet", "  - toEntities: []\n    toCIDRSet: [{cidr: 1.1.1.0/24}]\n"),
+            ("toCIDR: [] beside toFQDNs", "  - toCIDR: []\n    toFQDNs: [{matchName: one.one.one.one}]\n"),
+        ];
+        for (name, rule) in cases {
+            let ep = resolve(&policies(&cnp("p", &format!("  egress:\n{rule}"))), &alpine(), &inventory());
+            assert!(ep.egress_default_deny, "case {name}");
+            assert!(ep.egress_allows.is_empty() && ep.fqdn_rules.is_empty(), "case {name}: {ep:?}");
+        }
+        let (_, problems) = parse_file(
+            Path::new("t.yaml"),
+            &cnp("p", "  egress:\n  - toCIDR: []\n    toFQDNs: [{matchName: 'a b'}]\n"),
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        // `toFQDNs: []` is not among the lists Cilium checks: like an absent field, the rule's
+        // ports open to every peer.
+        let ep = resolve(
+            &policies(&cnp("p", &format!("  egress:\n  - toFQDNs: []\n    {ports}\n"))),
+            &alpine(),
+            &inventory(),
+        );
+        assert_eq!(ep.egress_allows.len(), 1);
+        assert_eq!(ep.egress_allows[0].peer, Peer::Any);
     }
 
     #[test]

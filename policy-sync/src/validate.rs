@@ -248,7 +248,9 @@ fn egress_rule(r: &model::EgressRule, path: &str, deny: bool, ctx: &DirCtx<'_>, 
         rule.has_l3 = true;
     }
     for (i, sel) in r.to_fqdns.iter().flatten().enumerate() {
-        if let Some(pat) = fqdn_selector(sel, &format!("{path}.toFQDNs[{i}]"), p) {
+        if let Some(pat) = fqdn_selector(sel, &format!("{path}.toFQDNs[{i}]"), p)
+            && !rule.no_peer
+        {
             rule.fqdns.push(pat);
         }
     }
@@ -299,9 +301,14 @@ fn common(
     p: &mut Problems,
 ) -> PeerRule {
     let mut peers = Vec::new();
-    let mut has_l3 = false;
+    // A field given at all is an L3 restriction, even as an empty list: Cilium reads `[]` as
+    // "no peer", never as "no L3 field" (which would open the rule's ports to every peer).
+    let has_l3 = endpoints.1.is_some() || cidr.1.is_some() || cidr_set.1.is_some() || entities.1.is_some();
+    let no_peer = endpoints.1.as_ref().is_some_and(Vec::is_empty)
+        || cidr.1.as_ref().is_some_and(Vec::is_empty)
+        || cidr_set.1.as_ref().is_some_and(Vec::is_empty)
+        || entities.1.as_ref().is_some_and(Vec::is_empty);
     if let Some(sels) = endpoints.1.as_ref().filter(|v| !v.is_empty()) {
-        has_l3 = true;
         let mut compiled = Vec::with_capacity(sels.len());
         for (i, s) in sels.iter().enumerate() {
             check_selector(s, &format!("{path}.{}[{i}]", endpoints.0), p);
@@ -310,14 +317,12 @@ fn common(
         peers.push(PeerSpec::Endpoints(compiled));
     }
     for (i, text) in cidr.1.iter().flatten().enumerate() {
-        has_l3 = true;
         match parse_cidr(text) {
             Ok(net) => peers.push(PeerSpec::Cidr { net, except: Vec::new() }),
             Err(e) => p.push(format!("{path}.{}[{i}]", cidr.0), e),
         }
     }
     for (i, rule) in cidr_set.1.iter().flatten().enumerate() {
-        has_l3 = true;
         let field = format!("{path}.{}[{i}]", cidr_set.0);
         if rule.cidr_group_ref.is_some() || rule.cidr_group_selector.is_some() {
             p.push(&field, "CiliumCIDRGroup references are not supported by fqdnd; write the cidr here");
@@ -349,15 +354,19 @@ fn common(
         peers.push(PeerSpec::Cidr { net, except });
     }
     for (i, text) in entities.1.iter().flatten().enumerate() {
-        has_l3 = true;
         match Entity::from_str(text) {
             Ok(e) => peers.push(PeerSpec::Entity(e)),
             Err(msg) => p.push(format!("{path}.{}[{i}]", entities.0), msg),
         }
     }
+    if no_peer {
+        // Cilium's rule: one empty list and the rule selects no peer, whatever else it names.
+        peers.clear();
+    }
     PeerRule {
         path: path.to_string(),
         has_l3,
+        no_peer,
         peers,
         has_ports: false,
         ports: Vec::new(),
