@@ -79,6 +79,14 @@ impl std::str::FromStr for EndpointKey {
     }
 }
 
+/// IPv4-mapped IPv6 (`::ffff:10.0.1.5`) is the IPv4 address: dual-stack sockets report it that way.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Read an endpoints file: a YAML list of [`Endpoint`].
 pub fn load_endpoints_file(path: &Path) -> Result<Vec<Endpoint>, PolicyError> {
     let text =

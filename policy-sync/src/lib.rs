@@ -27,4 +27,4 @@ pub use load::{LoadReport, Problem, load_paths, parse_file};
 pub use policy::{Policy, PolicyKind};
 pub use resolve::{NodeInfo, Traced, resolve, resolve_on, resolve_traced};
 pub use resolved::{DnsRule, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
-pub use source::{FilesSource, ResolvedEndpoint, Snapshot, Source};
+pub use source::{FilesSource, ResolvedEndpoint, Snapshot, Source, SourceFault};
