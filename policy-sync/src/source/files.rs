@@ -435,4 +435,28 @@ spec:
         assert!(in_force(&s) && s.endpoints.len() == 2);
         assert_eq!(s.faults, [SourceFault::EndpointsInvalid]);
     }
+
+    /// Fault E: an endpoints file giving alpine's IP to another endpoint too would hand alpine's
+    /// queries that endpoint's (absent) rules. The file is refused; alpine keeps its rules.
+    #[test]
+    fn an_ip_listed_for_two_endpoints_keeps_the_last_good_inventory() {
+        let dir = tempfile::tempdir().unwrap();
+        let pol = dir.path().join("policies");
+        std::fs::create_dir(&pol).unwrap();
+        std::fs::write(pol.join("dns.yaml"), GOOD).unwrap();
+        let eps = dir.path().join("endpoints.yaml");
+        std::fs::write(&eps, ENDPOINTS).unwrap();
+        let src = FilesSource::new(Some(pol), Some(eps.clone()), Duration::from_secs(1));
+        assert!(in_force(&src.poll().unwrap()));
+        let alpine_ip = "10.0.1.5".parse().unwrap();
+        std::fs::write(&eps, format!("{ENDPOINTS}- {{namespace: default, name: intruder, ips: [10.0.1.5]}}\n"))
+            .unwrap();
+        let s = src.poll().unwrap();
+        assert_eq!(s.faults, [SourceFault::EndpointsInvalid]);
+        assert!(in_force(&s), "alpine's rules.dns still apply");
+        let owner = s.by_ip(alpine_ip).expect("10.0.1.5 has an owner");
+        assert_eq!(owner.endpoint.name, "alpine");
+        assert!(owner.policy.has_dns_rules());
+        assert_eq!(s.endpoints.len(), 2, "the intruder is not in the inventory");
+    }
 }
