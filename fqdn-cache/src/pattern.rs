@@ -27,6 +27,10 @@ pub enum PatternError {
     InvalidChar { kind: PatternKind, text: String, ch: char },
     #[error("{kind} {text:?} is {len} characters long; the limit is {MAX_NAME_LEN}")]
     TooLong { kind: PatternKind, text: String, len: usize },
+    /// Cilium's schema (`^([-a-zA-Z0-9_]+[.]?)+$`, `*` too in a pattern) has no empty label:
+    /// no `a..b.com`, no leading dot, no second trailing dot, no lone `.`.
+    #[error("{kind} {text:?} has an empty label (labels are separated by exactly one dot)")]
+    EmptyLabel { kind: PatternKind, text: String },
 }
 
 /// Which field a pattern came from.
@@ -82,6 +86,10 @@ impl NamePattern {
         {
             return Err(PatternError::InvalidChar { kind, text: text.to_string(), ch });
         }
+        let stem = trimmed.strip_suffix('.').unwrap_or(trimmed);
+        if stem.split('.').any(str::is_empty) {
+            return Err(PatternError::EmptyLabel { kind, text: text.to_string() });
+        }
         Ok(NamePattern { kind, text: crate::normalize_name(trimmed) })
     }
 
@@ -95,9 +103,6 @@ impl NamePattern {
     }
 
     /// True for a `matchPattern` of stars only, which matches every name.
-    ///
-    /// At least one star is needed: a pattern of dots only normalizes to the root name `.`, which
-    /// matches only the root (as in Cilium, where it becomes the anchored regex `^[.]$`).
     pub fn matches_all(&self) -> bool {
         let stem = self.text.trim_end_matches('.');
         self.kind == PatternKind::Pattern && !stem.is_empty() && stem.chars().all(|c| c == '*')
@@ -112,10 +117,6 @@ impl NamePattern {
             return format!("^(?:(?:{LABEL_CHAR}+\\.)*|\\.)$");
         }
         let mut out = String::from("^");
-        if self.text == "." {
-            out.push_str("\\.$");
-            return out;
-        }
         let labels = split_labels(&self.text);
         let mut rest = &labels[..];
         if self.kind == PatternKind::Pattern && labels.first() == Some(&"**") && labels.len() > 1 {
@@ -249,5 +250,25 @@ mod tests {
         assert!(matches!(NamePattern::match_pattern(""), Err(PatternError::Empty { .. })));
         let long = "a".repeat(256);
         assert!(matches!(NamePattern::match_name(&long), Err(PatternError::TooLong { len: 256, .. })));
+    }
+
+    /// Cilium's schema, `^([-a-zA-Z0-9_]+[.]?)+$` (`*` too in a pattern): one dot at most after
+    /// each label, so no empty label anywhere.
+    #[test]
+    fn empty_labels_are_invalid() {
+        for text in ["a..b.com", ".a.com", "a.com..", ".", "..", "*..com", "**..a.com", ". "] {
+            for kind in [PatternKind::Name, PatternKind::Pattern] {
+                let text = if kind == PatternKind::Name { text.replace('*', "x") } else { text.to_string() };
+                let err = NamePattern::parse(kind, &text).unwrap_err();
+                assert!(matches!(err, PatternError::EmptyLabel { .. }), "{kind} {text:?}: {err}");
+                assert!(err.to_string().contains("empty label"), "{err}");
+            }
+        }
+        for text in ["a.com", "a.com.", "a", "a-b_c.d"] {
+            assert!(NamePattern::match_name(text).is_ok(), "{text}");
+        }
+        for text in ["*", "*.", "**.a.com", "*.a.com."] {
+            assert!(NamePattern::match_pattern(text).is_ok(), "{text}");
+        }
     }
 }

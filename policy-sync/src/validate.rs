@@ -624,6 +624,17 @@ mod tests {
                 vec![format!("spec.egress[0].toFQDNs[0].matchName: matchName {long:?} is 256 characters long; the limit is 255")],
             ),
             (
+                "empty labels, as Cilium's schema refuses them",
+                format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: 'a..b.com'}}, {{matchPattern: '.*.b.com'}}, {{matchName: 'b.com..'}}, {{matchPattern: '.'}}]\n  - toEndpoints: [{{}}]\n    toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchPattern: '*..com'}}]}}}}]\n"),
+                vec![
+                    "spec.egress[0].toFQDNs[0].matchName: matchName \"a..b.com\" has an empty label (labels are separated by exactly one dot)".into(),
+                    "spec.egress[0].toFQDNs[1].matchPattern: matchPattern \".*.b.com\" has an empty label (labels are separated by exactly one dot)".into(),
+                    "spec.egress[0].toFQDNs[2].matchName: matchName \"b.com..\" has an empty label (labels are separated by exactly one dot)".into(),
+                    "spec.egress[0].toFQDNs[3].matchPattern: matchPattern \".\" has an empty label (labels are separated by exactly one dot)".into(),
+                    "spec.egress[1].toPorts[0].rules.dns[0].matchPattern: matchPattern \"*..com\" has an empty label (labels are separated by exactly one dot)".into(),
+                ],
+            ),
+            (
                 "DNS rules on ingress",
                 format!("{SEL}  ingress:\n  - toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n"),
                 vec!["spec.ingress[0].toPorts[0].rules.dns: DNS rules are not allowed on ingress".into()],
