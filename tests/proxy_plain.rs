@@ -279,6 +279,46 @@ spec:
     assert!((1..=61).contains(&ttl), "ttl {ttl} in {text}");
 }
 
+/// `matchPattern: "*"` in rules.dns allows every name the proxy can see, a label with an odd
+/// byte and a literal `*` label included, and their answers are learned; a narrower pattern
+/// refuses both (no `*` in a pattern matches a byte outside [-a-z0-9_]).
+#[test]
+fn match_all_allows_and_learns_names_no_selector_could_hold() {
+    let nsd = DnsServer::builder().fixture_zone("odd.test").listen("127.0.0.2:0".parse().unwrap()).start().unwrap();
+    let odd = [(r"a\032b.odd.test", "10.202.0.1"), ("*.odd.test", "10.202.0.2")];
+    {
+        let (_fx, f) = start(&nsd, &["*.odd.test"], &[]);
+        for (name, _) in odd {
+            let r = dig::query(Client::Dig, f.addr, name, "A", &[]).unwrap();
+            assert_eq!(r.status, "NXDOMAIN", "{name} under *.odd.test: {}", r.raw);
+        }
+    }
+    let (_fx, f) = start(&nsd, &["*"], &[]);
+    for (name, ip) in odd {
+        for extra in [&[][..], &["+tcp"]] {
+            let r = dig::query(Client::Dig, f.addr, name, "A", extra).unwrap();
+            assert_eq!(r.status, "NOERROR", "{name} {extra:?} under *: {}", r.raw);
+            assert_eq!(r.data("A"), [ip], "{name} {extra:?}: {}", r.raw);
+        }
+    }
+    let out = std::process::Command::new(common::fqdnd::binary())
+        .args(["cache", "list", "--endpoint", "default/alpine", "-o", "json", "--state-dir"])
+        .arg(f.dir.path().join("state"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (_, ip) in odd {
+        let learned = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["fqdn"].as_str().is_some_and(|n| n.ends_with(".odd.test.")) && r.to_string().contains(ip));
+        assert!(learned, "{ip} learned under an odd.test. name: {text}");
+    }
+}
+
 fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
     match v {
         serde_json::Value::Object(m) => m.get(key).or_else(|| m.values().find_map(|x| find_key(x, key))),

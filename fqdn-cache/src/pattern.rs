@@ -2,8 +2,12 @@
 //!
 //! Semantics (Cilium's): names compare case-insensitively with the trailing dot optional. In a
 //! `matchPattern`, `*` inside a label matches zero or more of `[-a-zA-Z0-9_]` and never crosses a
-//! dot; a pattern made only of stars matches every name; a leading `**.` matches one or more whole
-//! labels.
+//! dot; a pattern made only of stars matches every name, whatever its bytes (Cilium's DNS proxy
+//! compiles `*` to a regex matching any input); a leading `**.` matches one or more whole labels.
+//!
+//! Which names a `toFQDNs` selector can hold is narrower: only names of clean labels
+//! ([`is_selectable_name`], [`NamePattern::selects`]). A DNS allow-all lets a pod ask for
+//! `a\032b.example.` or `*.example.`; no selector learns IPs under such a name.
 //!
 //! [`NamePattern::matches`] is the plain reference implementation. [`PatternSet`] compiles many
 //! patterns into one matcher for the query path.
@@ -102,7 +106,7 @@ impl NamePattern {
         &self.text
     }
 
-    /// True for a `matchPattern` of stars only, which matches every name.
+    /// True for a `matchPattern` of stars only, which matches every name, whatever its bytes.
     pub fn matches_all(&self) -> bool {
         let stem = self.text.trim_end_matches('.');
         self.kind == PatternKind::Pattern && !stem.is_empty() && stem.chars().all(|c| c == '*')
@@ -114,7 +118,7 @@ impl NamePattern {
     pub fn to_regex(&self) -> String {
         const LABEL_CHAR: &str = "[-0-9a-z_]";
         if self.matches_all() {
-            return format!("^(?:(?:{LABEL_CHAR}+\\.)*|\\.)$");
+            return "^(?s-u:.)*$".to_string();
         }
         let mut out = String::from("^");
         let labels = split_labels(&self.text);
@@ -143,6 +147,13 @@ impl NamePattern {
         out
     }
 
+    /// As a `toFQDNs` selector: does this pattern hold `name`? Only names of clean labels can be
+    /// selected, so a match-all `*` selects every such name and no other. `name` need not be
+    /// normalized.
+    pub fn selects(&self, name: &str) -> bool {
+        is_selectable_name(&crate::normalized_name(name)) && self.matches(name)
+    }
+
     /// Reference matcher: label by label, no compilation. `name` need not be normalized.
     pub fn matches(&self, name: &str) -> bool {
         let name = crate::normalize_name(name);
@@ -150,7 +161,7 @@ impl NamePattern {
             PatternKind::Name => name == self.text,
             PatternKind::Pattern => {
                 if self.matches_all() {
-                    return name == "." || split_labels(&name).iter().all(|l| valid_label(l));
+                    return true;
                 }
                 let pat = split_labels(&self.text);
                 let labels = split_labels(&name);
@@ -180,6 +191,14 @@ impl fmt::Display for NamePattern {
 pub(crate) fn split_labels(name: &str) -> Vec<&str> {
     let trimmed = name.strip_suffix('.').unwrap_or(name);
     if trimmed.is_empty() { Vec::new() } else { trimmed.split('.').collect() }
+}
+
+/// Can a `toFQDNs` selector hold this normalized name? Every label non-empty and made of
+/// `[-a-z0-9_]` (the root `.` has none). Names from the wire may hold any byte, escaped as
+/// `\DDD` in presentation form; such names are proxied (a DNS allow-all allows them) but no
+/// selector learns their IPs.
+pub fn is_selectable_name(name: &str) -> bool {
+    split_labels(name).iter().all(|l| valid_label(l))
 }
 
 pub(crate) fn valid_label(label: &str) -> bool {
@@ -269,6 +288,31 @@ mod tests {
         }
         for text in ["*", "*.", "**.a.com", "*.a.com."] {
             assert!(NamePattern::match_pattern(text).is_ok(), "{text}");
+        }
+    }
+
+    /// The DNS allow-all matches any query name; as a toFQDNs selector it holds only clean
+    /// names.
+    #[test]
+    fn match_all_selects_only_clean_names() {
+        let all = NamePattern::match_pattern("*").unwrap();
+        let microsoft = NamePattern::match_pattern("*.microsoft.com").unwrap();
+        // (name, allowed by the DNS allow-all, selectable)
+        let cases = [
+            ("www.microsoft.com.", true, true),
+            ("WWW.Microsoft.COM", true, true),
+            (".", true, true),
+            ("a\\032b.microsoft.com.", true, false),
+            ("*.microsoft.com.", true, false),
+            ("a b.com", true, false),
+            ("a..b.", true, false),
+        ];
+        for (name, dns, selectable) in cases {
+            assert_eq!(all.matches(name), dns, "{name:?}");
+            assert_eq!(all.selects(name), selectable, "{name:?}");
+            assert_eq!(is_selectable_name(&crate::normalize_name(name)), selectable, "{name:?}");
+            // A narrower pattern never matches an unclean name, so selects and matches agree.
+            assert_eq!(microsoft.selects(name), microsoft.matches(name), "{name:?}");
         }
     }
 }

@@ -177,7 +177,7 @@ pub fn explain_fqdn(t: &Traced, name: &str, port: u16, proto: L4Proto) -> Explan
         .fqdn_rules
         .iter()
         .zip(&t.fqdn_rules)
-        .find(|(r, _)| r.selector.matches(name) && ports_allow(&r.ports, port, proto))
+        .find(|(r, _)| r.selector.selects(name) && ports_allow(&r.ports, port, proto))
     {
         return Explanation::new(
             Verdict::Allowed,
@@ -263,6 +263,24 @@ mod tests {
             if want != Verdict::Allowed || port == 53 {
                 assert_eq!(e.policy.as_deref(), Some("default/p"), "case {name}");
             }
+        }
+    }
+
+    /// `matchPattern: "*"` in rules.dns allows any name the proxy can see; the same pattern in
+    /// toFQDNs holds only names of clean labels.
+    #[test]
+    fn match_all_allows_every_query_but_selects_clean_names_only() {
+        let t = traced(&format!(
+            "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n  - toFQDNs: [{{matchPattern: '*'}}]\n"
+        ));
+        let server = "10.96.0.10".parse().unwrap();
+        for name in ["www.example.com", "*.example.com.", "a\\032b.example.", "a b.example.", "x.y.z.example"] {
+            let e = explain_dns(&t, name, server, 53, L4Proto::Udp);
+            assert_eq!(e.verdict, Verdict::Allowed, "{name}: {}", e.reason);
+        }
+        assert_eq!(explain_fqdn(&t, "www.example.com", 443, L4Proto::Tcp).verdict, Verdict::Allowed);
+        for name in ["*.example.com", "a\\032b.example"] {
+            assert_eq!(explain_fqdn(&t, name, 443, L4Proto::Tcp).verdict, Verdict::Denied, "{name}");
         }
     }
 
