@@ -59,6 +59,11 @@ thread_local! {
     static MATCHES: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The pattern that allows every name, for rules that restrict none.
+fn match_all() -> NamePattern {
+    NamePattern::match_pattern("*").expect("\"*\" is a valid pattern")
+}
+
 impl DnsRules {
     pub fn new(rules: Vec<DnsRule>) -> Self {
         struct Building {
@@ -82,8 +87,14 @@ impl DnsRules {
                 }
             };
             let g = &mut building[at];
-            g.patterns.extend(rule.patterns.iter().cloned());
-            g.rule_of.extend(std::iter::repeat_n(i, rule.patterns.len()));
+            if rule.patterns.is_empty() {
+                // `rules.dns: []` restricts nothing (Cilium's proxy allows every name for it).
+                g.patterns.push(match_all());
+                g.rule_of.push(i);
+            } else {
+                g.patterns.extend(rule.patterns.iter().cloned());
+                g.rule_of.extend(std::iter::repeat_n(i, rule.patterns.len()));
+            }
         }
         let groups = building
             .into_iter()
@@ -179,7 +190,7 @@ mod tests {
             if !r.server.contains(server) || !ports_allow(&r.ports, port, proto) {
                 continue;
             }
-            if r.patterns.iter().any(|p| p.matches(qname)) {
+            if r.patterns.is_empty() || r.patterns.iter().any(|p| p.matches(qname)) {
                 return RuleVerdict::Allowed(i as u32);
             }
             covering.get_or_insert(i as u32);
@@ -223,11 +234,34 @@ mod tests {
         assert_eq!(DnsRules::default().decide(kube, 53, L4Proto::Udp, "a."), RuleVerdict::NotProxied);
     }
 
+    /// `rules.dns: []` places no restriction (Cilium's proxy compiles an empty list to
+    /// match-all): every name on that server and port is allowed, and still proxied.
+    #[test]
+    fn empty_rules_dns_allows_every_name() {
+        let kube: IpAddr = "10.96.0.10".parse().unwrap();
+        let rules = DnsRules::new(vec![
+            rule(kube_dns(), udp53(), &["*.microsoft.com"], "narrow"),
+            rule(kube_dns(), udp53(), &[], "empty"),
+            rule(kube_dns(), vec![PortProto { port: 53, proto: L4Proto::Tcp }], &[], "tcp-empty"),
+        ]);
+        for (proto, name, want) in [
+            (L4Proto::Udp, "www.microsoft.com.", RuleVerdict::Allowed(0)),
+            (L4Proto::Udp, "www.google.com.", RuleVerdict::Allowed(1)),
+            (L4Proto::Udp, "a\\032b.example.", RuleVerdict::Allowed(1)),
+            (L4Proto::Tcp, "www.google.com.", RuleVerdict::Allowed(2)),
+        ] {
+            assert_eq!(rules.decide(kube, 53, proto, name), want, "{proto} {name}");
+            assert_eq!(rules.decide(kube, 53, proto, name), reference(rules.rules(), kube, 53, proto, name));
+        }
+        assert_eq!(rules.decide("10.0.0.1".parse().unwrap(), 53, L4Proto::Udp, "a."), RuleVerdict::NotProxied);
+        assert!(!rules.is_empty(), "the endpoint's DNS is still proxied");
+    }
+
     proptest! {
         #[test]
         fn agrees_with_the_rule_by_rule_walk(
             rules in proptest::collection::vec(
-                (0usize..3, 0usize..3, proptest::collection::vec("(\\*|www|api|login)\\.(a|b|c)\\.(com|org)", 1..4)),
+                (0usize..3, 0usize..3, proptest::collection::vec("(\\*|www|api|login)\\.(a|b|c)\\.(com|org)", 0..4)),
                 0..8,
             ),
             names in proptest::collection::vec("(www|api|login|x)\\.(a|b|c)\\.(com|org)\\.", 1..6),

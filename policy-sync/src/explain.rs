@@ -135,8 +135,12 @@ pub fn explain_dns(t: &Traced, qname: &str, server: IpAddr, port: u16, proto: L4
         },
         RuleVerdict::Allowed(i) => {
             let (rule, o) = (&t.policy.dns.rules()[i as usize], &t.dns_rules[i as usize]);
-            let pattern = rule.patterns.iter().find(|pat| pat.matches(qname));
-            let what = pattern.map_or_else(|| "a pattern".to_string(), ToString::to_string);
+            let what = if rule.patterns.is_empty() {
+                "[] (an empty list restricts no name)".to_string()
+            } else {
+                let pattern = rule.patterns.iter().find(|pat| pat.matches(qname));
+                pattern.map_or_else(|| "a pattern".to_string(), ToString::to_string)
+            };
             Explanation::new(
                 Verdict::Allowed,
                 Some(o),
@@ -245,6 +249,9 @@ mod tests {
         let proxied = format!(
             "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchName: api.example.com}}, {{matchPattern: '*.corp.example'}}]}}}}]\n"
         );
+        let empty = format!(
+            "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: UDP}}], rules: {{dns: []}}}}]\n"
+        );
         let not_proxied_open = format!(
             "{HEAD}  egress: [{{toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchPattern: '*.a.com'}}]}}}}]}}]\n  enableDefaultDeny: {{egress: false}}\n"
         );
@@ -256,7 +263,20 @@ mod tests {
             ("other port", proxied.as_str(), "api.example.com", 5353, L4Proto::Udp, Verdict::Denied),
             ("no default deny still proxies", not_proxied_open.as_str(), "b.com", 53, L4Proto::Udp, Verdict::Refused),
             ("no default deny, other port", not_proxied_open.as_str(), "b.com", 5353, L4Proto::Udp, Verdict::Allowed),
+            ("rules.dns: [] allows any name", empty.as_str(), "anything.example", 53, L4Proto::Udp, Verdict::Allowed),
+            (
+                "rules.dns: [] is for its port only",
+                empty.as_str(),
+                "anything.example",
+                53,
+                L4Proto::Tcp,
+                Verdict::Denied,
+            ),
         ];
+        let t = traced(&empty);
+        assert!(t.policy.has_dns_rules(), "rules.dns: [] is still proxied");
+        let e = explain_dns(&t, "x.example", server, 53, L4Proto::Udp);
+        assert!(e.reason.contains("rules.dns [] (an empty list restricts no name)"), "{}", e.reason);
         for (name, text, qname, port, proto, want) in cases {
             let e = explain_dns(&traced(text), qname, server, port, proto);
             assert_eq!(e.verdict, want, "case {name}: {}", e.reason);

@@ -141,6 +141,7 @@ pub fn ports_allow(ports: &[PortProto], port: u16, proto: L4Proto) -> bool {
 pub struct DnsRule {
     pub server: Peer,
     pub ports: Vec<PortProto>,
+    /// Empty for `rules.dns: []`, which restricts no name (the queries are still proxied).
     pub patterns: Vec<NamePattern>,
     pub policy: PolicyRef,
 }
