@@ -133,6 +133,25 @@ pub fn explain_dns(t: &Traced, qname: &str, server: IpAddr, port: u16, proto: L4
             policy: conn.policy,
             reason: format!("{}; no rules.dns cover {dest}, so the query is not proxied", conn.reason),
         },
+        RuleVerdict::Allowed(i) if i as usize >= t.dns_rules.len() => {
+            let o = &t.dns_wildcards[i as usize - t.dns_rules.len()];
+            let covering = t
+                .policy
+                .dns
+                .rules()
+                .iter()
+                .position(|r| r.server.contains(server) && ports_allow(&r.ports, port, proto));
+            let lifted = covering.map_or_else(String::new, |r| format!(" (first in {})", at(&t.dns_rules[r])));
+            Explanation::new(
+                Verdict::Allowed,
+                Some(o),
+                format!(
+                    "{qname} to {dest} is allowed: {} allows {dest} without L7 rules, which lifts the rules.dns \
+                     there{lifted}, as in Cilium",
+                    at(o)
+                ),
+            )
+        }
         RuleVerdict::Allowed(i) => {
             let (rule, o) = (&t.policy.dns.rules()[i as usize], &t.dns_rules[i as usize]);
             let what = if rule.patterns.is_empty() {
@@ -302,6 +321,101 @@ mod tests {
         for name in ["*.example.com", "a\\032b.example"] {
             assert_eq!(explain_fqdn(&t, name, 443, L4Proto::Tcp).verdict, Verdict::Denied, "{name}");
         }
+    }
+
+    /// Cilium's L7 docs: "If a layer 4 rule is specified in the policy, and a similar layer 4
+    /// rule with layer 7 rules is also specified, then the layer 7 portions of the latter rule
+    /// will have no effect." Same peer and port only.
+    #[test]
+    fn a_plain_allow_lifts_dns_rules_on_the_same_peer_and_port() {
+        let kube =
+            "  - toEndpoints: [{matchLabels: {k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}]\n";
+        let dns = format!(
+            "{kube}    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchPattern: '*.microsoft.com'}}]}}}}]\n"
+        );
+        let server = "10.96.0.10".parse().unwrap();
+        // (case, the other rule, protocol, verdict)
+        let cases = [
+            ("DNS rules alone", String::new(), L4Proto::Udp, Verdict::Refused),
+            (
+                "L4 on the same peer and port",
+                format!("{kube}    toPorts: [{{ports: [{{port: '53', protocol: UDP}}]}}]\n"),
+                L4Proto::Udp,
+                Verdict::Allowed,
+            ),
+            (
+                "L4 on the same peer, other protocol",
+                format!("{kube}    toPorts: [{{ports: [{{port: '53', protocol: UDP}}]}}]\n"),
+                L4Proto::Tcp,
+                Verdict::Refused,
+            ),
+            ("L3 only on the same peer", kube.to_string(), L4Proto::Tcp, Verdict::Allowed),
+            (
+                "L4 to every peer",
+                "  - toPorts: [{ports: [{port: '53'}]}]\n".to_string(),
+                L4Proto::Udp,
+                Verdict::Allowed,
+            ),
+            (
+                "L4 to another peer",
+                "  - toCIDR: [10.0.0.0/24]\n    toPorts: [{ports: [{port: '53'}]}]\n".to_string(),
+                L4Proto::Udp,
+                Verdict::Refused,
+            ),
+            (
+                "L4 on another port",
+                format!("{kube}    toPorts: [{{ports: [{{port: '5353'}}]}}]\n"),
+                L4Proto::Udp,
+                Verdict::Refused,
+            ),
+            (
+                "rules: {} is no L7 rule",
+                format!("{kube}    toPorts: [{{ports: [{{port: '53'}}], rules: {{}}}}]\n"),
+                L4Proto::Udp,
+                Verdict::Allowed,
+            ),
+            (
+                "L3 to every endpoint of kube-system",
+                "  - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system}}]\n".to_string(),
+                L4Proto::Udp,
+                Verdict::Allowed,
+            ),
+            (
+                "an empty peer list lifts nothing",
+                "  - toEndpoints: []\n    toPorts: [{ports: [{port: '53'}]}]\n".to_string(),
+                L4Proto::Udp,
+                Verdict::Refused,
+            ),
+        ];
+        for (name, other, proto, want) in cases {
+            let t = traced(&format!("{HEAD}  egress:\n{dns}{other}"));
+            let e = explain_dns(&t, "www.google.com", server, 53, proto);
+            assert_eq!(e.verdict, want, "case {name}: {}", e.reason);
+            assert_eq!(
+                explain_dns(&t, "www.microsoft.com", server, 53, proto).verdict,
+                Verdict::Allowed,
+                "case {name}"
+            );
+            if want == Verdict::Allowed {
+                assert!(
+                    e.reason.contains("spec.egress[1]") && e.reason.contains("lifts the rules.dns"),
+                    "{}",
+                    e.reason
+                );
+                assert!(e.reason.contains("first in rule spec.egress[0]"), "{}", e.reason);
+            }
+            // Still proxied: the redirect comes from the rules.dns alone.
+            assert_eq!(t.policy.dns.rules().len(), 1, "case {name}");
+        }
+        // The same rule's own plain port: a DNS entry on UDP with a plain TCP entry beside it.
+        let t = traced(&format!(
+            "{HEAD}  egress:\n{kube}    toPorts:\n    - {{ports: [{{port: '53', protocol: UDP}}], rules: {{dns: [{{matchName: a.com}}]}}}}\n    - {{ports: [{{port: '53', protocol: TCP}}]}}\n"
+        ));
+        assert_eq!(explain_dns(&t, "b.com", server, 53, L4Proto::Udp).verdict, Verdict::Refused);
+        // TCP/53 is not covered by rules.dns at all: not proxied, allowed.
+        let tcp = explain_dns(&t, "b.com", server, 53, L4Proto::Tcp);
+        assert_eq!(tcp.verdict, Verdict::Allowed);
+        assert!(tcp.reason.contains("not proxied"), "{}", tcp.reason);
     }
 
     #[test]

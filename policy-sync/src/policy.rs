@@ -89,6 +89,11 @@ pub struct PeerRule {
     pub has_ports: bool,
     /// Union of the ports of every `toPorts` entry; empty = every port.
     pub ports: Vec<PortProto>,
+    /// The ports this rule allows without L7 rules (`toPorts` entries without `rules`, or every
+    /// port, `Some(vec![])`, for a rule without `toPorts`); `None` when every entry has L7 rules.
+    /// As in Cilium, such a plain allow of a peer and port lifts the `rules.dns` that other rules
+    /// put on the same peer and port: every name is allowed there (and still proxied).
+    pub plain_ports: Option<Vec<PortProto>>,
     pub dns: Vec<DnsSpec>,
     pub fqdns: Vec<NamePattern>,
 }

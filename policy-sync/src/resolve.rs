@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::dns::DnsRules;
 use crate::endpoint::Endpoint;
 use crate::policy::{PeerRule, PeerSpec, Policy, Subject};
-use crate::resolved::{DnsRule, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
+use crate::resolved::{DnsRule, DnsWildcard, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
 
 /// What the node itself looks like, for the entities that are not endpoints.
 ///
@@ -50,6 +50,8 @@ pub struct Traced {
     pub egress_default_deny_from: Option<Origin>,
     pub ingress_default_deny_from: Option<Origin>,
     pub dns_rules: Vec<Origin>,
+    /// The origin of each of `policy.dns.wildcards()`.
+    pub dns_wildcards: Vec<Origin>,
     pub fqdn_rules: Vec<Origin>,
     pub egress_allows: Vec<Origin>,
     pub egress_denies: Vec<Origin>,
@@ -74,6 +76,7 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
     let mut ctx = Ctx { inventory, node, inventory_labels: None };
     let mut out = Traced::default();
     let mut dns_rules = Vec::new();
+    let mut wildcards = Vec::new();
     for policy in policies {
         let mut selected = false;
         for rule in &policy.rules {
@@ -103,6 +106,14 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
                         });
                         out.dns_rules.push(o.clone());
                     }
+                    if let Some(ports) = &r.plain_ports {
+                        wildcards.push(DnsWildcard {
+                            server: peer.clone(),
+                            ports: ports.clone(),
+                            policy: policy.reference.clone(),
+                        });
+                        out.dns_wildcards.push(o.clone());
+                    }
                     out.policy.egress_allows.push(L3Rule {
                         peer,
                         ports: r.ports.clone(),
@@ -127,7 +138,7 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
             out.policy.policies.push(policy.reference.clone());
         }
     }
-    out.policy.dns = DnsRules::new(dns_rules);
+    out.policy.dns = DnsRules::new(dns_rules).with_wildcards(wildcards);
     out
 }
 

@@ -373,6 +373,7 @@ fn common(
         peers,
         has_ports: false,
         ports: Vec::new(),
+        plain_ports: None,
         dns: Vec::new(),
         fqdns: Vec::new(),
     }

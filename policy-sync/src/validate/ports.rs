@@ -116,11 +116,25 @@ pub(super) fn ports(
             }
             rule.dns.push(DnsSpec { ports: these.clone(), patterns: pats });
         }
+        if !has_l7 {
+            // A plain L4 allow: it lifts rules.dns on the same peer and port (see
+            // `PeerRule::plain_ports`).
+            let plain = rule.plain_ports.get_or_insert_with(Vec::new);
+            for pp in &these {
+                if !plain.contains(pp) {
+                    plain.push(*pp);
+                }
+            }
+        }
         for pp in these {
             if !rule.ports.contains(&pp) {
                 rule.ports.push(pp);
             }
         }
+    }
+    if raw.as_ref().is_none_or(Vec::is_empty) {
+        // No toPorts: an L3 allow of every port, which lifts rules.dns on those peers alike.
+        rule.plain_ports = Some(Vec::new());
     }
 }
 
