@@ -323,6 +323,26 @@ mod tests {
         }
     }
 
+    /// A rules.dns entry with both fields matches either; in toFQDNs that is invalid.
+    #[test]
+    fn dns_entry_with_name_and_pattern_matches_either() {
+        let t = traced(&format!(
+            "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchName: api.example.com, matchPattern: '*.corp.example'}}]}}}}]\n"
+        ));
+        let server = "10.96.0.10".parse().unwrap();
+        for (name, want) in [
+            ("api.example.com", Verdict::Allowed),
+            ("x.corp.example", Verdict::Allowed),
+            ("www.example.com", Verdict::Refused),
+            ("corp.example", Verdict::Refused),
+        ] {
+            let e = explain_dns(&t, name, server, 53, L4Proto::Udp);
+            assert_eq!(e.verdict, want, "{name}: {}", e.reason);
+        }
+        let x = explain_dns(&t, "x.corp.example", server, 53, L4Proto::Udp);
+        assert!(x.reason.contains("matchPattern: \"*.corp.example.\""), "{}", x.reason);
+    }
+
     /// Cilium's L7 docs: "If a layer 4 rule is specified in the policy, and a similar layer 4
     /// rule with layer 7 rules is also specified, then the layer 7 portions of the latter rule
     /// will have no effect." Same peer and port only.

@@ -405,8 +405,23 @@ fn check_selector(s: &LabelSelector, path: &str, p: &mut Problems) {
     }
 }
 
-/// One `toFQDNs` or `rules.dns` entry: exactly one of matchName / matchPattern, in the allowed
-/// alphabet and length.
+/// One `rules.dns` entry: matchName, matchPattern or both (it then matches either, as Cilium's
+/// proxy compiles each into its own alternative), each in the allowed alphabet and length.
+fn dns_selector(s: &FqdnSelector, path: &str, p: &mut Problems) -> Vec<NamePattern> {
+    if s.match_name.is_none() && s.match_pattern.is_none() {
+        p.push(path, "one of matchName or matchPattern is required");
+    }
+    let name = s.match_name.as_deref().and_then(|name| {
+        NamePattern::match_name(name).map_err(|e| p.push(format!("{path}.matchName"), e.to_string())).ok()
+    });
+    let pattern = s.match_pattern.as_deref().and_then(|pattern| {
+        NamePattern::match_pattern(pattern).map_err(|e| p.push(format!("{path}.matchPattern"), e.to_string())).ok()
+    });
+    name.into_iter().chain(pattern).collect()
+}
+
+/// One `toFQDNs` entry: exactly one of matchName / matchPattern, in the allowed alphabet and
+/// length.
 fn fqdn_selector(s: &FqdnSelector, path: &str, p: &mut Problems) -> Option<NamePattern> {
     match (&s.match_name, &s.match_pattern) {
         (Some(_), Some(_)) => {
@@ -465,6 +480,20 @@ mod tests {
                 "neither",
                 format!("{SEL}  egress:\n  - toFQDNs: [{{}}]\n"),
                 vec!["spec.egress[0].toFQDNs[0]: one of matchName or matchPattern is required".into()],
+            ),
+            (
+                "both in rules.dns is valid (it matches either)",
+                format!("{SEL}  egress:\n  - toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchName: a.com, matchPattern: '*.b.com'}}]}}}}]\n"),
+                vec![],
+            ),
+            (
+                "neither in rules.dns, and each field of a pair checked",
+                format!("{SEL}  egress:\n  - toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{}}, {{matchName: 'a*.com', matchPattern: 'a b'}}]}}}}]\n"),
+                vec![
+                    "spec.egress[0].toPorts[0].rules.dns[0]: one of matchName or matchPattern is required".into(),
+                    "spec.egress[0].toPorts[0].rules.dns[1].matchName: matchName \"a*.com\" has character '*' outside [-a-zA-Z0-9_.]".into(),
+                    "spec.egress[0].toPorts[0].rules.dns[1].matchPattern: matchPattern \"a b\" has character ' ' outside [-a-zA-Z0-9_.*]".into(),
+                ],
             ),
             (
                 "bad character in a pattern, second rule",

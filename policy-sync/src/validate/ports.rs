@@ -3,7 +3,7 @@
 
 use fqdn_cache::{L4Proto, PortProto};
 
-use super::{DirCtx, MAX_PORT_RANGE, Problems, fqdn_selector, unsupported};
+use super::{DirCtx, MAX_PORT_RANGE, Problems, dns_selector, unsupported};
 use crate::model;
 use crate::policy::{DnsSpec, PeerRule};
 
@@ -110,9 +110,7 @@ pub(super) fn ports(
         if let Some(sels) = dns {
             let mut pats = Vec::with_capacity(sels.len());
             for (k, s) in sels.iter().enumerate() {
-                if let Some(pat) = fqdn_selector(s, &format!("{field}.rules.dns[{k}]"), p) {
-                    pats.push(pat);
-                }
+                pats.extend(dns_selector(s, &format!("{field}.rules.dns[{k}]"), p));
             }
             rule.dns.push(DnsSpec { ports: these.clone(), patterns: pats });
         }
