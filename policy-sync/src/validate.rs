@@ -605,6 +605,28 @@ mod tests {
         );
     }
 
+    /// Cilium: "too many ports, the max is 40", for allow and deny rules.
+    #[test]
+    fn at_most_forty_ports_in_one_to_ports_entry() {
+        let ports = |n: u16| (1..=n).map(|p| format!("{{port: '{p}'}}")).collect::<Vec<_>>().join(", ");
+        for (dir, peer) in [
+            ("egress", "toCIDR: [10.0.0.0/8]"),
+            ("egressDeny", "toCIDR: [10.0.0.0/8]"),
+            ("ingress", "fromCIDR: [10.0.0.0/8]"),
+        ] {
+            let spec = |n| format!("{SEL}  {dir}:\n  - {peer}\n    toPorts: [{{ports: [{}]}}]\n", ports(n));
+            assert_eq!(problems("CiliumNetworkPolicy", &spec(40)), Vec::<String>::new(), "{dir}: 40 ports");
+            assert_eq!(
+                problems("CiliumNetworkPolicy", &spec(41)),
+                [format!("spec.{dir}[0].toPorts[0].ports: too many ports, the max is 40")],
+                "{dir}: 41 ports"
+            );
+        }
+        // The limit is per toPorts entry, not per rule.
+        let two = format!("{SEL}  egress:\n  - toPorts: [{{ports: [{}]}}, {{ports: [{}]}}]\n", ports(40), ports(40));
+        assert_eq!(problems("CiliumNetworkPolicy", &two), Vec::<String>::new());
+    }
+
     #[test]
     fn port_ranges_expand() {
         let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: t}\nspec:\n  endpointSelector: {}\n  egress: [{toPorts: [{ports: [{port: '8000', endPort: 8002, protocol: TCP}, {port: 9000, endPort: 1}]}]}]\n";

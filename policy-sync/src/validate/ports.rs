@@ -7,6 +7,10 @@ use super::{DirCtx, MAX_PORT_RANGE, Problems, dns_selector, unsupported};
 use crate::model;
 use crate::policy::{DnsSpec, PeerRule};
 
+/// Cilium's limit on the ports of one `toPorts` entry (allow and deny alike; its CRD says
+/// `maxItems: 40` too).
+pub const MAX_PORTS: usize = 40;
+
 #[derive(Clone, Copy)]
 pub(super) struct Direction {
     pub(super) ingress: bool,
@@ -51,6 +55,9 @@ pub(super) fn ports(
         }
         let mut these = Vec::new();
         let raw_ports = pr.ports.as_deref().unwrap_or_default();
+        if raw_ports.len() > MAX_PORTS {
+            p.push(format!("{field}.ports"), format!("too many ports, the max is {MAX_PORTS}"));
+        }
         if raw_ports.is_empty() {
             if dns.is_some() {
                 p.push(format!("{field}.ports"), "a port (53) must be specified for DNS rules");
