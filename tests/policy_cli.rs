@@ -203,8 +203,22 @@ fn check_passes_good_files_and_names_misspelled_keys() {
          unknown field `matchPatern`, expected `matchName` or `matchPattern`"
     );
 
-    let seed_dir = fqdnd(&["policy", "check", "fixtures/policies/seed/1-locking-down-alpine.yaml"]);
-    assert_eq!(seed_dir.status.code(), Some(0));
+    // Seed stage 1 (a selector and no direction) is valid, with a warning that newer Cilium
+    // refuses it.
+    let stage1 = fqdnd(&["policy", "check", "fixtures/policies/seed/1-locking-down-alpine.yaml"]);
+    assert_eq!(stage1.status.code(), Some(0));
+    let stdout = String::from_utf8(stage1.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().next().unwrap_or_default(),
+        "warning: fixtures/policies/seed/1-locking-down-alpine.yaml: doc 1: spec: no ingress, ingressDeny, egress or \
+         egressDeny: fqdnd accepts this rule as the Cilium of the seed tutorial did (it selects endpoints and restricts \
+         nothing), but Cilium 1.17 and later reject it (\"rule must have at least one of Ingress, IngressDeny, Egress, \
+         EgressDeny\")",
+        "{stdout}"
+    );
+    let stage4 = fqdnd(&["policy", "check", "fixtures/policies/seed/4-allow-fqdn.yaml"]);
+    assert_eq!(stage4.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&stage4.stdout).contains("warning"));
 }
 
 #[test]

@@ -40,11 +40,12 @@ impl fmt::Display for Problem {
 }
 
 /// What loading found: the valid policies in a stable order (path order, then document order),
-/// and every problem.
+/// every problem, and every warning (valid, but worth a word).
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
     pub policies: Vec<Policy>,
     pub problems: Vec<Problem>,
+    pub warnings: Vec<Problem>,
     /// Files read (directories expanded), in the order read.
     pub files: Vec<PathBuf>,
 }
@@ -77,6 +78,12 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
                 let (policies, problems) = parse_file(&file, &text);
                 report.problems.extend(problems);
                 for policy in policies {
+                    report.warnings.extend(policy.warnings.iter().map(|w| Problem {
+                        path: file.clone(),
+                        doc: Some(policy.doc),
+                        field: w.field.clone(),
+                        message: w.message.clone(),
+                    }));
                     if let Some((first, doc)) = seen.get(&policy.reference) {
                         report.problems.push(Problem {
                             path: file.clone(),

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::resolved::{Entity, PolicyRef};
 use crate::selector::Selector;
+use crate::validate::FieldProblem;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyKind {
@@ -27,6 +28,9 @@ pub struct Policy {
     pub source: PathBuf,
     pub doc: usize,
     pub rules: Vec<Rule>,
+    /// What is valid but worth a word (`policy check` prints them): e.g. a rule newer Cilium
+    /// versions refuse.
+    pub warnings: Vec<FieldProblem>,
 }
 
 /// Whom a rule applies to.

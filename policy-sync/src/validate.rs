@@ -104,16 +104,33 @@ pub fn validate_document(
     }
     let all = doc.spec.iter().map(|r| ("spec".to_string(), r));
     let all = all.chain(doc.specs.iter().flatten().enumerate().map(|(i, r)| (format!("specs[{i}]"), r)));
+    let mut warnings = Problems::default();
     for (path, raw) in all {
         if let Some(rule) = validate_rule(raw, &path, kind, namespace.as_deref(), &mut p) {
             rules.push(rule);
+        }
+        if len(&raw.ingress) + len(&raw.ingress_deny) + len(&raw.egress) + len(&raw.egress_deny) == 0 {
+            warnings.push(&path, NO_DIRECTION_WARNING);
         }
     }
     if !p.0.is_empty() {
         return Err(p.0);
     }
-    Ok(Policy { reference: PolicyRef { namespace, name }, kind, source: source.to_path_buf(), doc: doc_no, rules })
+    Ok(Policy {
+        reference: PolicyRef { namespace, name },
+        kind,
+        source: source.to_path_buf(),
+        doc: doc_no,
+        rules,
+        warnings: warnings.0,
+    })
 }
+
+/// A rule with a selector and no direction (the seed tutorial's stage 1): the Cilium of the
+/// tutorial accepted it, newer Cilium refuses it.
+pub const NO_DIRECTION_WARNING: &str = "no ingress, ingressDeny, egress or egressDeny: fqdnd accepts this rule as \
+     the Cilium of the seed tutorial did (it selects endpoints and restricts nothing), but Cilium 1.17 and later \
+     reject it (\"rule must have at least one of Ingress, IngressDeny, Egress, EgressDeny\")";
 
 fn validate_rule(
     raw: &model::Rule,
@@ -602,6 +619,36 @@ mod tests {
                 "  nodeSelector: {}\n  egress: [{toPorts: [{ports: [{port: '53'}], rules: {dns: [{matchPattern: '*'}]}}]}]\n"
             ),
             vec!["spec.egress[0].toPorts[0].rules: host policies do not support L7 rules".to_string()]
+        );
+    }
+
+    /// Cilium 1.17+ refuses a rule without any direction; fqdnd accepts it (the seed's stage 1)
+    /// and warns. Empty lists count as none, as in Cilium's check (`len(...) == 0`).
+    #[test]
+    fn a_rule_without_direction_is_valid_with_a_warning() {
+        let warnings = |spec: &str| {
+            let text =
+                format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: t}}\nspec:\n{spec}");
+            let (policies, probs) = parse_file(Path::new("t.yaml"), &text);
+            assert!(probs.is_empty(), "{probs:?}");
+            policies[0].warnings.iter().map(|w| format!("{}: {}", w.field, w.message)).collect::<Vec<_>>()
+        };
+        let warned = format!("spec: {}", super::NO_DIRECTION_WARNING);
+        // (case, spec, warned)
+        let cases = [
+            ("selector only", SEL.to_string(), true),
+            ("empty lists", format!("{SEL}  egress: []\n  ingressDeny: []\n"), true),
+            ("enableDefaultDeny alone", format!("{SEL}  enableDefaultDeny: {{egress: true}}\n"), true),
+            ("egress [{}]", format!("{SEL}  egress: [{{}}]\n"), false),
+            ("ingressDeny", format!("{SEL}  ingressDeny: [{{fromEntities: [world]}}]\n"), false),
+        ];
+        for (name, spec, want) in cases {
+            let got = warnings(&spec);
+            assert_eq!(got, if want { vec![warned.clone()] } else { vec![] }, "case {name}");
+        }
+        assert!(
+            super::NO_DIRECTION_WARNING
+                .contains("rule must have at least one of Ingress, IngressDeny, Egress, EgressDeny")
         );
     }
 

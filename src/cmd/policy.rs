@@ -86,6 +86,9 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     for p in &report.problems {
         println!("{p}");
     }
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
     // An empty directory would otherwise "pass": for a check, that is almost always a wrong path.
     for path in paths.iter().filter(|p| p.is_dir()) {
         if !report.files.iter().any(|f| f.parent() == Some(path.as_path())) {

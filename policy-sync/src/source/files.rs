@@ -231,6 +231,9 @@ impl Files {
         for problem in &report.problems {
             tracing::warn!("{problem}");
         }
+        for warning in &report.warnings {
+            tracing::warn!("{warning} (valid; in force)");
+        }
         let troubled: HashSet<&PathBuf> = report.problems.iter().map(|p| &p.path).collect();
         let mut by_file: HashMap<PathBuf, Vec<Policy>> = HashMap::new();
         for p in report.policies {
