@@ -221,6 +221,33 @@ fn check_passes_good_files_and_names_misspelled_keys() {
     assert!(!String::from_utf8_lossy(&stage4.stdout).contains("warning"));
 }
 
+/// The seed's four stages share one name: as a directory, the last file in lexical order
+/// (stage 4) is the policy, as `kubectl apply -f fixtures/policies/seed/` would leave it; each
+/// replaced stage is a warning naming both files.
+#[test]
+fn same_named_policies_the_last_file_wins_with_a_warning() {
+    let out = fqdnd(&["policy", "check", "fixtures/policies/seed"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let replaced: Vec<&str> = stdout.lines().filter(|l| l.contains("is defined again in")).collect();
+    assert_eq!(replaced.len(), 3, "{stdout}");
+    for (line, stage) in replaced.iter().zip(["1-locking-down-alpine", "2-deny-everything", "3-allow-dns"]) {
+        assert_eq!(
+            *line,
+            format!(
+                "warning: fixtures/policies/seed/{stage}.yaml: doc 1: metadata.name: policy default/locking-down-alpine \
+                 is defined again in fixtures/policies/seed/4-allow-fqdn.yaml doc 1, which is read later and replaces \
+                 this one (as `kubectl apply -f` of both would leave it)"
+            )
+        );
+    }
+    // Explained as stage 4: any name resolves, only *.microsoft.com connects.
+    let dir = "fixtures/policies/seed";
+    expect(&alpine(dir, &["--dns", "www.google.com"]), "ALLOWED");
+    expect(&alpine(dir, &["--to-name", "www.microsoft.com:443"]), "ALLOWED");
+    expect(&alpine(dir, &["--to-name", "www.google.com:443"]), "DENIED");
+}
+
 #[test]
 fn clusterwide_policy_with_match_expressions() {
     let p = "fixtures/policies/examples/clusterwide-match-expressions.yaml";

@@ -58,8 +58,19 @@ impl LoadReport {
 
 /// Load policies from files and directories. A directory contributes its `*.yaml`, `*.yml` and
 /// `*.json` files, sorted by name, not recursing. Never fails: unreadable paths are problems too.
-/// Deterministic for the same file contents, so the agent can reload on every change.
+/// Deterministic for the same file contents, so the agent can reload on every change. Policies
+/// of the same name: the last one read wins ([`last_wins`]).
 pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
+    let mut report = read_paths(paths);
+    let (policies, replaced) = last_wins(std::mem::take(&mut report.policies));
+    report.policies = policies;
+    report.warnings.extend(replaced);
+    report
+}
+
+/// [`load_paths`] without [`last_wins`]: every valid policy in the order read, same-named ones
+/// included (a source that keeps files' last good versions picks the winner itself).
+pub fn read_paths(paths: &[PathBuf]) -> LoadReport {
     let mut report = LoadReport::default();
     for path in paths {
         if path.is_dir() {
@@ -71,40 +82,67 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
             report.files.push(path.clone());
         }
     }
-    let mut seen: HashMap<PolicyRef, (PathBuf, usize)> = HashMap::new();
     for file in report.files.clone() {
         match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                let (policies, problems) = parse_file(&file, &text);
-                report.problems.extend(problems);
-                for policy in policies {
-                    report.warnings.extend(policy.warnings.iter().map(|w| Problem {
-                        path: file.clone(),
-                        doc: Some(policy.doc),
-                        field: w.field.clone(),
-                        message: w.message.clone(),
-                    }));
-                    if let Some((first, doc)) = seen.get(&policy.reference) {
-                        report.problems.push(Problem {
-                            path: file.clone(),
-                            doc: Some(policy.doc),
-                            field: "metadata.name".into(),
-                            message: format!(
-                                "policy {} is already defined in {} doc {doc}; this one is skipped",
-                                policy.reference,
-                                first.display()
-                            ),
-                        });
-                        continue;
-                    }
-                    seen.insert(policy.reference.clone(), (file.clone(), policy.doc));
-                    report.policies.push(policy);
-                }
-            }
+            Ok(text) => report.add_file(&file, &text),
             Err(e) => report.problems.push(file_problem(&file, format!("reading: {e}"))),
         }
     }
     report
+}
+
+impl LoadReport {
+    /// Parse one file's text (read by the caller: a file, or stdin) into this report.
+    pub fn add_file(&mut self, path: &Path, text: &str) {
+        let (policies, problems) = parse_file(path, text);
+        self.problems.extend(problems);
+        for policy in policies {
+            self.warnings.extend(policy.warnings.iter().map(|w| Problem {
+                path: path.to_path_buf(),
+                doc: Some(policy.doc),
+                field: w.field.clone(),
+                message: w.message.clone(),
+            }));
+            self.policies.push(policy);
+        }
+    }
+}
+
+/// Policies of the same name (and namespace): the last in `policies` wins, as `kubectl apply -f`
+/// of them in this order (for a directory: file names in lexical order) would leave the object.
+/// Each one replaced is a warning naming both places. The winners keep their order.
+pub fn last_wins(policies: Vec<Policy>) -> (Vec<Policy>, Vec<Problem>) {
+    let mut last: HashMap<PolicyRef, usize> = HashMap::new();
+    for (i, p) in policies.iter().enumerate() {
+        last.insert(p.reference.clone(), i);
+    }
+    let mut warnings = Vec::new();
+    let mut kept = Vec::with_capacity(last.len());
+    for (i, p) in policies.iter().enumerate() {
+        let winner = last[&p.reference];
+        if winner == i {
+            continue;
+        }
+        let w = &policies[winner];
+        warnings.push(Problem {
+            path: p.source.clone(),
+            doc: Some(p.doc),
+            field: "metadata.name".into(),
+            message: format!(
+                "policy {} is defined again in {} doc {}, which is read later and replaces this one \
+                 (as `kubectl apply -f` of both would leave it)",
+                p.reference,
+                w.source.display(),
+                w.doc
+            ),
+        });
+    }
+    for (i, p) in policies.into_iter().enumerate() {
+        if last[&p.reference] == i {
+            kept.push(p);
+        }
+    }
+    (kept, warnings)
 }
 
 fn file_problem(path: &Path, message: String) -> Problem {
@@ -187,12 +225,24 @@ mod tests {
     fn seed_policies_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies/seed");
         let report = load_paths(&[dir]);
-        // Four files, each defining default/locking-down-alpine: loaded together, the first wins
-        // and the others are reported as duplicates.
+        // Four files, each defining default/locking-down-alpine: loaded together, the last file
+        // wins (stage 4), as `kubectl apply -f seed/` would leave it, and each replaced one is a
+        // warning naming both files.
         assert_eq!(report.files.len(), 4);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.policies.len(), 1);
-        assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
-        assert!(report.problems.iter().all(|p| p.message.contains("already defined")));
+        assert!(report.policies[0].source.ends_with("4-allow-fqdn.yaml"), "{:?}", report.policies[0].source);
+        let replaced: Vec<String> =
+            report.warnings.iter().filter(|w| w.field == "metadata.name").map(|w| w.to_string()).collect();
+        assert_eq!(replaced.len(), 3, "{:?}", report.warnings);
+        for (stage, file) in
+            ["1-locking-down-alpine.yaml", "2-deny-everything.yaml", "3-allow-dns.yaml"].iter().enumerate()
+        {
+            assert!(
+                replaced[stage].contains(file) && replaced[stage].contains("4-allow-fqdn.yaml doc 1"),
+                "{replaced:?}"
+            );
+        }
         for file in &report.files {
             let text = std::fs::read_to_string(file).unwrap();
             let (policies, problems) = parse_file(file, &text);
@@ -283,6 +333,31 @@ mod tests {
         assert_eq!(policies.iter().map(|p| p.doc).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
+    /// The last one wins wherever the duplicate is: another file, the same file, another
+    /// path given; the namespace is part of the name; winners keep their order.
+    #[test]
+    fn same_named_policies_last_one_wins() {
+        let body = |name: &str, ns: &str, label: &str| {
+            format!(
+                "{CNP}metadata: {{name: {name}, namespace: {ns}}}\nspec: {{endpointSelector: {{matchLabels: {{v: {label}}}}}}}\n"
+            )
+        };
+        let text =
+            [body("a", "default", "x"), body("b", "default", "x"), body("a", "default", "y"), body("a", "prod", "x")]
+                .join("---\n");
+        let (policies, problems) = parse_file(Path::new("p.yaml"), &text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (kept, warnings) = last_wins(policies);
+        let refs: Vec<(String, usize)> = kept.iter().map(|p| (p.reference.to_string(), p.doc)).collect();
+        assert_eq!(refs, [("default/b".to_string(), 2), ("default/a".to_string(), 3), ("prod/a".to_string(), 4)]);
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(
+            warnings[0].to_string(),
+            "p.yaml: doc 1: metadata.name: policy default/a is defined again in p.yaml doc 3, which is read later and \
+             replaces this one (as `kubectl apply -f` of both would leave it)"
+        );
+    }
+
     #[test]
     fn yaml_syntax_error_is_reported() {
         let (policies, problems) = parse(&format!("{CNP}metadata: {{name: a}}\nspec: [unclosed\n"));
@@ -305,9 +380,13 @@ mod tests {
             report.files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["a.yaml", "b.yml", "c.json"]);
         assert_eq!(report.policies.len(), 2);
-        assert_eq!(report.problems.len(), 1);
-        let msg = report.problems[0].to_string();
-        assert!(msg.contains("b.yml: doc 1: metadata.name: policy default/x is already defined in"), "{msg}");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let replaced: Vec<&Problem> = report.warnings.iter().filter(|w| w.field == "metadata.name").collect();
+        assert_eq!(replaced.len(), 1, "{:?}", report.warnings);
+        let msg = replaced[0].to_string();
+        assert!(msg.contains("a.yaml: doc 1: metadata.name: policy default/x is defined again in"), "{msg}");
+        assert!(msg.contains("b.yml doc 1, which is read later and replaces this one"), "{msg}");
+        assert!(report.policies[0].source.ends_with("b.yml"), "b.yml's version wins");
         let missing = load_paths(&[dir.join("missing.yaml")]);
         assert_eq!(missing.problems.len(), 1);
         assert!(missing.problems[0].to_string().contains("missing.yaml: reading:"));

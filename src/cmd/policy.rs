@@ -110,6 +110,9 @@ fn explain_cmd(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     for p in &report.problems {
         eprintln!("fqdnd: warning: skipped: {p}");
     }
+    for w in &report.warnings {
+        eprintln!("fqdnd: warning: {w}");
+    }
     let inventory = match &args.endpoints {
         Some(path) => policy_sync::load_endpoints_file(path)?,
         None => Vec::new(),

@@ -220,7 +220,7 @@ impl Files {
             keep(&why, self.in_force.len());
             return Err(());
         }
-        let report = crate::load_paths(std::slice::from_ref(&path));
+        let report = crate::load::read_paths(std::slice::from_ref(&path));
         // Listing or reading the path itself failed after all (it changed under us).
         if let Some(p) = report.problems.iter().find(|p| p.path == path && p.doc.is_none()) {
             keep(&p.message, self.in_force.len());
@@ -262,9 +262,12 @@ impl Files {
             }
         }
         self.last_good = next_good;
-        // A kept old version and a new file may now define the same policy: the first wins.
-        let mut seen = HashSet::new();
-        out.retain(|p| seen.insert(p.reference.clone()));
+        // Same-named policies (fresh or kept versions): the last file in lexical order wins, as
+        // `kubectl apply -f DIR/` would leave the object.
+        let (out, replaced) = crate::load::last_wins(out);
+        for warning in &replaced {
+            tracing::warn!("{warning}");
+        }
         self.in_force = out.clone();
         Ok((out, rejected))
     }
@@ -437,6 +440,38 @@ spec:
         let s = src.poll().unwrap();
         assert!(in_force(&s) && s.endpoints.len() == 2);
         assert_eq!(s.faults, [SourceFault::EndpointsInvalid]);
+    }
+
+    /// The seed's four stages share one policy name: a directory holding all of them enforces
+    /// the last file in lexical order (stage 4), as `kubectl apply -f seed/` would leave it.
+    #[test]
+    fn same_named_policies_in_a_directory_the_last_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let pol = dir.path().join("policies");
+        std::fs::create_dir(&pol).unwrap();
+        let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies/seed");
+        for e in std::fs::read_dir(&seed).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), pol.join(e.file_name())).unwrap();
+        }
+        let eps = dir.path().join("endpoints.yaml");
+        std::fs::write(&eps, ENDPOINTS).unwrap();
+        let src = FilesSource::new(Some(pol.clone()), Some(eps), Duration::from_secs(1));
+        let s = src.poll().unwrap();
+        assert_eq!(s.policies.len(), 1);
+        let alpine = s.endpoints.iter().find(|e| e.endpoint.name == "alpine").unwrap();
+        assert_eq!(alpine.policy.fqdn_rules.len(), 1, "stage 4's toFQDNs");
+        assert!(matches!(verdict(&s, "www.google.com."), DnsVerdict::Allowed { .. }), "stage 4's rules.dns *");
+        // Stage 4 broken: its last clean version still wins over stages 1-3.
+        std::fs::write(pol.join("4-allow-fqdn.yaml"), "apiVersion: cilium.io/v2\nkind: [\n").unwrap();
+        let s = src.poll().unwrap();
+        assert!(matches!(verdict(&s, "www.google.com."), DnsVerdict::Allowed { .. }));
+        // Stage 4 removed: stage 3 is the last file now (UDP 53 to kube-dns, not proxied).
+        std::fs::remove_file(pol.join("4-allow-fqdn.yaml")).unwrap();
+        let s = src.poll().unwrap();
+        assert_eq!(verdict(&s, "www.google.com."), DnsVerdict::NotProxied);
+        let alpine = s.endpoints.iter().find(|e| e.endpoint.name == "alpine").unwrap();
+        assert!(alpine.policy.egress_default_deny && alpine.policy.fqdn_rules.is_empty());
     }
 
     /// Fault E: an endpoints file giving alpine's IP to another endpoint too would hand alpine's
