@@ -182,12 +182,51 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Policy>, Vec<Problem>) {
         if value.is_null() {
             continue;
         }
-        match parse_value(path, doc_no, value) {
-            Ok(policy) => policies.push(policy),
-            Err(list) => problems.extend(list.into_iter().map(|fp| problem(fp.field, fp.message))),
+        let items = match list_items(value) {
+            Ok(items) => items,
+            Err(fp) => {
+                problems.push(problem(fp.field, fp.message));
+                continue;
+            }
+        };
+        for (prefix, value) in items {
+            match parse_value(path, doc_no, value) {
+                Ok(policy) => policies.push(policy),
+                Err(list) => problems.extend(list.into_iter().map(|fp| {
+                    let field = match (&prefix, fp.field.is_empty()) {
+                        (None, _) => fp.field,
+                        (Some(p), true) => p.clone(),
+                        (Some(p), false) => format!("{p}.{}", fp.field),
+                    };
+                    problem(field, fp.message)
+                })),
+            }
         }
     }
     (policies, problems)
+}
+
+/// A document, or the items of a `kind: List` (what `kubectl get cnp -o yaml` prints: `apiVersion:
+/// v1`, `items: [...]`, each item with its own apiVersion and kind), each with its field prefix.
+fn list_items(value: serde_norway::Value) -> Result<Vec<(Option<String>, serde_norway::Value)>, FieldProblem> {
+    let is_list = value.get("kind").and_then(serde_norway::Value::as_str) == Some("List");
+    if !is_list {
+        return Ok(vec![(None, value)]);
+    }
+    let problem = |field: &str, message: String| FieldProblem { field: field.into(), message };
+    match value.get("apiVersion").and_then(serde_norway::Value::as_str) {
+        Some("v1") => {}
+        Some(other) => {
+            return Err(problem("apiVersion", format!("{other:?} is not supported for kind List; expected \"v1\"")));
+        }
+        None => return Err(problem("apiVersion", "missing; expected \"v1\" for kind List".into())),
+    }
+    let items = match value.get("items") {
+        None | Some(serde_norway::Value::Null) => return Ok(Vec::new()),
+        Some(serde_norway::Value::Sequence(items)) => items.clone(),
+        Some(_) => return Err(problem("items", "not a list: expected the list's objects".into())),
+    };
+    Ok(items.into_iter().enumerate().map(|(i, v)| (Some(format!("items[{i}]")), v)).collect())
 }
 
 /// Parse and validate one document already read as a YAML value.
@@ -356,6 +395,63 @@ mod tests {
             "p.yaml: doc 1: metadata.name: policy default/a is defined again in p.yaml doc 3, which is read later and \
              replaces this one (as `kubectl apply -f` of both would leave it)"
         );
+    }
+
+    /// `kubectl get cnp,ccnp -o yaml` prints one `kind: List` (apiVersion v1); its items keep
+    /// their own apiVersion and kind and are checked one by one, problems named by item.
+    #[test]
+    fn kind_list_is_expanded() {
+        let item = |name: &str| {
+            format!(
+                "- apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {{name: {name}, namespace: default, resourceVersion: \"7\"}}\n  spec: {{endpointSelector: {{}}, egress: [{{}}]}}\n"
+            )
+        };
+        let ccnp = "- apiVersion: cilium.io/v2\n  kind: CiliumClusterwideNetworkPolicy\n  metadata: {name: cw}\n  spec: {endpointSelector: {}, egress: [{}]}\n";
+        let bad = "- apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {name: bad}\n  spec: {endpointSelector: {}, egress: [{toFQDN: []}]}\n";
+        let text = format!(
+            "apiVersion: v1\nkind: List\nmetadata: {{resourceVersion: \"\"}}\nitems:\n{}{}{ccnp}{bad}- kind: Pod\n  apiVersion: cilium.io/v2\n---\n{CNP}metadata: {{name: after}}\nspec: {{endpointSelector: {{}}, egress: [{{}}]}}\n",
+            item("a"),
+            item("b")
+        );
+        let (policies, problems) = parse(&text);
+        let refs: Vec<String> = policies.iter().map(|p| p.reference.to_string()).collect();
+        assert_eq!(refs, ["default/a", "default/b", "cw", "default/after"]);
+        assert_eq!(policies[2].kind, PolicyKind::Clusterwide);
+        assert_eq!(policies.iter().map(|p| p.doc).collect::<Vec<_>>(), [1, 1, 1, 2]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("p.yaml: doc 1: items[3].spec.egress[0].toFQDN: unknown field `toFQDN`"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            problems[1],
+            "p.yaml: doc 1: items[4].kind: \"Pod\" is not CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy"
+        );
+        // (case, text, problem)
+        let cases = [
+            ("empty list", "apiVersion: v1\nkind: List\nitems: []\n", None),
+            ("no items", "apiVersion: v1\nkind: List\n", None),
+            (
+                "wrong apiVersion",
+                "apiVersion: cilium.io/v2\nkind: List\nitems: []\n",
+                Some("p.yaml: doc 1: apiVersion: \"cilium.io/v2\" is not supported for kind List; expected \"v1\""),
+            ),
+            (
+                "items not a list",
+                "apiVersion: v1\nkind: List\nitems: {a: b}\n",
+                Some("p.yaml: doc 1: items: not a list: expected the list's objects"),
+            ),
+            (
+                "an item not a mapping",
+                "apiVersion: v1\nkind: List\nitems: [x]\n",
+                Some("p.yaml: doc 1: items[0]: not a mapping: expected a policy object"),
+            ),
+        ];
+        for (name, text, want) in cases {
+            let (policies, problems) = parse(text);
+            assert!(policies.is_empty(), "case {name}");
+            assert_eq!(problems, want.into_iter().map(String::from).collect::<Vec<_>>(), "case {name}");
+        }
     }
 
     #[test]
