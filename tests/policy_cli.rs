@@ -469,3 +469,61 @@ fn check_json_has_an_object_per_problem_and_a_summary() {
     assert_eq!(first["message"], "no *.yaml, *.yml or *.json files");
     assert_eq!(first["doc"], serde_json::Value::Null);
 }
+
+/// fixtures/policies/examples/cilium-semantics.yaml: each case as Cilium enforces it, explained
+/// with the same DnsRules::decide the proxy calls.
+#[test]
+fn explain_follows_cilium_semantics() {
+    let p = "fixtures/policies/examples/cilium-semantics.yaml";
+    let app = |label: &str, q: &[&str]| explain(p, "default/pod", Some(&format!("app={label}")), q);
+    // (case, app, question, verdict, words in the reason)
+    let cases: [(&str, &str, &[&str], &str, &str); 9] = [
+        ("empty peer list", "empty-peers", &["--to", "1.1.1.1:443"], "DENIED", "no rule allows 1.1.1.1:443/tcp"),
+        (
+            "empty peer list, a peer of the cluster",
+            "empty-peers",
+            &["--to", "10.96.0.10:443"],
+            "DENIED",
+            "no rule allows",
+        ),
+        (
+            "rules.dns: []",
+            "dns-any-name",
+            &["--dns", "anything.example"],
+            "ALLOWED",
+            "rules.dns [] (an empty list restricts no name)",
+        ),
+        (
+            "rules.dns: [] is UDP only",
+            "dns-any-name",
+            &["--dns", "anything.example", "--tcp"],
+            "DENIED",
+            "cannot reach the server",
+        ),
+        ("L4 lifts rules.dns", "l4-lifts-dns", &["--dns", "www.google.com"], "ALLOWED", "lifts the rules.dns"),
+        (
+            "the pattern still decides",
+            "l4-lifts-dns",
+            &["--dns", "www.microsoft.com"],
+            "ALLOWED",
+            "matchPattern: \"*.microsoft.com.\"",
+        ),
+        (
+            "no L4 allow on TCP",
+            "l4-lifts-dns",
+            &["--dns", "www.google.com", "--tcp"],
+            "REFUSED",
+            "the proxy refuses it",
+        ),
+        ("match-all, an odd byte", "alpine", &["--dns", r"a\032b.example"], "ALLOWED", "rules.dns"),
+        ("match-all, a * label", "alpine", &["--dns", "*.example"], "ALLOWED", "rules.dns"),
+    ];
+    for (name, label, q, verdict, words) in cases {
+        let a = if label == "alpine" { alpine(&seed(4), q) } else { app(label, q) };
+        assert_eq!(a.verdict, verdict, "case {name}: {a:?}");
+        assert!(a.reason.contains(words), "case {name}: {a:?}");
+    }
+    // The file is valid as a whole.
+    let out = fqdnd(&["policy", "check", p]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
