@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use policy_sync::SourceFault;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -45,6 +46,11 @@ pub struct AgentMetrics {
     pub policy_drops_deny: Counter,
     /// Policy objects that failed to load (each one is reported and skipped).
     pub policy_load_errors: Counter,
+    /// Loads that could not read the policy path (missing, unlistable, no longer a directory):
+    /// every policy in force stayed.
+    pub policy_source_faults_policies: Counter,
+    /// Loads that could not use the endpoints file: the previous inventory stayed.
+    pub policy_source_faults_endpoints: Counter,
 }
 
 impl AgentMetrics {
@@ -68,11 +74,30 @@ impl AgentMetrics {
             "Policy objects rejected while loading (reported and skipped)",
             policy_load_errors.clone(),
         );
+        let source_faults = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "policy_source_faults",
+            "Policy loads that could not read part of their input and kept what was in force, by reason \
+             (policies_unreadable: the policy path is missing, unlistable or no longer a directory; \
+             endpoints_invalid: the endpoints file is unreadable or invalid)",
+            source_faults.clone(),
+        );
+        let fault = |f: SourceFault| source_faults.get_or_create_owned(&[("reason", f.as_str())]);
         AgentMetrics {
             flows_dropped_slow_reader: flows_dropped.get_or_create_owned(&[("reason", "slow_reader")]),
             policy_drops_denied: policy_drops.get_or_create_owned(&[("reason", "policy_denied")]),
             policy_drops_deny: policy_drops.get_or_create_owned(&[("reason", "policy_deny")]),
             policy_load_errors,
+            policy_source_faults_policies: fault(SourceFault::PoliciesUnreadable),
+            policy_source_faults_endpoints: fault(SourceFault::EndpointsInvalid),
+        }
+    }
+
+    /// The counter of one kind of source fault.
+    pub fn source_fault(&self, fault: SourceFault) -> &Counter {
+        match fault {
+            SourceFault::PoliciesUnreadable => &self.policy_source_faults_policies,
+            SourceFault::EndpointsInvalid => &self.policy_source_faults_endpoints,
         }
     }
 }
@@ -412,8 +437,11 @@ mod tests {
         m.flows_dropped_slow_reader.inc_by(5);
         m.policy_drops_denied.inc();
         m.policy_load_errors.inc();
+        m.source_fault(SourceFault::PoliciesUnreadable).inc_by(2);
         let text = encoded(&registry);
         for want in [
+            "fqdnd_policy_source_faults_total{reason=\"policies_unreadable\"} 2",
+            "fqdnd_policy_source_faults_total{reason=\"endpoints_invalid\"} 0",
             "fqdnd_flows_dropped_total{reason=\"slow_reader\"} 5",
             "fqdnd_policy_drops_total{reason=\"policy_denied\"} 1",
             "fqdnd_policy_drops_total{reason=\"policy_deny\"} 0",

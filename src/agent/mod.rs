@@ -62,6 +62,9 @@ impl Parts {
         tracing::debug!(generation = snap.generation, policies = ?snap.policies, "policy snapshot");
         let snap = Arc::new(snap);
         self.metrics.policy_load_errors.inc_by(snap.rejected as u64);
+        for fault in &snap.faults {
+            self.metrics.source_fault(*fault).inc();
+        }
         self.current.store(snap.clone());
         if let Err(e) = self.enforcer.set_endpoints(snap.selector_rules()).await {
             tracing::warn!(error = %e, "datapath update after a policy change failed");
