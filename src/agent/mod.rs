@@ -38,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use datapath::AgentDatapath;
 
-/// The file in the state directory listing the bound listeners (JSON), written once they are
-/// bound: lets scripts and tests that asked for port 0 find the port.
+/// The file in the state directory listing the bound DNS listeners (JSON), written once every
+/// server (DNS, admin socket, metrics, Hubble) is bound and the first snapshot is enforced: lets
+/// scripts and tests that asked for port 0 find the port, and know the agent is up.
 pub const LISTENERS_FILE: &str = "listeners.json";
 
 /// How often expired cache entries are collected.
@@ -129,7 +130,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for l in &listeners {
         tracing::info!(proto = %l.proto, addr = %l.addr, transparent = l.transparent, "DNS proxy listening");
     }
-    write_listeners(&config.state_dir, &listeners)?;
 
     let parts = Arc::new(Parts {
         proxy: proxy.clone(),
@@ -225,6 +225,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }));
     }
 
+    // Last, once every server is bound: scripts and tests wait for this file as "the agent is up".
+    write_listeners(&config.state_dir, &listeners)?;
     tracing::info!(mode = ?config.proxy.mode, "fqdnd running");
     bound.serve(shutdown.clone()).await?;
     for t in &tasks {
