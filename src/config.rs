@@ -15,7 +15,7 @@
 //! min-ttl: 0                       # seconds
 //! max-inflight: 4096
 //! max-inflight-per-endpoint: 1024
-//! policy-poll-interval: 1s
+//! policy-poll-interval: 10s        # rescan of the policy files (changes are watched with inotify at once)
 //! udp-workers: 0                  # plain mode: UDP receive threads (0 = half the CPUs)
 //! metrics-addr: 127.0.0.1:9967     # /metrics, /healthz, /readyz; "none" turns it off
 //! bpffs-dir: /sys/fs/bpf/fqdnd     # transparent mode: where the datapath pins maps and links
@@ -369,7 +369,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         duration(&flags.upstream_timeout, &file.upstream_timeout, "upstream-timeout", Duration::from_secs(2));
     let tcp_idle_timeout = duration(&None, &file.tcp_idle_timeout, "tcp-idle-timeout", Duration::from_secs(10));
     let policy_poll_interval =
-        duration(&None, &file.policy_poll_interval, "policy-poll-interval", Duration::from_secs(1));
+        duration(&None, &file.policy_poll_interval, "policy-poll-interval", Duration::from_secs(10));
     let cache_snapshot_interval =
         duration(&None, &file.cache_snapshot_interval, "cache-snapshot-interval", Duration::from_secs(60));
 

@@ -25,6 +25,6 @@ pub use endpoint::{Endpoint, EndpointKey, load_endpoints_file};
 pub use error::PolicyError;
 pub use load::{LoadReport, Problem, load_paths, parse_file};
 pub use policy::{Policy, PolicyKind};
-pub use resolve::{NodeInfo, Traced, resolve, resolve_on, resolve_traced};
+pub use resolve::{NodeInfo, Resolver, Traced, resolve, resolve_on, resolve_traced};
 pub use resolved::{DnsRule, DnsWildcard, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
 pub use source::{FilesSource, ResolvedEndpoint, Snapshot, Source, SourceFault};

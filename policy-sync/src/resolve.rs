@@ -2,7 +2,9 @@
 //! proxy and the datapath enforce. Pure and deterministic: the same policies, endpoint and
 //! inventory give the same result, rules in policy order.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -10,6 +12,7 @@ use crate::dns::DnsRules;
 use crate::endpoint::Endpoint;
 use crate::policy::{PeerRule, PeerSpec, Policy, Subject};
 use crate::resolved::{DnsRule, DnsWildcard, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
+use crate::selector::Selector;
 
 /// What the node itself looks like, for the entities that are not endpoints.
 ///
@@ -67,36 +70,163 @@ pub fn resolve(policies: &[Policy], endpoint: &Endpoint, inventory: &[Endpoint])
 /// Resolve the policy of `endpoint` from `policies`; peers selected by labels take their IPs from
 /// `inventory` (which may or may not contain `endpoint`).
 pub fn resolve_on(policies: &[Policy], endpoint: &Endpoint, inventory: &[Endpoint], node: &NodeInfo) -> EndpointPolicy {
-    resolve_traced(policies, endpoint, inventory, node).policy
+    Resolver::new(policies, inventory, node).walk(&endpoint.effective_labels(), false).policy
 }
 
 /// [`resolve_on`] keeping the origin of every entry.
 pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[Endpoint], node: &NodeInfo) -> Traced {
-    let labels = endpoint.effective_labels();
-    let mut ctx = Ctx { inventory, node, inventory_labels: None };
-    let mut out = Traced::default();
-    let mut dns_rules = Vec::new();
-    let mut wildcards = Vec::new();
-    for policy in policies {
-        let mut selected = false;
-        for rule in &policy.rules {
+    Resolver::new(policies, inventory, node).walk(&endpoint.effective_labels(), true)
+}
+
+type Labels = BTreeMap<String, String>;
+
+/// Resolves many endpoints against one set of policies and one inventory, sharing the work
+/// between them: what an endpoint gets depends only on its labels (namespace included), so
+/// endpoints with the same labels share one resolved policy; each rule's peers (a `toEndpoints`
+/// selector matched against the whole inventory) are found once, not once per endpoint; and each
+/// endpoint looks only at the policies whose subject selector could select it (an index on one
+/// `key: value` every match needs).
+pub struct Resolver<'a> {
+    policies: &'a [Policy],
+    inventory: &'a [Endpoint],
+    node: &'a NodeInfo,
+    /// The inventory's distinct label sets, and each endpoint's one (by index).
+    groups: Vec<Labels>,
+    group_of: Vec<usize>,
+    /// The IPs a `toEndpoints` selector list selects, found once per distinct list.
+    selected: HashMap<Vec<Selector>, Vec<IpAddr>>,
+    /// The peers of each rule, by the rule's address in `policies` (borrowed for `'a`).
+    peers: HashMap<usize, Vec<Peer>>,
+    entities: HashMap<Entity, Peer>,
+    index: SubjectIndex,
+    done: HashMap<Labels, Arc<EndpointPolicy>>,
+    /// Look at every rule instead of the index's candidates (the reference in tests).
+    #[cfg(test)]
+    scan_all: bool,
+}
+
+/// (policy, rule) pairs by one `key: value` their subject selector requires.
+#[derive(Default)]
+struct SubjectIndex {
+    by_label: HashMap<String, HashMap<String, Vec<(u32, u32)>>>,
+    /// Rules whose selector requires no single value: looked at for every endpoint.
+    always: Vec<(u32, u32)>,
+    /// Every (policy, rule), for checking the index against a plain scan.
+    #[cfg(test)]
+    all: Vec<(u32, u32)>,
+}
+
+impl SubjectIndex {
+    fn new(policies: &[Policy]) -> Self {
+        let mut index = SubjectIndex::default();
+        for (p, policy) in policies.iter().enumerate() {
+            for (r, rule) in policy.rules.iter().enumerate() {
+                let Subject::Endpoints(sel) = &rule.subject else { continue };
+                let at = (p as u32, r as u32);
+                #[cfg(test)]
+                index.all.push(at);
+                match sel.required_label() {
+                    Some((k, v)) => {
+                        index.by_label.entry(k.to_string()).or_default().entry(v.to_string()).or_default().push(at)
+                    }
+                    None => index.always.push(at),
+                }
+            }
+        }
+        index
+    }
+
+    /// The (policy, rule) pairs that may select an endpoint with `labels`, in policy order.
+    fn candidates(&self, labels: &Labels) -> Vec<(u32, u32)> {
+        let mut out = self.always.clone();
+        for (k, v) in labels {
+            if let Some(rules) = self.by_label.get(k.as_str()).and_then(|values| values.get(v.as_str())) {
+                out.extend_from_slice(rules);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(policies: &'a [Policy], inventory: &'a [Endpoint], node: &'a NodeInfo) -> Self {
+        let mut groups: Vec<Labels> = Vec::new();
+        let mut known: HashMap<Labels, usize> = HashMap::new();
+        let group_of = inventory
+            .iter()
+            .map(|e| {
+                let labels = e.effective_labels();
+                *known.entry(labels.clone()).or_insert_with(|| {
+                    groups.push(labels);
+                    groups.len() - 1
+                })
+            })
+            .collect();
+        Resolver {
+            policies,
+            inventory,
+            node,
+            groups,
+            group_of,
+            selected: HashMap::new(),
+            peers: HashMap::new(),
+            entities: HashMap::new(),
+            index: SubjectIndex::new(policies),
+            done: HashMap::new(),
+            #[cfg(test)]
+            scan_all: false,
+        }
+    }
+
+    /// The policy of `endpoint`, shared with every endpoint of the same labels.
+    pub fn resolve(&mut self, endpoint: &Endpoint) -> Arc<EndpointPolicy> {
+        let labels = endpoint.effective_labels();
+        if let Some(p) = self.done.get(&labels) {
+            return p.clone();
+        }
+        let policy = Arc::new(self.walk(&labels, false).policy);
+        self.done.insert(labels, policy.clone());
+        policy
+    }
+
+    /// Every policy selecting an endpoint with `labels`, flattened; origins kept when `trace`.
+    fn walk(&mut self, labels: &Labels, trace: bool) -> Traced {
+        let mut out = Traced::default();
+        let mut dns_rules = Vec::new();
+        let mut wildcards = Vec::new();
+        let mut last_selected = None;
+        #[cfg(test)]
+        let candidates = if self.scan_all { self.index.all.clone() } else { self.index.candidates(labels) };
+        #[cfg(not(test))]
+        let candidates = self.index.candidates(labels);
+        for (p, r) in candidates {
+            let policy = &self.policies[p as usize];
+            let rule = &policy.rules[r as usize];
             let Subject::Endpoints(sel) = &rule.subject else { continue };
-            if !sel.matches(&labels) {
+            if !sel.matches(labels) {
                 continue;
             }
-            selected = true;
+            if last_selected != Some(p) {
+                out.policy.policies.push(policy.reference.clone());
+                last_selected = Some(p);
+            }
             let origin = |path: &str| Origin { policy: policy.reference.clone(), rule: path.to_string() };
             if rule.egress_default_deny {
                 out.policy.egress_default_deny = true;
-                out.egress_default_deny_from.get_or_insert_with(|| origin(&format!("{}.egress", rule.path)));
+                if trace {
+                    out.egress_default_deny_from.get_or_insert_with(|| origin(&format!("{}.egress", rule.path)));
+                }
             }
             if rule.ingress_default_deny {
                 out.policy.ingress_default_deny = true;
-                out.ingress_default_deny_from.get_or_insert_with(|| origin(&format!("{}.ingress", rule.path)));
+                if trace {
+                    out.ingress_default_deny_from.get_or_insert_with(|| origin(&format!("{}.ingress", rule.path)));
+                }
             }
             for r in &rule.egress {
-                let o = origin(&r.path);
-                for peer in ctx.peers(r) {
+                for peer in self.peers(r) {
                     for dns in &r.dns {
                         dns_rules.push(DnsRule {
                             server: peer.clone(),
@@ -104,7 +234,9 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
                             patterns: dns.patterns.clone(),
                             policy: policy.reference.clone(),
                         });
-                        out.dns_rules.push(o.clone());
+                        if trace {
+                            out.dns_rules.push(origin(&r.path));
+                        }
                     }
                     if let Some(ports) = &r.plain_ports {
                         wildcards.push(DnsWildcard {
@@ -112,14 +244,18 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
                             ports: ports.clone(),
                             policy: policy.reference.clone(),
                         });
-                        out.dns_wildcards.push(o.clone());
+                        if trace {
+                            out.dns_wildcards.push(origin(&r.path));
+                        }
                     }
                     out.policy.egress_allows.push(L3Rule {
                         peer,
                         ports: r.ports.clone(),
                         policy: policy.reference.clone(),
                     });
-                    out.egress_allows.push(o.clone());
+                    if trace {
+                        out.egress_allows.push(origin(&r.path));
+                    }
                 }
                 for selector in &r.fqdns {
                     out.policy.fqdn_rules.push(FqdnRule {
@@ -127,43 +263,45 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
                         ports: r.ports.clone(),
                         policy: policy.reference.clone(),
                     });
-                    out.fqdn_rules.push(o.clone());
+                    if trace {
+                        out.fqdn_rules.push(origin(&r.path));
+                    }
                 }
             }
-            push_l3(&mut ctx, &rule.egress_deny, policy, &mut out.policy.egress_denies, &mut out.egress_denies);
-            push_l3(&mut ctx, &rule.ingress, policy, &mut out.policy.ingress_allows, &mut out.ingress_allows);
-            push_l3(&mut ctx, &rule.ingress_deny, policy, &mut out.policy.ingress_denies, &mut out.ingress_denies);
+            for (rules, list, origins) in [
+                (&rule.egress_deny, &mut out.policy.egress_denies, &mut out.egress_denies),
+                (&rule.ingress, &mut out.policy.ingress_allows, &mut out.ingress_allows),
+                (&rule.ingress_deny, &mut out.policy.ingress_denies, &mut out.ingress_denies),
+            ] {
+                for r in rules {
+                    for peer in self.peers(r) {
+                        list.push(L3Rule { peer, ports: r.ports.clone(), policy: policy.reference.clone() });
+                        if trace {
+                            origins.push(origin(&r.path));
+                        }
+                    }
+                }
+            }
         }
-        if selected {
-            out.policy.policies.push(policy.reference.clone());
-        }
+        out.policy.dns = DnsRules::new(dns_rules).with_wildcards(wildcards);
+        out
     }
-    out.policy.dns = DnsRules::new(dns_rules).with_wildcards(wildcards);
-    out
-}
 
-fn push_l3(ctx: &mut Ctx<'_>, rules: &[PeerRule], policy: &Policy, list: &mut Vec<L3Rule>, origins: &mut Vec<Origin>) {
-    for r in rules {
-        for peer in ctx.peers(r) {
-            list.push(L3Rule { peer, ports: r.ports.clone(), policy: policy.reference.clone() });
-            origins.push(Origin { policy: policy.reference.clone(), rule: r.path.clone() });
-        }
-    }
-}
-
-struct Ctx<'a> {
-    inventory: &'a [Endpoint],
-    node: &'a NodeInfo,
-    /// Effective labels of the inventory, computed on first use.
-    inventory_labels: Option<Vec<std::collections::BTreeMap<String, String>>>,
-}
-
-impl Ctx<'_> {
     /// The resolved L3 peers of a rule. A rule with ports but no L3 field allows every peer;
     /// a rule with neither (`{}`) has none, nor has one with an empty peer list
     /// (`toEndpoints: []`); toFQDNs peers are only known from DNS answers (they become
-    /// [`FqdnRule`]s).
-    fn peers(&mut self, r: &PeerRule) -> Vec<Peer> {
+    /// [`FqdnRule`]s). Found once per rule: they depend on the inventory, not on the subject.
+    fn peers(&mut self, r: &'a PeerRule) -> Vec<Peer> {
+        let key = std::ptr::from_ref(r) as usize;
+        if let Some(p) = self.peers.get(&key) {
+            return p.clone();
+        }
+        let peers = self.find_peers(r);
+        self.peers.insert(key, peers.clone());
+        peers
+    }
+
+    fn find_peers(&mut self, r: &PeerRule) -> Vec<Peer> {
         if r.no_peer {
             return Vec::new();
         }
@@ -173,28 +311,36 @@ impl Ctx<'_> {
         let mut out = Vec::with_capacity(r.peers.len());
         for spec in &r.peers {
             out.push(match spec {
-                PeerSpec::Endpoints(sels) => {
-                    let inventory = self.inventory;
-                    let labels = self
-                        .inventory_labels
-                        .get_or_insert_with(|| inventory.iter().map(Endpoint::effective_labels).collect());
-                    let mut ips = Vec::new();
-                    for (ep, l) in inventory.iter().zip(labels.iter()) {
-                        if sels.iter().any(|s| s.matches(l)) {
-                            for ip in &ep.ips {
-                                if !ips.contains(ip) {
-                                    ips.push(*ip);
-                                }
-                            }
-                        }
-                    }
-                    Peer::Endpoints { ips }
-                }
+                PeerSpec::Endpoints(sels) => Peer::Endpoints { ips: self.selected_ips(sels) },
                 PeerSpec::Cidr { net, except } => Peer::Cidr { net: *net, except: except.clone() },
-                PeerSpec::Entity(e) => self.entity(*e),
+                PeerSpec::Entity(e) => {
+                    if !self.entities.contains_key(e) {
+                        let peer = self.entity(*e);
+                        self.entities.insert(*e, peer);
+                    }
+                    self.entities[e].clone()
+                }
             });
         }
         out
+    }
+
+    /// The IPs of the inventory's endpoints that any of `sels` selects, in inventory order: each
+    /// selector is matched against each distinct label set, once per distinct list.
+    fn selected_ips(&mut self, sels: &[Selector]) -> Vec<IpAddr> {
+        if let Some(ips) = self.selected.get(sels) {
+            return ips.clone();
+        }
+        let hit: Vec<bool> = self.groups.iter().map(|l| sels.iter().any(|s| s.matches(l))).collect();
+        let mut ips: Vec<IpAddr> = Vec::new();
+        let mut seen = HashSet::new();
+        for (ep, &g) in self.inventory.iter().zip(&self.group_of) {
+            if hit[g] {
+                ips.extend(ep.ips.iter().copied().filter(|ip| seen.insert(*ip)));
+            }
+        }
+        self.selected.insert(sels.to_vec(), ips.clone());
+        ips
     }
 
     fn entity(&self, entity: Entity) -> Peer {
@@ -472,6 +618,36 @@ pub(crate) mod tests {
         let ep = resolve(&policies(&text), &alpine(), &inventory());
         assert!(ep.egress_allows.is_empty(), "{:?}", ep.egress_allows);
         assert_eq!(ep.fqdn_rules[0].ports, [PortProto { port: 443, proto: L4Proto::Tcp }]);
+    }
+
+    /// The shared-work resolver gives every endpoint what resolving it alone gives.
+    #[test]
+    fn resolver_agrees_with_resolving_alone() {
+        let mut texts: Vec<String> = (1..=4)
+            .map(|n| {
+                let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies");
+                let files: Vec<_> =
+                    std::fs::read_dir(dir.join("examples")).unwrap().map(|e| e.unwrap().path()).collect();
+                files.get(n - 1).map(|f| std::fs::read_to_string(f).unwrap()).unwrap_or_default()
+            })
+            .collect();
+        texts.push(cnp("a", "  egress:\n  - toEndpoints: [{matchLabels: {app: web, k8s:io.kubernetes.pod.namespace: prod}}]\n  - toEntities: [world]\n  ingress: [{fromEndpoints: [{}]}]\n"));
+        texts.push("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: cw}\nspec:\n  endpointSelector: {matchExpressions: [{key: app, operator: Exists}]}\n  egress: [{toEndpoints: [{}]}]\n".into());
+        let mut pols: Vec<Policy> = seed(4);
+        for t in texts.iter().filter(|t| !t.is_empty()) {
+            let (mut p, _) = parse_file(Path::new("x.yaml"), t);
+            pols.append(&mut p);
+        }
+        let inv = inventory();
+        let node = NodeInfo::default();
+        let mut resolver = Resolver::new(&pols, &inv, &node);
+        for ep in &inv {
+            // The reference: a fresh resolver that looks at every rule, sharing nothing.
+            let mut scan = Resolver::new(&pols, &inv, &node);
+            scan.scan_all = true;
+            let alone = format!("{:?}", scan.walk(&ep.effective_labels(), false).policy);
+            assert_eq!(format!("{:?}", resolver.resolve(ep)), alone, "{}", ep.key());
+        }
     }
 
     #[test]

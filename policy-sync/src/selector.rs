@@ -63,7 +63,7 @@ impl fmt::Display for LabelKey {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     In(Vec<String>),
     NotIn(Vec<String>),
@@ -71,14 +71,14 @@ pub enum Op {
     DoesNotExist,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Requirement {
     pub key: LabelKey,
     pub op: Op,
 }
 
 /// A compiled selector: every requirement must hold. No requirements selects every endpoint.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     pub requirements: Vec<Requirement>,
 }
@@ -133,6 +133,28 @@ impl Selector {
             _ => {}
         }
         Selector { requirements }
+    }
+
+    /// One `key: value` every endpoint this selector matches must carry (a single-valued `In`
+    /// on a Kubernetes label), preferring one other than the namespace: an index key, so only
+    /// endpoints with it need the full match. `None` when no requirement pins one value.
+    pub fn required_label(&self) -> Option<(&str, &str)> {
+        fn single(r: &Requirement) -> Option<(&str, &str)> {
+            match (&r.key, &r.op) {
+                (LabelKey::K8s(k), Op::In(vs)) if vs.len() == 1 => Some((k.as_str(), vs[0].as_str())),
+                _ => None,
+            }
+        }
+        let mut found = None;
+        for r in &self.requirements {
+            if let Some(pair) = single(r) {
+                if !r.key.is_namespace() {
+                    return Some(pair);
+                }
+                found.get_or_insert(pair);
+            }
+        }
+        found
     }
 
     /// Does an endpoint with these labels (namespace label included) match?
@@ -232,6 +254,23 @@ mod tests {
         for (name, raw, scope, lbls, want) in cases {
             assert_eq!(Selector::compile(&raw, scope).matches(lbls), want, "case {name}");
         }
+    }
+
+    #[test]
+    fn required_label_prefers_the_most_selective() {
+        let compile =
+            |ml: &[(&str, &str)], me: &[(&str, Operator, &[&str])], scope| Selector::compile(&sel(ml, me), scope);
+        let app = compile(&[("app", "web")], &[], Scope::Subject("prod"));
+        assert_eq!(app.required_label(), Some(("app", "web")));
+        let ns_only = compile(&[], &[], Scope::Subject("prod"));
+        assert_eq!(ns_only.required_label(), Some((NAMESPACE_LABEL, "prod")));
+        let two_values = compile(&[], &[("app", Operator::In, &["a", "b"])], Scope::AsWritten);
+        assert_eq!(two_values.required_label(), None);
+        let exists = compile(&[], &[("app", Operator::Exists, &[])], Scope::AsWritten);
+        assert_eq!(exists.required_label(), None);
+        // Whatever it picks, an endpoint without that label is never matched.
+        let labels = labels(&[("app", "web"), (NAMESPACE_LABEL, "prod")]);
+        assert!(app.matches(&labels) && ns_only.matches(&labels));
     }
 
     #[test]

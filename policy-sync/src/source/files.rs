@@ -1,5 +1,7 @@
-//! The policy directory and the endpoints file, watched by polling their modification times.
-//! A change reloads both and resolves every endpoint's policy again.
+//! The policy directory and the endpoints file, watched with inotify ([`super::watch`]) and
+//! rescanned every `interval` as well (the only way when inotify is unavailable). A change
+//! reloads them (only the policy files that changed are parsed again) and resolves every
+//! endpoint's policy again ([`crate::Resolver`]: the work is shared between endpoints).
 //!
 //! Bad input never weakens what is enforced: a problem is logged as `path: doc N: field: message`,
 //! and a file that now has problems keeps contributing the policies of its last clean version
@@ -17,20 +19,27 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use super::ids::assign_ids;
+use super::watch::Watch;
 use super::{BoxFuture, ResolvedEndpoint, Snapshot, Source, SourceFault};
 use crate::endpoint::{Endpoint, load_endpoints_file};
+use crate::load::ParseCache;
 use crate::policy::Policy;
 use crate::resolved::PolicyRef;
 
 /// (path, modified, length) of every watched file: changes when anything is edited, added or removed.
 type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
-/// The policy directory (or file) and the endpoints file, polled every `interval`.
+/// The policy directory (or file) and the endpoints file, watched, and rescanned every `interval`.
 pub struct FilesSource {
     state: Arc<Mutex<Files>>,
     interval: Duration,
     first: bool,
+    watch: Option<Watch>,
 }
+
+/// After a change event, how long to let a burst of writes (a copy of many files) settle before
+/// reading: one reload for the burst instead of one per file.
+const SETTLE: Duration = Duration::from_millis(20);
 
 impl FilesSource {
     pub fn new(policies: Option<PathBuf>, endpoints: Option<PathBuf>, interval: Duration) -> Self {
@@ -40,11 +49,12 @@ impl FilesSource {
             policies_kind: None,
             last_good: HashMap::new(),
             in_force: Vec::new(),
+            parsed: ParseCache::default(),
             inventory: Vec::new(),
             fingerprint: None,
             generation: 0,
         };
-        FilesSource { state: Arc::new(Mutex::new(files)), interval, first: true }
+        FilesSource { state: Arc::new(Mutex::new(files)), interval, first: true, watch: Watch::new() }
     }
 
     /// Reload now if anything changed since the last load (always on the first call).
@@ -58,7 +68,22 @@ impl Source for FilesSource {
         Box::pin(async move {
             loop {
                 if !std::mem::take(&mut self.first) {
-                    tokio::time::sleep(self.interval).await;
+                    match &self.watch {
+                        Some(w) => {
+                            let changed = w.changed.clone();
+                            tokio::select! {
+                                () = changed.notified() => tokio::time::sleep(SETTLE).await,
+                                () = tokio::time::sleep(self.interval) => {}
+                            }
+                        }
+                        None => tokio::time::sleep(self.interval).await,
+                    }
+                }
+                if let Some(w) = &mut self.watch {
+                    let files = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (policies, endpoints) = (files.policies.clone(), files.endpoints.clone());
+                    drop(files);
+                    w.refresh(policies.as_deref(), endpoints.as_deref());
                 }
                 // Loading parses YAML, resolves every endpoint and compiles its DNS rules: off the
                 // async workers.
@@ -101,6 +126,8 @@ struct Files {
     last_good: HashMap<PathBuf, Vec<Policy>>,
     /// The policies the last load put in force, in order.
     in_force: Vec<Policy>,
+    /// Parsed policy files, reused while unchanged.
+    parsed: ParseCache,
     inventory: Vec<Endpoint>,
     fingerprint: Option<Fingerprint>,
     generation: u64,
@@ -162,15 +189,13 @@ impl Files {
             }
         }
         let ids = assign_ids(&self.inventory);
+        let node = crate::NodeInfo::default();
+        let mut resolver = crate::Resolver::new(&policies, &self.inventory, &node);
         let endpoints: Vec<ResolvedEndpoint> = self
             .inventory
             .iter()
             .zip(ids)
-            .map(|(ep, id)| ResolvedEndpoint {
-                id,
-                endpoint: ep.clone(),
-                policy: Arc::new(crate::resolve(&policies, ep, &self.inventory)),
-            })
+            .map(|(ep, id)| ResolvedEndpoint { id, endpoint: ep.clone(), policy: resolver.resolve(ep) })
             .collect();
         let refs: Vec<PolicyRef> = policies.iter().map(|p| p.reference.clone()).collect();
         tracing::info!(
@@ -220,7 +245,7 @@ impl Files {
             keep(&why, self.in_force.len());
             return Err(());
         }
-        let report = crate::load::read_paths(std::slice::from_ref(&path));
+        let report = crate::load::read_paths_cached(std::slice::from_ref(&path), &mut self.parsed);
         // Listing or reading the path itself failed after all (it changed under us).
         if let Some(p) = report.problems.iter().find(|p| p.path == path && p.doc.is_none()) {
             keep(&p.message, self.in_force.len());

@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod ids;
+mod watch;
 
 use std::collections::HashMap;
 use std::future::Future;
