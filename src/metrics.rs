@@ -31,6 +31,7 @@ pub fn new_registry() -> Registry {
 }
 
 type OneLabel = [(&'static str, &'static str); 1];
+type TwoLabels = [(&'static str, &'static str); 2];
 
 /// Counters the agent's own parts move. Label values are fixed strings; each labelled series is
 /// resolved once here, so the hot path only does an atomic add. `Default` gives unregistered
@@ -39,10 +40,14 @@ type OneLabel = [(&'static str, &'static str); 1];
 pub struct AgentMetrics {
     /// Flows a follower (`fqdnd observe -f`) lost because it did not keep up.
     pub flows_dropped_slow_reader: Counter,
-    /// Packets the datapath dropped: no allow entry under default deny.
+    /// Packets the datapath dropped: no allow entry under default deny (egress).
     pub policy_drops_denied: Counter,
-    /// Packets the datapath dropped on an explicit deny rule.
+    /// Packets the datapath dropped on an explicit deny rule (egress).
     pub policy_drops_deny: Counter,
+    /// Packets to the endpoint dropped: no ingress allow entry under ingress default deny.
+    pub policy_drops_ingress_denied: Counter,
+    /// Packets to the endpoint dropped on an explicit ingressDeny rule.
+    pub policy_drops_ingress_deny: Counter,
     /// Policy objects that failed to load (each one is reported and skipped).
     pub policy_load_errors: Counter,
 }
@@ -55,11 +60,12 @@ impl AgentMetrics {
             "Flows lost before reaching an observer, by reason (slow_reader: a follower did not keep up)",
             flows_dropped.clone(),
         );
-        let policy_drops = Family::<OneLabel, Counter>::default();
+        let policy_drops = Family::<TwoLabels, Counter>::default();
         registry.register(
             "policy_drops",
-            "Drop flows published, by reason (policy_denied: egress default deny and no allow entry for the \
-             destination; policy_deny: an explicit egressDeny rule matched)",
+            "Drop flows published, by reason (policy_denied: default deny and no allow entry for the peer; \
+             policy_deny: an explicit egressDeny or ingressDeny rule matched) and direction (egress: sent by the \
+             endpoint; ingress: going to it)",
             policy_drops.clone(),
         );
         let policy_load_errors = Counter::default();
@@ -70,8 +76,13 @@ impl AgentMetrics {
         );
         AgentMetrics {
             flows_dropped_slow_reader: flows_dropped.get_or_create_owned(&[("reason", "slow_reader")]),
-            policy_drops_denied: policy_drops.get_or_create_owned(&[("reason", "policy_denied")]),
-            policy_drops_deny: policy_drops.get_or_create_owned(&[("reason", "policy_deny")]),
+            policy_drops_denied: policy_drops
+                .get_or_create_owned(&[("reason", "policy_denied"), ("direction", "egress")]),
+            policy_drops_deny: policy_drops.get_or_create_owned(&[("reason", "policy_deny"), ("direction", "egress")]),
+            policy_drops_ingress_denied: policy_drops
+                .get_or_create_owned(&[("reason", "policy_denied"), ("direction", "ingress")]),
+            policy_drops_ingress_deny: policy_drops
+                .get_or_create_owned(&[("reason", "policy_deny"), ("direction", "ingress")]),
             policy_load_errors,
         }
     }
@@ -145,7 +156,7 @@ impl Collector for CacheCollector {
 
 /// Add the kernel datapath's packet counters, read from its per-CPU map at every scrape:
 /// `fqdnd_datapath_packets_total{result}` (seen, allowed, redirected to the proxy, passed as a
-/// reply), `fqdnd_datapath_drops_total{reason}` (every drop the programs made, including those
+/// reply), `fqdnd_datapath_drops_total{reason,direction}` (every drop the programs made, including those
 /// whose event was lost) and `fqdnd_datapath_drop_events_lost_total`.
 pub fn register_datapath_counters(registry: &mut Registry, datapath: Arc<ebpf_redirect::AyaDatapath>) {
     registry.register_collector(Box::new(DatapathCollector(datapath)));
@@ -172,28 +183,36 @@ impl Collector for DatapathCollector {
         let mut packets = encoder.encode_descriptor(
             "datapath_packets",
             "Packets of policed endpoints seen by the datapath, by result (seen: all; allowed: through an allow entry; \
-             redirected: to the DNS proxy; reply: a reply to a connection opened towards the endpoint)",
+             redirected: to the DNS proxy; reply: a reply to a connection opened towards the endpoint; ingress_reply: going to the endpoint, a reply to \
+             what it opened, under ingress policy)",
             None,
             kind,
         )?;
-        for (result, v) in
-            [("seen", c.seen), ("allowed", c.allowed), ("redirected", c.redirected), ("reply", c.ct_replies)]
-        {
+        for (result, v) in [
+            ("seen", c.seen),
+            ("allowed", c.allowed),
+            ("redirected", c.redirected),
+            ("reply", c.ct_replies),
+            ("ingress_reply", c.ingress_ct_replies),
+        ] {
             ConstCounter::new(v).encode(packets.encode_family(&[("result", result)])?)?;
         }
         let mut drops = encoder.encode_descriptor(
             "datapath_drops",
             "Packets the datapath dropped, by reason (policy_denied: default deny and no allow entry; policy_deny: \
-             an explicit deny rule; proxy_unavailable: DNS for the proxy, which had no socket)",
+             an explicit deny rule; proxy_unavailable: DNS for the proxy, which had no socket) and direction \
+             (egress: sent by the endpoint; ingress: going to it)",
             None,
             kind,
         )?;
-        for (reason, v) in [
-            ("policy_denied", c.dropped_denied),
-            ("policy_deny", c.dropped_deny),
-            ("proxy_unavailable", c.dropped_no_proxy),
+        for (reason, direction, v) in [
+            ("policy_denied", "egress", c.dropped_denied),
+            ("policy_deny", "egress", c.dropped_deny),
+            ("proxy_unavailable", "egress", c.dropped_no_proxy),
+            ("policy_denied", "ingress", c.ingress_dropped_denied),
+            ("policy_deny", "ingress", c.ingress_dropped_deny),
         ] {
-            ConstCounter::new(v).encode(drops.encode_family(&[("reason", reason)])?)?;
+            ConstCounter::new(v).encode(drops.encode_family(&[("reason", reason), ("direction", direction)])?)?;
         }
         let lost = ConstCounter::new(c.events_lost);
         lost.encode(encoder.encode_descriptor(
@@ -400,8 +419,9 @@ mod tests {
         let text = encoded(&registry);
         for want in [
             "fqdnd_flows_dropped_total{reason=\"slow_reader\"} 5",
-            "fqdnd_policy_drops_total{reason=\"policy_denied\"} 1",
-            "fqdnd_policy_drops_total{reason=\"policy_deny\"} 0",
+            "fqdnd_policy_drops_total{reason=\"policy_denied\",direction=\"egress\"} 1",
+            "fqdnd_policy_drops_total{reason=\"policy_deny\",direction=\"egress\"} 0",
+            "fqdnd_policy_drops_total{reason=\"policy_denied\",direction=\"ingress\"} 0",
             "fqdnd_policy_load_errors_total 1",
             "fqdnd_cache_entries 12",
             "fqdnd_cache_zombies 3",

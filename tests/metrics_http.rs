@@ -73,6 +73,7 @@ async fn counters_move_and_names_follow_conventions() {
     let hub = FlowHub::with_config(HubConfig::default(), agent.clone());
     let drop = DropEvent {
         endpoint: EndpointId(1),
+        direction: ebpf_redirect::Direction::Egress,
         src: "10.0.1.5:40000".parse().unwrap(),
         dst: "192.0.2.1:443".parse().unwrap(),
         proto: L4Proto::Tcp,
@@ -90,7 +91,7 @@ async fn counters_move_and_names_follow_conventions() {
         ("fqdnd_dns_upstream_latency_seconds_count", 1.0),
         ("fqdnd_datapath_ack_latency_seconds_count", 1.0),
         ("fqdnd_datapath_ack_timeouts_total", 1.0),
-        ("fqdnd_policy_drops_total{reason=\"policy_denied\"}", 1.0),
+        ("fqdnd_policy_drops_total{reason=\"policy_denied\",direction=\"egress\"}", 1.0),
         ("fqdnd_flows_dropped_total{reason=\"slow_reader\"}", 0.0),
         ("fqdnd_cache_entries", 42.0),
         ("fqdnd_cache_zombies", 1.0),

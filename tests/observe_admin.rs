@@ -102,6 +102,7 @@ fn response(secs: u64, qname: &str, ip: &str) -> DnsFlow {
 fn denied(secs: u64) -> DropEvent {
     DropEvent {
         endpoint: EndpointId(1),
+        direction: ebpf_redirect::Direction::Egress,
         src: "10.0.1.5:43344".parse().unwrap(),
         dst: "13.107.1.1:443".parse().unwrap(),
         proto: L4Proto::Tcp,

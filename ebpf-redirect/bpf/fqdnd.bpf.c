@@ -8,7 +8,11 @@
 //                                so the policy route delivers the packet locally
 //   3. egress default deny    -> allow map (static + learned) or conntrack reply, else drop
 // fqdnd_to_pod    (tcx egress of the node-side veth = packets the pod receives)
-//   records connections opened towards the pod, so the pod's replies pass default deny.
+//   1. replies to what the pod opened (conntrack)  -> pass
+//   2. ingress deny rules   -> drop (reason DENY, direction INGRESS)
+//   3. ingress default deny -> ingress allow map, else drop (direction INGRESS)
+//   and records the connections opened towards the pod, so the pod's replies pass egress
+//   default deny.
 //
 // The layouts below are mirrored in ebpf-redirect/src/maps.rs; change both together.
 
@@ -27,6 +31,10 @@
 #define EP_DEFAULT_DENY 1
 #define EP_REDIRECT_DNS 2
 #define EP_HAS_DENY 4
+#define EP_INGRESS_DEFAULT_DENY 8
+#define EP_HAS_INGRESS_DENY 16
+// Ingress is policed at all: what the pod opens must be tracked so its replies come back in.
+#define EP_INGRESS (EP_INGRESS_DEFAULT_DENY | EP_HAS_INGRESS_DENY)
 
 #define REASON_POLICY_DENIED 1
 #define REASON_POLICY_DENY 2
@@ -34,6 +42,9 @@
 
 #define CT_INBOUND 1
 #define CT_OUTBOUND 2
+
+#define DIR_EGRESS 0
+#define DIR_INGRESS 1
 
 #define PROXY_HAS_V4 1
 #define PROXY_HAS_V6 2
@@ -54,6 +65,9 @@ enum counter {
 	C_CT_REPLY,
 	C_EVENTS_LOST,
 	C_CT_CREATED,
+	C_INGRESS_DROPPED_DENIED,
+	C_INGRESS_DROPPED_DENY,
+	C_INGRESS_CT_REPLY,
 	C_MAX = 16,
 };
 
@@ -126,6 +140,8 @@ struct drop_event {
 	__u16 dport;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	__u8 direction; // DIR_EGRESS: the pod sent it; DIR_INGRESS: it was going to the pod
+	__u8 pad[7];
 };
 
 struct {
@@ -160,6 +176,11 @@ LPM_MAP(fqdnd_deny4, lpm_key4, 65536);
 LPM_MAP(fqdnd_deny6, lpm_key6, 65536);
 LPM_MAP(fqdnd_redir4, lpm_key4, 16384);
 LPM_MAP(fqdnd_redir6, lpm_key6, 16384);
+// Ingress rules: the address is the peer's (the packet's source), the port the pod's.
+LPM_MAP(fqdnd_ingress4, lpm_key4, 65536);
+LPM_MAP(fqdnd_ingress6, lpm_key6, 65536);
+LPM_MAP(fqdnd_ingress_deny4, lpm_key4, 16384);
+LPM_MAP(fqdnd_ingress_deny6, lpm_key6, 16384);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -192,6 +213,8 @@ struct flow {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 has_ports;
+	__u8 icmp_type; // ICMP / ICMPv6 type of a first fragment, else 0
+	__u8 pad[3];
 };
 
 static __always_inline void count(__u32 idx)
@@ -256,7 +279,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 			}
 		}
 		f->proto = next;
-		if (next == IPPROTO_ICMPV6) {
+		if (next == IPPROTO_ICMPV6 && !frag) {
 			__u8 type;
 			if (bpf_skb_load_bytes(skb, off, &type, 1) < 0)
 				return -1;
@@ -264,6 +287,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 			// 143): link-local control traffic the pod needs to reach its gateway at all.
 			if ((type >= 130 && type <= 137) || type == 143)
 				return 0;
+			f->icmp_type = type;
 		}
 	} else {
 		return 0;
@@ -272,7 +296,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 	// Non-first fragments carry no ports: judged by L3 (port 0) rules only.
 	if (frag)
 		return 1;
-	if (f->proto == IPPROTO_TCP) {
+	if (f->proto == IPPROTO_ICMP) {
+		if (bpf_skb_load_bytes(skb, off, &f->icmp_type, 1) < 0)
+			return -1;
+	} else if (f->proto == IPPROTO_TCP) {
 		__u8 th[14];
 		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)) < 0)
 			return -1;
@@ -291,33 +318,37 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 	return 1;
 }
 
+// `addr` is the peer: the destination of what the pod sends, the source of what it receives.
 static __always_inline struct rule_val *lookup_one(void *map4, void *map6, __u32 endpoint, struct flow *f,
-						   __u8 proto, __u16 port)
+						   __u8 *addr, __u8 proto, __u16 port)
 {
 	if (f->family == 4) {
 		struct lpm_key4 k = {.prefixlen = 64 + 32, .endpoint = endpoint, .proto = proto, .port = port};
-		__builtin_memcpy(&k.addr, f->daddr, 4);
+		__builtin_memcpy(&k.addr, addr, 4);
 		return bpf_map_lookup_elem(map4, &k);
 	}
 	struct lpm_key6 k = {.prefixlen = 64 + 128, .endpoint = endpoint, .proto = proto, .port = port};
-	__builtin_memcpy(k.addr, f->daddr, 16);
+	__builtin_memcpy(k.addr, addr, 16);
 	return bpf_map_lookup_elem(map6, &k);
 }
 
 // Port-specific rules first, then protocol-wide, then L3-only. "Any protocol with a port" is
 // stored by userspace as one TCP and one UDP entry, so three lookups cover every rule shape.
-static __always_inline struct rule_val *lookup_rules(void *map4, void *map6, __u32 endpoint, struct flow *f)
+// The port is always the pod's peer-facing one: the destination port (egress: the peer's;
+// ingress: the pod's own).
+static __always_inline struct rule_val *lookup_rules(void *map4, void *map6, __u32 endpoint, struct flow *f,
+						     __u8 *addr)
 {
 	struct rule_val *v;
 	if (f->has_ports) {
-		v = lookup_one(map4, map6, endpoint, f, f->proto, f->dport);
+		v = lookup_one(map4, map6, endpoint, f, addr, f->proto, f->dport);
 		if (v)
 			return v;
 	}
-	v = lookup_one(map4, map6, endpoint, f, f->proto, 0);
+	v = lookup_one(map4, map6, endpoint, f, addr, f->proto, 0);
 	if (v)
 		return v;
-	return lookup_one(map4, map6, endpoint, f, 0, 0);
+	return lookup_one(map4, map6, endpoint, f, addr, 0, 0);
 }
 
 static __always_inline void ct_key_from(struct ct_key *k, struct flow *f, __u32 ifindex, int reverse)
@@ -338,7 +369,8 @@ static __always_inline void ct_key_from(struct ct_key *k, struct flow *f, __u32 
 	k->family = f->family;
 }
 
-static __always_inline int drop(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason)
+static __always_inline int drop_dir(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason,
+				    __u8 direction)
 {
 	struct drop_event *e = bpf_ringbuf_reserve(&fqdnd_drops, sizeof(*e), 0);
 	if (e) {
@@ -353,17 +385,42 @@ static __always_inline int drop(struct __sk_buff *skb, struct ep_cfg *ep, struct
 		e->dport = f->dport;
 		__builtin_memcpy(e->saddr, f->saddr, 16);
 		__builtin_memcpy(e->daddr, f->daddr, 16);
+		e->direction = direction;
+		__builtin_memset(e->pad, 0, sizeof(e->pad));
 		bpf_ringbuf_submit(e, 0);
 	} else {
 		count(C_EVENTS_LOST);
 	}
-	if (reason == REASON_POLICY_DENY)
+	if (direction == DIR_INGRESS)
+		count(reason == REASON_POLICY_DENY ? C_INGRESS_DROPPED_DENY : C_INGRESS_DROPPED_DENIED);
+	else if (reason == REASON_POLICY_DENY)
 		count(C_DROPPED_DENY);
 	else if (reason == REASON_PROXY_UNAVAILABLE)
 		count(C_DROPPED_NO_PROXY);
 	else
 		count(C_DROPPED_DENIED);
 	return TC_ACT_SHOT;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason)
+{
+	return drop_dir(skb, ep, f, reason, DIR_EGRESS);
+}
+
+// Remember a flow the pod sends (pod-side key) so that what comes back passes ingress policy,
+// and so that an answer is never mistaken for a new connection towards the pod.
+static __always_inline void ct_outbound(struct flow *f, __u32 ifindex)
+{
+	struct ct_key k = {};
+	ct_key_from(&k, f, ifindex, 0);
+	struct ct_val *c = bpf_map_lookup_elem(&fqdnd_ct, &k);
+	__u64 now = bpf_ktime_get_ns();
+	if (!c) {
+		struct ct_val cv = {.last_seen = now, .flags = CT_OUTBOUND};
+		bpf_map_update_elem(&fqdnd_ct, &k, &cv, BPF_ANY);
+	} else if (now - c->last_seen > STAMP_GRANULARITY_NS) {
+		c->last_seen = now;
+	}
 }
 
 // Hand the packet to the proxy's socket. TCP: the connection's own (accepted) socket if there is
@@ -448,71 +505,72 @@ int fqdnd_from_pod(struct __sk_buff *skb)
 	}
 
 	__u32 endpoint = ep->endpoint;
+	__u32 flags = ep->flags;
 	struct rule_val *v;
 
-	if (ep->flags & EP_HAS_DENY) {
-		v = lookup_rules(&fqdnd_deny4, &fqdnd_deny6, endpoint, &f);
+	if (flags & EP_HAS_DENY) {
+		v = lookup_rules(&fqdnd_deny4, &fqdnd_deny6, endpoint, &f, f.daddr);
 		if (v) {
 			stamp(v);
 			return drop(skb, ep, &f, REASON_POLICY_DENY);
 		}
 	}
 
-	if ((ep->flags & EP_REDIRECT_DNS) && f.has_ports) {
-		v = lookup_one(&fqdnd_redir4, &fqdnd_redir6, endpoint, &f, f.proto, f.dport);
+	if ((flags & EP_REDIRECT_DNS) && f.has_ports) {
+		v = lookup_one(&fqdnd_redir4, &fqdnd_redir6, endpoint, &f, f.daddr, f.proto, f.dport);
 		if (v) {
 			if (assign_to_proxy(skb, &f) < 0)
 				return drop(skb, ep, &f, REASON_PROXY_UNAVAILABLE);
 			stamp(v);
 			count(C_REDIRECTED);
 			// The proxy answers from the server's address: remember the flow so that the answer
-			// going to the pod is not mistaken for a new inbound connection.
-			if (f.proto == IPPROTO_UDP) {
-				struct ct_key k = {};
-				struct ct_val cv = {.last_seen = bpf_ktime_get_ns(), .flags = CT_OUTBOUND};
-				ct_key_from(&k, &f, ifindex, 0);
-				bpf_map_update_elem(&fqdnd_ct, &k, &cv, BPF_ANY);
-			}
+			// going to the pod is not mistaken for a new inbound connection (UDP), and passes
+			// ingress policy (UDP and TCP).
+			if (f.proto == IPPROTO_UDP || (flags & EP_INGRESS))
+				ct_outbound(&f, ifindex);
 			return TC_ACT_OK;
 		}
 	}
 
-	if (!(ep->flags & EP_DEFAULT_DENY))
+	if (!(flags & EP_DEFAULT_DENY)) {
+		if (flags & EP_INGRESS)
+			ct_outbound(&f, ifindex);
 		return TC_ACT_UNSPEC;
+	}
 
-	v = lookup_rules(&fqdnd_allow4, &fqdnd_allow6, endpoint, &f);
+	v = lookup_rules(&fqdnd_allow4, &fqdnd_allow6, endpoint, &f, f.daddr);
 	if (v) {
 		stamp(v);
 		count(C_ALLOWED);
-		if (f.proto == IPPROTO_UDP) {
-			struct ct_key k = {};
-			ct_key_from(&k, &f, ifindex, 0);
-			struct ct_val *c = bpf_map_lookup_elem(&fqdnd_ct, &k);
-			__u64 now = bpf_ktime_get_ns();
-			if (!c) {
-				struct ct_val cv = {.last_seen = now, .flags = CT_OUTBOUND};
-				bpf_map_update_elem(&fqdnd_ct, &k, &cv, BPF_ANY);
-			} else if (now - c->last_seen > STAMP_GRANULARITY_NS) {
-				c->last_seen = now;
-			}
-		}
+		if (f.proto == IPPROTO_UDP || (flags & EP_INGRESS))
+			ct_outbound(&f, ifindex);
 		return TC_ACT_UNSPEC;
 	}
 
 	// A reply to a connection opened towards the pod: egress policy governs what the pod opens.
-	if (f.has_ports) {
-		struct ct_key k = {};
-		ct_key_from(&k, &f, ifindex, 0);
-		struct ct_val *c = bpf_map_lookup_elem(&fqdnd_ct, &k);
-		__u64 now = bpf_ktime_get_ns();
-		if (c && (c->flags & CT_INBOUND) && now - c->last_seen < CT_LIFETIME_NS) {
-			if (now - c->last_seen > STAMP_GRANULARITY_NS)
-				c->last_seen = now;
-			count(C_CT_REPLY);
-			return TC_ACT_UNSPEC;
-		}
+	struct ct_key k = {};
+	ct_key_from(&k, &f, ifindex, 0);
+	struct ct_val *c = bpf_map_lookup_elem(&fqdnd_ct, &k);
+	__u64 now = bpf_ktime_get_ns();
+	if (c && (c->flags & CT_INBOUND) && now - c->last_seen < CT_LIFETIME_NS) {
+		if (now - c->last_seen > STAMP_GRANULARITY_NS)
+			c->last_seen = now;
+		count(C_CT_REPLY);
+		return TC_ACT_UNSPEC;
 	}
 	return drop(skb, ep, &f, REASON_POLICY_DENIED);
+}
+
+// ICMP errors about a flow (unreachable, time exceeded, parameter problem, packet too big) come
+// from routers on the way, not from the peer: they pass ingress policy like Cilium's "related"
+// traffic, without matching the embedded header against conntrack.
+static __always_inline int icmp_error(struct flow *f)
+{
+	if (f->proto == IPPROTO_ICMP)
+		return f->icmp_type == 3 || f->icmp_type == 11 || f->icmp_type == 12;
+	if (f->proto == IPPROTO_ICMPV6)
+		return f->icmp_type >= 1 && f->icmp_type <= 4;
+	return 0;
 }
 
 SEC("classifier")
@@ -520,28 +578,58 @@ int fqdnd_to_pod(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
 	struct ep_cfg *ep = bpf_map_lookup_elem(&fqdnd_endpoints, &ifindex);
-	if (!ep || !(ep->flags & EP_DEFAULT_DENY))
+	if (!ep || !(ep->flags & (EP_DEFAULT_DENY | EP_INGRESS)))
 		return TC_ACT_UNSPEC;
+	__u32 flags = ep->flags;
 
 	struct flow f = {};
-	if (parse(skb, &f) <= 0 || !f.has_ports)
+	int parsed = parse(skb, &f);
+	if (parsed == 0)
 		return TC_ACT_UNSPEC;
+	if (parsed < 0) {
+		if (flags & EP_INGRESS_DEFAULT_DENY)
+			return drop_dir(skb, ep, &f, REASON_POLICY_DENIED, DIR_INGRESS);
+		return TC_ACT_UNSPEC;
+	}
 
-	// Only connection openings count: a TCP SYN, or a UDP datagram that is not an answer to a flow
-	// the pod started (those carry CT_OUTBOUND under the pod-side key).
-	if (f.proto == IPPROTO_TCP && (f.tcp_flags & 0x12) != 0x02)
-		return TC_ACT_UNSPEC;
+	// What the pod opened, or an inbound connection already let in.
 	struct ct_key k = {};
 	ct_key_from(&k, &f, ifindex, 1);
 	struct ct_val *c = bpf_map_lookup_elem(&fqdnd_ct, &k);
 	__u64 now = bpf_ktime_get_ns();
-	if (c) {
-		if ((c->flags & CT_INBOUND) && now - c->last_seen > STAMP_GRANULARITY_NS)
+	if (c && now - c->last_seen < CT_LIFETIME_NS) {
+		if (now - c->last_seen > STAMP_GRANULARITY_NS)
 			c->last_seen = now;
+		if ((c->flags & CT_OUTBOUND) && (flags & EP_INGRESS))
+			count(C_INGRESS_CT_REPLY);
 		return TC_ACT_UNSPEC;
 	}
+
+	if (flags & EP_INGRESS) {
+		if (icmp_error(&f))
+			return TC_ACT_UNSPEC;
+		struct rule_val *v;
+		if (flags & EP_HAS_INGRESS_DENY) {
+			v = lookup_rules(&fqdnd_ingress_deny4, &fqdnd_ingress_deny6, ep->endpoint, &f, f.saddr);
+			if (v) {
+				stamp(v);
+				return drop_dir(skb, ep, &f, REASON_POLICY_DENY, DIR_INGRESS);
+			}
+		}
+		if (flags & EP_INGRESS_DEFAULT_DENY) {
+			v = lookup_rules(&fqdnd_ingress4, &fqdnd_ingress6, ep->endpoint, &f, f.saddr);
+			if (!v)
+				return drop_dir(skb, ep, &f, REASON_POLICY_DENIED, DIR_INGRESS);
+			stamp(v);
+		}
+	}
+
+	// Only connection openings are recorded: a TCP SYN, or a datagram that is not an answer to
+	// a flow the pod started (those carry CT_OUTBOUND under the same key, found above).
+	if (!f.has_ports || (f.proto == IPPROTO_TCP && (f.tcp_flags & 0x12) != 0x02))
+		return TC_ACT_UNSPEC;
 	struct ct_val cv = {.last_seen = now, .flags = CT_INBOUND};
-	bpf_map_update_elem(&fqdnd_ct, &k, &cv, BPF_NOEXIST);
+	bpf_map_update_elem(&fqdnd_ct, &k, &cv, BPF_ANY);
 	count(C_CT_CREATED);
 	return TC_ACT_UNSPEC;
 }

@@ -7,10 +7,10 @@ use aya::maps::{MapData, RingBuf};
 use fqdn_cache::EndpointId;
 use tokio::io::unix::AsyncFd;
 
-use crate::maps::{RawDropEvent, addr_from, proto_from_number};
+use crate::maps::{DIR_INGRESS, RawDropEvent, addr_from, proto_from_number};
 use fqdn_cache::DatapathError;
 
-use crate::{DropEvent, DropReason};
+use crate::{Direction, DropEvent, DropReason};
 
 const REASON_POLICY_DENY: u8 = 2;
 
@@ -82,6 +82,7 @@ fn decode(raw: &RawDropEvent) -> DropEvent {
     };
     DropEvent {
         endpoint: EndpointId(raw.endpoint),
+        direction: if raw.direction == DIR_INGRESS { Direction::Ingress } else { Direction::Egress },
         src: SocketAddr::new(addr_from(raw.family, raw.saddr), raw.sport),
         dst: SocketAddr::new(addr_from(raw.family, raw.daddr), raw.dport),
         proto: proto_from_number(raw.proto),
@@ -132,5 +133,9 @@ mod tests {
 
         let icmp = RawDropEvent { family: 4, proto: 1, reason: 2, ..Default::default() };
         assert_eq!((decode(&icmp).proto, decode(&icmp).reason), (L4Proto::Any, DropReason::PolicyDeny));
+        assert_eq!(decode(&icmp).direction, Direction::Egress);
+
+        let inbound = RawDropEvent { family: 4, proto: 6, reason: 1, direction: DIR_INGRESS, ..Default::default() };
+        assert_eq!(decode(&inbound).direction, Direction::Ingress);
     }
 }

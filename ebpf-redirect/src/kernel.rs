@@ -27,7 +27,7 @@ use crate::plan::{self, Current, Op, Wanted};
 use crate::routing::PolicyRoute;
 use crate::rules::{EndpointFlags, RuleKey, StaticRules, learned_rules};
 use crate::sys::{ifindex_of, ifname_of};
-use crate::tries::{Tries, map_io};
+use crate::tries::{Trie, Tries, map_io};
 use crate::{KernelError, links, loader};
 
 /// Where the DNS proxy's transparent sockets listen. The tc program looks them up by this
@@ -117,6 +117,12 @@ pub struct Counters {
     pub events_lost: u64,
     /// Inbound connections recorded.
     pub ct_created: u64,
+    /// Dropped going to the endpoint: ingress default deny, no ingress allow entry.
+    pub ingress_dropped_denied: u64,
+    /// Dropped going to the endpoint: an ingress deny rule matched.
+    pub ingress_dropped_deny: u64,
+    /// Passed ingress policy as replies to what the endpoint opened.
+    pub ingress_ct_replies: u64,
 }
 
 /// Who put an allow entry there.
@@ -227,6 +233,9 @@ impl AyaDatapath {
             ct_replies: read(6)?,
             events_lost: read(7)?,
             ct_created: read(8)?,
+            ingress_dropped_denied: read(9)?,
+            ingress_dropped_deny: read(10)?,
+            ingress_ct_replies: read(11)?,
         })
     }
 
@@ -325,8 +334,7 @@ impl Inner {
         let attached: BTreeMap<u32, EndpointId> = self.attached.iter().map(|(i, a)| (*i, a.endpoint)).collect();
         let current = Current {
             allow: &self.tries.allow,
-            deny: &self.tries.deny,
-            redirect: &self.tries.redirect,
+            plain: Trie::PLAIN.map(|t| self.tries.plain(t)),
             flags: &self.flags,
             attached: &attached,
         };

@@ -40,11 +40,22 @@ pub enum DropReason {
     PolicyDeny,
 }
 
+/// Which way a dropped packet was going, seen from the endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    /// Sent by the endpoint.
+    #[default]
+    Egress,
+    /// Going to the endpoint (`src` is the peer, `dst` the endpoint).
+    Ingress,
+}
+
 /// One packet dropped by the tc program, read from the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropEvent {
     pub endpoint: EndpointId,
-    /// Source and destination; port 0 for protocols without ports.
+    pub direction: Direction,
+    /// Source and destination as the packet had them; port 0 for protocols without ports.
     pub src: std::net::SocketAddr,
     pub dst: std::net::SocketAddr,
     /// TCP or UDP; [`L4Proto::Any`](fqdn_cache::L4Proto::Any) for every other IP protocol.

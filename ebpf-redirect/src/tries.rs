@@ -21,9 +21,14 @@ pub(crate) enum Trie {
     Allow,
     Deny,
     Redirect,
+    IngressAllow,
+    IngressDeny,
 }
 
 impl Trie {
+    /// The tries without owner bits: policy is their only writer.
+    pub(crate) const PLAIN: [Trie; 4] = [Trie::Deny, Trie::Redirect, Trie::IngressAllow, Trie::IngressDeny];
+
     fn map_name(self, v6: bool) -> &'static str {
         match (self, v6) {
             (Trie::Allow, false) => MAP_ALLOW4,
@@ -32,6 +37,10 @@ impl Trie {
             (Trie::Deny, true) => MAP_DENY6,
             (Trie::Redirect, false) => MAP_REDIR4,
             (Trie::Redirect, true) => MAP_REDIR6,
+            (Trie::IngressAllow, false) => MAP_INGRESS4,
+            (Trie::IngressAllow, true) => MAP_INGRESS6,
+            (Trie::IngressDeny, false) => MAP_INGRESS_DENY4,
+            (Trie::IngressDeny, true) => MAP_INGRESS_DENY6,
         }
     }
 }
@@ -60,6 +69,10 @@ pub(crate) struct Tries {
     deny6: LpmTrie<MapData, Key6, RuleVal>,
     redir4: LpmTrie<MapData, Key4, RuleVal>,
     redir6: LpmTrie<MapData, Key6, RuleVal>,
+    ingress4: LpmTrie<MapData, Key4, RuleVal>,
+    ingress6: LpmTrie<MapData, Key6, RuleVal>,
+    ingress_deny4: LpmTrie<MapData, Key4, RuleVal>,
+    ingress_deny6: LpmTrie<MapData, Key6, RuleVal>,
     endpoints: BpfHashMap<MapData, u32, EpCfg>,
     proxy: Array<MapData, ProxyCfg>,
     ct: BpfHashMap<MapData, CtKey, CtVal>,
@@ -69,6 +82,8 @@ pub(crate) struct Tries {
     pub(crate) allow: BTreeMap<RuleKey, u32>,
     pub(crate) deny: BTreeSet<RuleKey>,
     pub(crate) redirect: BTreeSet<RuleKey>,
+    pub(crate) ingress_allow: BTreeSet<RuleKey>,
+    pub(crate) ingress_deny: BTreeSet<RuleKey>,
 }
 
 impl Tries {
@@ -87,6 +102,10 @@ impl Tries {
             deny6: take(ebpf, MAP_DENY6)?,
             redir4: take(ebpf, MAP_REDIR4)?,
             redir6: take(ebpf, MAP_REDIR6)?,
+            ingress4: take(ebpf, MAP_INGRESS4)?,
+            ingress6: take(ebpf, MAP_INGRESS6)?,
+            ingress_deny4: take(ebpf, MAP_INGRESS_DENY4)?,
+            ingress_deny6: take(ebpf, MAP_INGRESS_DENY6)?,
             endpoints: take(ebpf, MAP_ENDPOINTS)?,
             proxy: take(ebpf, MAP_PROXY)?,
             ct: take(ebpf, MAP_CT)?,
@@ -95,6 +114,8 @@ impl Tries {
             allow: BTreeMap::new(),
             deny: BTreeSet::new(),
             redirect: BTreeSet::new(),
+            ingress_allow: BTreeSet::new(),
+            ingress_deny: BTreeSet::new(),
         })
     }
 
@@ -103,7 +124,7 @@ impl Tries {
     pub(crate) fn load_mirror(&mut self) -> Result<Vec<(u32, EndpointId, EndpointFlags)>, DatapathError> {
         let read_err =
             |map: &'static str| move |e: MapError| DatapathError::MapRead { map: map.into(), source: map_io(e) };
-        for trie in [Trie::Allow, Trie::Deny, Trie::Redirect] {
+        for trie in [Trie::Allow, Trie::Deny, Trie::Redirect, Trie::IngressAllow, Trie::IngressDeny] {
             let (t4, t6) = self.pair(trie);
             let mut entries = Vec::new();
             for item in t4.iter() {
@@ -116,8 +137,7 @@ impl Tries {
             }
             match trie {
                 Trie::Allow => self.allow.extend(entries),
-                Trie::Deny => self.deny.extend(entries.into_iter().map(|(k, _)| k)),
-                Trie::Redirect => self.redirect.extend(entries.into_iter().map(|(k, _)| k)),
+                plain => self.set_of(plain).extend(entries.into_iter().map(|(k, _)| k)),
             }
         }
         let mut table = Vec::new();
@@ -133,6 +153,8 @@ impl Tries {
             Trie::Allow => (&self.allow4, &self.allow6),
             Trie::Deny => (&self.deny4, &self.deny6),
             Trie::Redirect => (&self.redir4, &self.redir6),
+            Trie::IngressAllow => (&self.ingress4, &self.ingress6),
+            Trie::IngressDeny => (&self.ingress_deny4, &self.ingress_deny6),
         }
     }
 
@@ -141,6 +163,8 @@ impl Tries {
             Trie::Allow => (&mut self.allow4, &mut self.allow6),
             Trie::Deny => (&mut self.deny4, &mut self.deny6),
             Trie::Redirect => (&mut self.redir4, &mut self.redir6),
+            Trie::IngressAllow => (&mut self.ingress4, &mut self.ingress6),
+            Trie::IngressDeny => (&mut self.ingress_deny4, &mut self.ingress_deny6),
         }
     }
 
@@ -209,7 +233,7 @@ impl Tries {
         self.write_allow(key, want, have)
     }
 
-    /// Add a deny or redirect entry (they carry no owner bits: policy is their only owner).
+    /// Add an entry to a trie without owner bits ([`Trie::PLAIN`]: policy is their only owner).
     pub(crate) fn insert_rule(&mut self, trie: Trie, key: RuleKey) -> Result<(), DatapathError> {
         self.trie_insert(trie, &key, RuleVal { flags: OWNER_STATIC, ..Default::default() })?;
         self.set_of(trie).insert(key);
@@ -226,7 +250,20 @@ impl Tries {
         match trie {
             Trie::Deny => &mut self.deny,
             Trie::Redirect => &mut self.redirect,
+            Trie::IngressAllow => &mut self.ingress_allow,
+            Trie::IngressDeny => &mut self.ingress_deny,
             Trie::Allow => unreachable!("allow entries carry owner bits: use write_allow"),
+        }
+    }
+
+    /// The mirror of a trie without owner bits.
+    pub(crate) fn plain(&self, trie: Trie) -> &BTreeSet<RuleKey> {
+        match trie {
+            Trie::Deny => &self.deny,
+            Trie::Redirect => &self.redirect,
+            Trie::IngressAllow => &self.ingress_allow,
+            Trie::IngressDeny => &self.ingress_deny,
+            Trie::Allow => unreachable!("allow entries carry owner bits"),
         }
     }
 

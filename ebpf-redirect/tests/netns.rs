@@ -7,98 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ebpf_redirect::{
-    AyaConfig, AyaDatapath, Datapath, DesiredEndpoint, DropEvent, DropEvents, DropReason, PolicyRoute, ProxyTarget,
-    ReconcileReport,
-};
+mod common;
+
+use common::{CONNECT, DROPPED_CONNECT, EP, Fixture, allow, default_deny, no_proxy};
+use ebpf_redirect::{AyaDatapath, Datapath, DropReason, ProxyTarget, ReconcileReport};
 use fqdn_cache::pattern::NamePattern;
 use fqdn_cache::{AllowKey, Delta, EndpointId, L4Proto, PortProto};
-use fqdnd_testkit::netns::{self, Bpffs, POD_IP4, POD_IP6, POD_VETH, TcpServer, Topology, WORLD_IP4, WORLD_IP6};
+use fqdnd_testkit::netns::{self, POD_IP4, POD_IP6, POD_VETH, TcpServer, WORLD_IP4, WORLD_IP6};
 use fqdnd_testkit::privileged;
 use policy_sync::DnsRules;
 use policy_sync::resolved::{DnsRule, EndpointPolicy, L3Rule, Peer, PolicyRef};
-
-const EP: EndpointId = EndpointId(42);
-/// Long enough for any allowed connect on a loaded machine; dropped SYNs are retried by the
-/// kernel after 1 s, so a shorter bound only decides "dropped" once the drop event confirmed it.
-const CONNECT: Duration = Duration::from_secs(5);
-const DROPPED_CONNECT: Duration = Duration::from_millis(400);
-
-struct Fixture {
-    topo: Topology,
-    bpffs: Bpffs,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        Fixture { topo: Topology::new(), bpffs: Bpffs::new(), rt }
-    }
-
-    fn config(&self, proxy: ProxyTarget) -> AyaConfig {
-        AyaConfig { bpffs_dir: self.bpffs.datapath_dir(), proxy, route: PolicyRoute::default(), install_route: true }
-    }
-
-    fn open(&self, proxy: ProxyTarget) -> AyaDatapath {
-        let config = self.config(proxy);
-        self.topo.node.run(|| AyaDatapath::open(config)).unwrap_or_else(|e| panic!("open: {}", chain(&e)))
-    }
-
-    /// The pod as the one endpoint, under `policy`: what the agent does on every snapshot.
-    fn attach(&self, dp: &AyaDatapath, policy: &EndpointPolicy) -> ReconcileReport {
-        let desired = [DesiredEndpoint::new(EP, Some(POD_VETH.into()), policy)];
-        self.topo.node.run(|| dp.sync_endpoints(&desired)).unwrap_or_else(|e| panic!("sync: {}", chain(&e)))
-    }
-
-    fn apply(&self, dp: &AyaDatapath, delta: Delta) {
-        self.rt.block_on(dp.apply(delta)).expect("apply");
-    }
-
-    fn connect(&self, dst: SocketAddr, timeout: Duration) -> (u16, std::io::Result<Vec<u8>>) {
-        let src = if dst.is_ipv4() { IpAddr::V4(POD_IP4) } else { IpAddr::V6(POD_IP6) };
-        self.topo.pod.run(|| netns::tcp_exchange(src, dst, timeout))
-    }
-
-    /// The drop event for the connection from `sport` to `dst`, skipping others (retransmits).
-    fn drop_event(&self, events: &mut DropEvents, sport: u16, dst: SocketAddr) -> DropEvent {
-        self.rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    let e = events.recv().await.expect("ring buffer");
-                    if e.src.port() == sport && e.dst == dst {
-                        return e;
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("no drop event for port {sport} -> {dst}"))
-        })
-    }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn no_proxy() -> ProxyTarget {
-    ProxyTarget { ipv4: None, ipv6: None, udp_port: 0, tcp_port: 0 }
-}
-
-fn default_deny() -> EndpointPolicy {
-    EndpointPolicy { egress_default_deny: true, ..Default::default() }
-}
-
-fn allow(ip: IpAddr, port: u16) -> AllowKey {
-    AllowKey { endpoint: EP, ip, port: PortProto { port, proto: L4Proto::Tcp } }
-}
 
 #[test]
 fn default_deny_drops_and_learned_allow_passes() {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use arc_swap::ArcSwap;
 use dns_proxy::{DnsFlow, DnsFlowKind};
-use ebpf_redirect::DropEvent;
+use ebpf_redirect::{Direction, DropEvent};
 use fqdn_cache::{EndpointId, Enforcer, L4Proto};
 use policy_sync::{ResolvedEndpoint, Snapshot};
 
@@ -134,6 +134,7 @@ pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Fl
         destination: Some(peer(dst_ep, dst.ip())),
         flow_type: FlowType::L7,
         node_name: node_name.to_string(),
+        source_names: Vec::new(),
         destination_names: Vec::new(),
         l7: Some(Layer7 {
             l7_type: if is_reply { L7FlowType::Response } else { L7FlowType::Request },
@@ -148,14 +149,23 @@ pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Fl
     }
 }
 
-/// A packet the datapath dropped. `names` are the names this endpoint resolved to the destination.
+/// A packet the datapath dropped. `names` are the names this endpoint resolved to the peer: the
+/// destination of what it sent (egress), the source of what was sent to it (ingress).
 pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesLookup, node_name: &str) -> Flow {
     let reason = DropReason::from(ev.reason);
     let flags = TcpFlags::from_byte(ev.tcp_flags);
-    let src_ep = lookup.by_id(ev.endpoint).or_else(|| lookup.by_ip(ev.src.ip()));
-    let dst_ep = lookup.by_ip(ev.dst.ip());
-    let destination_names =
-        names.names_for_ip(ev.endpoint, ev.dst.ip()).into_iter().map(|n| display_name(&n).to_string()).collect();
+    let (peer_ip, ours) = match ev.direction {
+        Direction::Egress => (ev.dst.ip(), ev.src.ip()),
+        Direction::Ingress => (ev.src.ip(), ev.dst.ip()),
+    };
+    let ours_ep = lookup.by_id(ev.endpoint).or_else(|| lookup.by_ip(ours));
+    let peer_ep = lookup.by_ip(peer_ip);
+    let peer_names: Vec<String> =
+        names.names_for_ip(ev.endpoint, peer_ip).into_iter().map(|n| display_name(&n).to_string()).collect();
+    let (src_ep, dst_ep, source_names, destination_names, traffic_direction) = match ev.direction {
+        Direction::Egress => (ours_ep, peer_ep, Vec::new(), peer_names, TrafficDirection::Egress),
+        Direction::Ingress => (peer_ep, ours_ep, peer_names, Vec::new(), TrafficDirection::Ingress),
+    };
     let summary = match ev.proto {
         L4Proto::Tcp => format!("TCP Flags: {}", flags.names().join(", ")),
         L4Proto::Udp => "UDP".to_string(),
@@ -174,10 +184,11 @@ pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesL
         destination: Some(peer(dst_ep, ev.dst.ip())),
         flow_type: FlowType::L3L4,
         node_name: node_name.to_string(),
+        source_names,
         destination_names,
         l7: None,
         event_type: Some(CiliumEventType { event_type: EVENT_TYPE_DROP, sub_type: reason.code() as i32 }),
-        traffic_direction: TrafficDirection::Egress,
+        traffic_direction,
         drop_reason_desc: Some(reason),
         is_reply,
         summary,
@@ -325,6 +336,7 @@ pub(crate) mod tests {
     pub(crate) fn drop_event() -> DropEvent {
         DropEvent {
             endpoint: EndpointId(7),
+            direction: Direction::Egress,
             src: "10.0.1.5:43344".parse().unwrap(),
             dst: "13.107.1.1:443".parse().unwrap(),
             proto: L4Proto::Tcp,
@@ -425,6 +437,31 @@ pub(crate) mod tests {
         let f = drop_flow(&udp, &table(), &NoNames, "");
         assert_eq!((f.summary.as_str(), f.is_reply), ("UDP", None));
         assert!(f.destination_names.is_empty());
+        assert_eq!(f.traffic_direction, TrafficDirection::Egress);
+    }
+
+    #[test]
+    fn ingress_drop_names_the_peer_as_source() {
+        // 13.107.1.1 connecting to the pod's port 8080.
+        let ev = DropEvent {
+            direction: Direction::Ingress,
+            src: "13.107.1.1:51000".parse().unwrap(),
+            dst: "10.0.1.5:8080".parse().unwrap(),
+            ..drop_event()
+        };
+        let f = drop_flow(&ev, &table(), &Names, "node1");
+        assert_eq!(f.traffic_direction, TrafficDirection::Ingress);
+        assert_eq!(f.ip.as_ref().unwrap().source, "13.107.1.1");
+        assert_eq!(f.source.as_ref().unwrap().labels, ["reserved:world"]);
+        assert_eq!(f.destination.as_ref().unwrap().pod_name, "alpine");
+        assert_eq!(f.source_names, ["www.microsoft.com"]);
+        assert!(f.destination_names.is_empty());
+        assert_eq!(
+            f.l4,
+            Some(Layer4::Tcp(Tcp { source_port: 51000, destination_port: 8080, flags: Some(TcpFlags::from_byte(2)) }))
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["traffic_direction"], "INGRESS");
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub fn compact(f: &Flow, color: Color) -> String {
         ip.map(|i| i.source.as_str()).unwrap_or(""),
         src_port,
         f.source.as_ref().map(|e| (e.namespace.as_str(), e.pod_name.as_str())),
-        &[],
+        &f.source_names,
     );
     let mut dst = host(
         ip.map(|i| i.destination.as_str()).unwrap_or(""),

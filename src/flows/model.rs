@@ -34,6 +34,9 @@ pub struct Flow {
     pub flow_type: FlowType,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
+    /// Names the endpoint resolved to the source IP (ingress drops from learned IPs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_names: Vec<String>,
     /// Names the querying endpoint resolved to the destination IP (drops to learned IPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destination_names: Vec<String>,

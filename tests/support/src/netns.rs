@@ -293,6 +293,55 @@ impl Drop for TcpServer {
     }
 }
 
+/// A UDP socket in `ns` bound to `addr` that sends every datagram back to its sender, until the
+/// returned guard drops.
+pub struct UdpEcho {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> UdpEcho {
+        let sock = ns.run(|| std::net::UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        UdpEcho { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Send `payload` from `src` (port chosen by the kernel, returned) to `dst` inside `ns` and wait
+/// up to `timeout` for the echo.
+pub fn udp_roundtrip(ns: &Netns, src: IpAddr, dst: SocketAddr, timeout: Duration) -> (u16, io::Result<Vec<u8>>) {
+    let sock = ns.run(|| std::net::UdpSocket::bind(SocketAddr::new(src, 0))).expect("bind");
+    let port = sock.local_addr().unwrap().port();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let res = sock.send_to(b"ping", dst).and_then(|_| {
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    });
+    (port, res)
+}
+
 /// A datagram with the destination the sender used (IP_ORIGDSTADDR), as a transparent proxy
 /// sees it.
 pub struct Intercepted {
