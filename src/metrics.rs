@@ -200,7 +200,8 @@ impl Collector for DatapathCollector {
         let mut drops = encoder.encode_descriptor(
             "datapath_drops",
             "Packets the datapath dropped, by reason (policy_denied: default deny and no allow entry; policy_deny: \
-             an explicit deny rule; proxy_unavailable: DNS for the proxy, which had no socket) and direction \
+             an explicit deny rule; proxy_unavailable: DNS for the proxy, which had no socket; invalid_source_ip: a \
+             source address that is not the endpoint's) and direction \
              (egress: sent by the endpoint; ingress: going to it)",
             None,
             kind,
@@ -209,6 +210,7 @@ impl Collector for DatapathCollector {
             ("policy_denied", "egress", c.dropped_denied),
             ("policy_deny", "egress", c.dropped_deny),
             ("proxy_unavailable", "egress", c.dropped_no_proxy),
+            ("invalid_source_ip", "egress", c.dropped_spoofed),
             ("policy_denied", "ingress", c.ingress_dropped_denied),
             ("policy_deny", "ingress", c.ingress_dropped_deny),
         ] {

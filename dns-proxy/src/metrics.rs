@@ -173,7 +173,7 @@ impl fmt::Debug for StatsCollector {
 /// One counter of the collector: name, help, and its series (labels, value).
 type Series = (&'static str, &'static str, Vec<(Option<(&'static str, &'static str)>, u64)>);
 
-fn stats_series(s: &StatsSnapshot) -> [Series; 8] {
+fn stats_series(s: &StatsSnapshot) -> [Series; 9] {
     [
         (
             "dns_upstream_replies_dropped",
@@ -205,6 +205,12 @@ fn stats_series(s: &StatsSnapshot) -> [Series; 8] {
             vec![(None, s.overloaded)],
         ),
         ("dns_reply_send_errors", "Replies that could not be sent to the client", vec![(None, s.send_errors)]),
+        (
+            "dns_unverified_queries",
+            "Transparent mode: queries refused because the interface they came from and their source address do \
+             not name one endpoint",
+            vec![(None, s.unverified)],
+        ),
         ("dns_answers_learned", "Allowed answers handed to the cache and the datapath", vec![(None, s.learned)]),
         (
             "datapath_update_errors",

@@ -56,6 +56,9 @@ counters! {
     overloaded,
     /// Replies that could not be sent to the client.
     send_errors,
+    /// Transparent mode: queries refused because their endpoint could not be established (a
+    /// source that is not the endpoint's whose interface the query came from, or no one's).
+    unverified,
 }
 
 pub(crate) fn inc(counter: &AtomicU64) {

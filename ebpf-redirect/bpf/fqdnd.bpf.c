@@ -3,6 +3,7 @@
 // fqdnd datapath: tc (TCX) programs on the node side of each endpoint's veth.
 //
 // fqdnd_from_pod  (tcx ingress of the node-side veth = packets the pod sends)
+//   0. a source address that is not the endpoint's -> drop (reason SPOOFED), whatever the policy
 //   1. egress deny rules      -> drop (reason DENY)
 //   2. DNS redirect rules     -> bpf_sk_assign to the proxy's transparent socket + skb->mark,
 //                                so the policy route delivers the packet locally
@@ -33,12 +34,14 @@
 #define EP_HAS_DENY 4
 #define EP_INGRESS_DEFAULT_DENY 8
 #define EP_HAS_INGRESS_DENY 16
+#define EP_CHECK_SOURCE 32
 // Ingress is policed at all: what the pod opens must be tracked so its replies come back in.
 #define EP_INGRESS (EP_INGRESS_DEFAULT_DENY | EP_HAS_INGRESS_DENY)
 
 #define REASON_POLICY_DENIED 1
 #define REASON_POLICY_DENY 2
 #define REASON_PROXY_UNAVAILABLE 3
+#define REASON_SPOOFED 4
 
 #define CT_INBOUND 1
 #define CT_OUTBOUND 2
@@ -68,6 +71,7 @@ enum counter {
 	C_INGRESS_DROPPED_DENIED,
 	C_INGRESS_DROPPED_DENY,
 	C_INGRESS_CT_REPLY,
+	C_DROPPED_SPOOFED,
 	C_MAX = 16,
 };
 
@@ -181,6 +185,9 @@ LPM_MAP(fqdnd_ingress4, lpm_key4, 65536);
 LPM_MAP(fqdnd_ingress6, lpm_key6, 65536);
 LPM_MAP(fqdnd_ingress_deny4, lpm_key4, 16384);
 LPM_MAP(fqdnd_ingress_deny6, lpm_key6, 16384);
+// The endpoint's own addresses (proto 0, port 0, host prefixes): what it may send from.
+LPM_MAP(fqdnd_src4, lpm_key4, 16384);
+LPM_MAP(fqdnd_src6, lpm_key6, 16384);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -397,6 +404,8 @@ static __always_inline int drop_dir(struct __sk_buff *skb, struct ep_cfg *ep, st
 		count(C_DROPPED_DENY);
 	else if (reason == REASON_PROXY_UNAVAILABLE)
 		count(C_DROPPED_NO_PROXY);
+	else if (reason == REASON_SPOOFED)
+		count(C_DROPPED_SPOOFED);
 	else
 		count(C_DROPPED_DENIED);
 	return TC_ACT_SHOT;
@@ -507,6 +516,12 @@ int fqdnd_from_pod(struct __sk_buff *skb)
 	__u32 endpoint = ep->endpoint;
 	__u32 flags = ep->flags;
 	struct rule_val *v;
+
+	// A pod may only speak for itself: a second address on its interface, a raw socket or
+	// another pod's (or kube-dns's) address would make its packets someone else's, to the
+	// policy here and to the DNS proxy, which knows a query's endpoint by its source.
+	if ((flags & EP_CHECK_SOURCE) && !lookup_one(&fqdnd_src4, &fqdnd_src6, endpoint, &f, f.saddr, 0, 0))
+		return drop(skb, ep, &f, REASON_SPOOFED);
 
 	if (flags & EP_HAS_DENY) {
 		v = lookup_rules(&fqdnd_deny4, &fqdnd_deny6, endpoint, &f, f.daddr);

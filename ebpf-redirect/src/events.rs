@@ -13,6 +13,7 @@ use fqdn_cache::DatapathError;
 use crate::{Direction, DropEvent, DropReason};
 
 const REASON_POLICY_DENY: u8 = 2;
+const REASON_SPOOFED: u8 = 4;
 
 /// The reader of the drop ring buffer. One per datapath: the ring has a single consumer position.
 pub struct DropEvents {
@@ -78,6 +79,7 @@ fn decode(raw: &RawDropEvent) -> DropEvent {
     // packet to the proxy and nothing else may carry it. The counters tell the two apart.
     let reason = match raw.reason {
         REASON_POLICY_DENY => DropReason::PolicyDeny,
+        REASON_SPOOFED => DropReason::SpoofedSource,
         _ => DropReason::PolicyDenied,
     };
     DropEvent {
@@ -134,6 +136,9 @@ mod tests {
         let icmp = RawDropEvent { family: 4, proto: 1, reason: 2, ..Default::default() };
         assert_eq!((decode(&icmp).proto, decode(&icmp).reason), (L4Proto::Any, DropReason::PolicyDeny));
         assert_eq!(decode(&icmp).direction, Direction::Egress);
+
+        let spoofed = RawDropEvent { family: 4, proto: 17, reason: 4, ..Default::default() };
+        assert_eq!(decode(&spoofed).reason, DropReason::SpoofedSource);
 
         let inbound = RawDropEvent { family: 4, proto: 6, reason: 1, direction: DIR_INGRESS, ..Default::default() };
         assert_eq!(decode(&inbound).direction, Direction::Ingress);

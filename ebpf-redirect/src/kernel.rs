@@ -25,7 +25,7 @@ use crate::events::{DropEvents, monotonic_ns};
 use crate::maps::{MAP_DROPS, OWNER_LEARNED, OWNER_STATIC, PROG_FROM_POD, PROG_TO_POD};
 use crate::plan::{self, Current, Op, Wanted};
 use crate::routing::PolicyRoute;
-use crate::rules::{EndpointFlags, RuleKey, StaticRules, learned_rules};
+use crate::rules::{EndpointFlags, RuleKey, StaticRules, learned_rules, source_rules};
 use crate::sys::{ifindex_of, ifname_of};
 use crate::tries::{Trie, Tries, map_io};
 use crate::{KernelError, links, loader};
@@ -74,6 +74,7 @@ pub struct DesiredEndpoint {
 }
 
 impl DesiredEndpoint {
+    /// The endpoint under `policy`, its sources unchecked (see [`DesiredEndpoint::owning`]).
     pub fn new(endpoint: EndpointId, interface: Option<String>, policy: &EndpointPolicy) -> Self {
         DesiredEndpoint {
             endpoint,
@@ -81,6 +82,14 @@ impl DesiredEndpoint {
             flags: EndpointFlags::from_policy(policy),
             rules: StaticRules::from_policy(endpoint, policy),
         }
+    }
+
+    /// Anti-spoofing: the endpoint may only send from `ips` (its inventory addresses); packets
+    /// from any other source are dropped, whatever the policy. With no addresses, nothing passes.
+    pub fn owning(mut self, ips: &[IpAddr]) -> Self {
+        self.flags.check_source = true;
+        self.rules.source = source_rules(self.endpoint, ips);
+        self
     }
 }
 
@@ -123,6 +132,8 @@ pub struct Counters {
     pub ingress_dropped_deny: u64,
     /// Passed ingress policy as replies to what the endpoint opened.
     pub ingress_ct_replies: u64,
+    /// Dropped: the source address was not the endpoint's (anti-spoofing).
+    pub dropped_spoofed: u64,
 }
 
 /// Who put an allow entry there.
@@ -236,6 +247,7 @@ impl AyaDatapath {
             ingress_dropped_denied: read(9)?,
             ingress_dropped_deny: read(10)?,
             ingress_ct_replies: read(11)?,
+            dropped_spoofed: read(12)?,
         })
     }
 

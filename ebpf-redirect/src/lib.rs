@@ -38,6 +38,8 @@ pub enum DropReason {
     PolicyDenied,
     /// An explicit deny rule matched.
     PolicyDeny,
+    /// The source address was not the endpoint's (anti-spoofing).
+    SpoofedSource,
 }
 
 /// Which way a dropped packet was going, seen from the endpoint.

@@ -44,8 +44,8 @@ fn expected_sizes(name: &str) -> Option<(u32, u32)> {
     Some(match name {
         MAP_ENDPOINTS => (4, size_of::<EpCfg>() as u32),
         MAP_PROXY => (4, size_of::<ProxyCfg>() as u32),
-        MAP_ALLOW4 | MAP_DENY4 | MAP_REDIR4 | MAP_INGRESS4 | MAP_INGRESS_DENY4 => (lpm4, val),
-        MAP_ALLOW6 | MAP_DENY6 | MAP_REDIR6 | MAP_INGRESS6 | MAP_INGRESS_DENY6 => (lpm6, val),
+        MAP_ALLOW4 | MAP_DENY4 | MAP_REDIR4 | MAP_INGRESS4 | MAP_INGRESS_DENY4 | MAP_SRC4 => (lpm4, val),
+        MAP_ALLOW6 | MAP_DENY6 | MAP_REDIR6 | MAP_INGRESS6 | MAP_INGRESS_DENY6 | MAP_SRC6 => (lpm6, val),
         MAP_CT => (size_of::<CtKey>() as u32, size_of::<CtVal>() as u32),
         MAP_COUNTERS => (4, 8),
         _ => return None,

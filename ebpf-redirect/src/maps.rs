@@ -20,12 +20,14 @@ pub(crate) const MAP_INGRESS4: &str = "fqdnd_ingress4";
 pub(crate) const MAP_INGRESS6: &str = "fqdnd_ingress6";
 pub(crate) const MAP_INGRESS_DENY4: &str = "fqdnd_ingress_deny4";
 pub(crate) const MAP_INGRESS_DENY6: &str = "fqdnd_ingress_deny6";
+pub(crate) const MAP_SRC4: &str = "fqdnd_src4";
+pub(crate) const MAP_SRC6: &str = "fqdnd_src6";
 pub(crate) const MAP_CT: &str = "fqdnd_ct";
 pub(crate) const MAP_DROPS: &str = "fqdnd_drops";
 pub(crate) const MAP_COUNTERS: &str = "fqdnd_counters";
 
 /// Every map of the object, by pin name.
-pub(crate) const ALL_MAPS: [&str; 15] = [
+pub(crate) const ALL_MAPS: [&str; 17] = [
     MAP_ENDPOINTS,
     MAP_PROXY,
     MAP_ALLOW4,
@@ -38,6 +40,8 @@ pub(crate) const ALL_MAPS: [&str; 15] = [
     MAP_INGRESS6,
     MAP_INGRESS_DENY4,
     MAP_INGRESS_DENY6,
+    MAP_SRC4,
+    MAP_SRC6,
     MAP_CT,
     MAP_DROPS,
     MAP_COUNTERS,
@@ -51,17 +55,19 @@ pub(crate) const EP_REDIRECT_DNS: u32 = 2;
 pub(crate) const EP_HAS_DENY: u32 = 4;
 pub(crate) const EP_INGRESS_DEFAULT_DENY: u32 = 8;
 pub(crate) const EP_HAS_INGRESS_DENY: u32 = 16;
+pub(crate) const EP_CHECK_SOURCE: u32 = 32;
 
 /// The [`EndpointFlags`] field a flag bit stands for.
 type FlagField = fn(&mut EndpointFlags) -> &mut bool;
 
 /// Every flag bit this build knows, with its field.
-const FLAG_BITS: [(u32, FlagField); 5] = [
+const FLAG_BITS: [(u32, FlagField); 6] = [
     (EP_DEFAULT_DENY, |f| &mut f.default_deny),
     (EP_REDIRECT_DNS, |f| &mut f.redirect_dns),
     (EP_HAS_DENY, |f| &mut f.has_deny),
     (EP_INGRESS_DEFAULT_DENY, |f| &mut f.ingress_default_deny),
     (EP_HAS_INGRESS_DENY, |f| &mut f.has_ingress_deny),
+    (EP_CHECK_SOURCE, |f| &mut f.check_source),
 ];
 
 /// The `ep_cfg.flags` bits of an endpoint's flags.
@@ -288,7 +294,7 @@ mod tests {
 
     #[test]
     fn flag_bits_round_trip() {
-        for bits in 0..32 {
+        for bits in 0..64 {
             assert_eq!(flag_bits(flags_from_bits(bits)), bits);
         }
     }

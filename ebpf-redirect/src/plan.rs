@@ -19,7 +19,7 @@ use crate::tries::Trie;
 pub(crate) struct Current<'a> {
     pub(crate) allow: &'a BTreeMap<RuleKey, u32>,
     /// The tries without owner bits, in [`Trie::PLAIN`] order.
-    pub(crate) plain: [&'a BTreeSet<RuleKey>; 4],
+    pub(crate) plain: [&'a BTreeSet<RuleKey>; 5],
     pub(crate) flags: &'a BTreeMap<EndpointId, EndpointFlags>,
     /// ifindex -> endpoint.
     pub(crate) attached: &'a BTreeMap<u32, EndpointId>,
@@ -74,7 +74,7 @@ pub(crate) enum Op {
 /// The operations that take `current` to `wanted`, learned allow entries `learned` included.
 pub(crate) fn plan(current: &Current<'_>, wanted: &[Wanted<'_>], learned: &BTreeSet<RuleKey>) -> Vec<Op> {
     let mut want_allow: BTreeMap<RuleKey, u32> = BTreeMap::new();
-    let mut want_plain: [BTreeSet<RuleKey>; 4] = Default::default();
+    let mut want_plain: [BTreeSet<RuleKey>; 5] = Default::default();
     for w in wanted {
         for k in &w.rules.allow {
             *want_allow.entry(*k).or_default() |= OWNER_STATIC;
@@ -169,6 +169,7 @@ mod tests {
         has_deny: false,
         ingress_default_deny: false,
         has_ingress_deny: false,
+        check_source: false,
     };
 
     #[derive(Default)]
@@ -178,6 +179,7 @@ mod tests {
         redirect: BTreeSet<RuleKey>,
         ingress_allow: BTreeSet<RuleKey>,
         ingress_deny: BTreeSet<RuleKey>,
+        source: BTreeSet<RuleKey>,
         flags: BTreeMap<EndpointId, EndpointFlags>,
         attached: BTreeMap<u32, EndpointId>,
     }
@@ -186,7 +188,7 @@ mod tests {
         fn current(&self) -> Current<'_> {
             Current {
                 allow: &self.allow,
-                plain: [&self.deny, &self.redirect, &self.ingress_allow, &self.ingress_deny],
+                plain: [&self.deny, &self.redirect, &self.ingress_allow, &self.ingress_deny, &self.source],
                 flags: &self.flags,
                 attached: &self.attached,
             }
@@ -198,6 +200,7 @@ mod tests {
                 Trie::Redirect => &mut self.redirect,
                 Trie::IngressAllow => &mut self.ingress_allow,
                 Trie::IngressDeny => &mut self.ingress_deny,
+                Trie::Source => &mut self.source,
                 Trie::Allow => unreachable!(),
             }
         }

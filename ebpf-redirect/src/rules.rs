@@ -44,6 +44,9 @@ pub struct EndpointFlags {
     pub ingress_default_deny: bool,
     /// Ingress deny rules exist: the ingress deny trie is consulted for new inbound connections.
     pub has_ingress_deny: bool,
+    /// Packets whose source is not one of the endpoint's addresses ([`StaticRules::source`]) are
+    /// dropped (anti-spoofing).
+    pub check_source: bool,
 }
 
 impl EndpointFlags {
@@ -54,6 +57,7 @@ impl EndpointFlags {
             has_deny: !policy.egress_denies.is_empty(),
             ingress_default_deny: policy.ingress_default_deny,
             has_ingress_deny: !policy.ingress_denies.is_empty(),
+            check_source: false,
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct StaticRules {
     pub redirect: BTreeSet<RuleKey>,
     pub ingress_allow: BTreeSet<RuleKey>,
     pub ingress_deny: BTreeSet<RuleKey>,
+    /// The endpoint's own addresses (any protocol, any port, host prefixes): the sources its
+    /// packets may carry when [`EndpointFlags::check_source`] is on.
+    pub source: BTreeSet<RuleKey>,
 }
 
 impl StaticRules {
@@ -78,6 +85,7 @@ impl StaticRules {
             Trie::Redirect => &self.redirect,
             Trie::IngressAllow => &self.ingress_allow,
             Trie::IngressDeny => &self.ingress_deny,
+            Trie::Source => &self.source,
             Trie::Allow => &self.allow,
         }
     }
@@ -104,6 +112,11 @@ impl StaticRules {
         }
         out
     }
+}
+
+/// The source entries of an endpoint that owns `ips`.
+pub fn source_rules(endpoint: EndpointId, ips: &[IpAddr]) -> BTreeSet<RuleKey> {
+    ips.iter().map(|ip| RuleKey { endpoint, proto: L4Proto::Any, port: 0, net: IpNet::from(*ip) }).collect()
 }
 
 /// DNS rules redirect exact ports only (the program does one redirect lookup per packet); a rule

@@ -23,11 +23,13 @@ pub(crate) enum Trie {
     Redirect,
     IngressAllow,
     IngressDeny,
+    Source,
 }
 
 impl Trie {
-    /// The tries without owner bits: policy is their only writer.
-    pub(crate) const PLAIN: [Trie; 4] = [Trie::Deny, Trie::Redirect, Trie::IngressAllow, Trie::IngressDeny];
+    /// The tries without owner bits: policy (and the endpoint inventory) is their only writer.
+    pub(crate) const PLAIN: [Trie; 5] =
+        [Trie::Deny, Trie::Redirect, Trie::IngressAllow, Trie::IngressDeny, Trie::Source];
 
     fn map_name(self, v6: bool) -> &'static str {
         match (self, v6) {
@@ -41,6 +43,8 @@ impl Trie {
             (Trie::IngressAllow, true) => MAP_INGRESS6,
             (Trie::IngressDeny, false) => MAP_INGRESS_DENY4,
             (Trie::IngressDeny, true) => MAP_INGRESS_DENY6,
+            (Trie::Source, false) => MAP_SRC4,
+            (Trie::Source, true) => MAP_SRC6,
         }
     }
 }
@@ -73,6 +77,8 @@ pub(crate) struct Tries {
     ingress6: LpmTrie<MapData, Key6, RuleVal>,
     ingress_deny4: LpmTrie<MapData, Key4, RuleVal>,
     ingress_deny6: LpmTrie<MapData, Key6, RuleVal>,
+    src4: LpmTrie<MapData, Key4, RuleVal>,
+    src6: LpmTrie<MapData, Key6, RuleVal>,
     endpoints: BpfHashMap<MapData, u32, EpCfg>,
     proxy: Array<MapData, ProxyCfg>,
     ct: BpfHashMap<MapData, CtKey, CtVal>,
@@ -84,6 +90,7 @@ pub(crate) struct Tries {
     pub(crate) redirect: BTreeSet<RuleKey>,
     pub(crate) ingress_allow: BTreeSet<RuleKey>,
     pub(crate) ingress_deny: BTreeSet<RuleKey>,
+    pub(crate) source: BTreeSet<RuleKey>,
 }
 
 impl Tries {
@@ -106,6 +113,8 @@ impl Tries {
             ingress6: take(ebpf, MAP_INGRESS6)?,
             ingress_deny4: take(ebpf, MAP_INGRESS_DENY4)?,
             ingress_deny6: take(ebpf, MAP_INGRESS_DENY6)?,
+            src4: take(ebpf, MAP_SRC4)?,
+            src6: take(ebpf, MAP_SRC6)?,
             endpoints: take(ebpf, MAP_ENDPOINTS)?,
             proxy: take(ebpf, MAP_PROXY)?,
             ct: take(ebpf, MAP_CT)?,
@@ -116,6 +125,7 @@ impl Tries {
             redirect: BTreeSet::new(),
             ingress_allow: BTreeSet::new(),
             ingress_deny: BTreeSet::new(),
+            source: BTreeSet::new(),
         })
     }
 
@@ -124,7 +134,7 @@ impl Tries {
     pub(crate) fn load_mirror(&mut self) -> Result<Vec<(u32, EndpointId, EndpointFlags)>, DatapathError> {
         let read_err =
             |map: &'static str| move |e: MapError| DatapathError::MapRead { map: map.into(), source: map_io(e) };
-        for trie in [Trie::Allow, Trie::Deny, Trie::Redirect, Trie::IngressAllow, Trie::IngressDeny] {
+        for trie in std::iter::once(Trie::Allow).chain(Trie::PLAIN) {
             let (t4, t6) = self.pair(trie);
             let mut entries = Vec::new();
             for item in t4.iter() {
@@ -155,6 +165,7 @@ impl Tries {
             Trie::Redirect => (&self.redir4, &self.redir6),
             Trie::IngressAllow => (&self.ingress4, &self.ingress6),
             Trie::IngressDeny => (&self.ingress_deny4, &self.ingress_deny6),
+            Trie::Source => (&self.src4, &self.src6),
         }
     }
 
@@ -165,6 +176,7 @@ impl Tries {
             Trie::Redirect => (&mut self.redir4, &mut self.redir6),
             Trie::IngressAllow => (&mut self.ingress4, &mut self.ingress6),
             Trie::IngressDeny => (&mut self.ingress_deny4, &mut self.ingress_deny6),
+            Trie::Source => (&mut self.src4, &mut self.src6),
         }
     }
 
@@ -252,6 +264,7 @@ impl Tries {
             Trie::Redirect => &mut self.redirect,
             Trie::IngressAllow => &mut self.ingress_allow,
             Trie::IngressDeny => &mut self.ingress_deny,
+            Trie::Source => &mut self.source,
             Trie::Allow => unreachable!("allow entries carry owner bits: use write_allow"),
         }
     }
@@ -263,6 +276,7 @@ impl Tries {
             Trie::Redirect => &self.redirect,
             Trie::IngressAllow => &self.ingress_allow,
             Trie::IngressDeny => &self.ingress_deny,
+            Trie::Source => &self.source,
             Trie::Allow => unreachable!("allow entries carry owner bits"),
         }
     }

@@ -47,7 +47,12 @@ impl AgentDatapath {
         let endpoints: Vec<DesiredEndpoint> = snap
             .endpoints
             .iter()
-            .map(|e| DesiredEndpoint::new(e.id, e.endpoint.interface.clone(), &e.policy))
+            .map(|e| {
+                let desired = DesiredEndpoint::new(e.id, e.endpoint.interface.clone(), &e.policy);
+                // Anti-spoofing where the endpoint has an interface: its packets may only carry
+                // its own addresses, so the policy and the proxy know whose they are.
+                if e.endpoint.interface.is_some() { desired.owning(&e.endpoint.ips) } else { desired }
+            })
             .collect();
         match dp.sync_endpoints(&endpoints) {
             Ok(report) => tracing::info!(?report, generation = snap.generation, "datapath converged"),

@@ -118,6 +118,8 @@ impl FlowHub {
         let flow = drop_flow(ev, lookup, names, &self.config.node_name);
         let ingress = ev.direction == ebpf_redirect::Direction::Ingress;
         match (flow.drop_reason_desc, ingress) {
+            // Not a policy verdict: counted by the datapath (`fqdnd_datapath_drops_total`).
+            (Some(DropReason::InvalidSourceIp), _) => 0,
             (Some(DropReason::PolicyDeny), false) => self.metrics.policy_drops_deny.inc(),
             (_, false) => self.metrics.policy_drops_denied.inc(),
             (Some(DropReason::PolicyDeny), true) => self.metrics.policy_drops_ingress_deny.inc(),

@@ -344,6 +344,9 @@ pub enum DropReason {
     PolicyDenied,
     #[serde(rename = "POLICY_DENY")]
     PolicyDeny,
+    /// Anti-spoofing: the source was not the endpoint's address.
+    #[serde(rename = "INVALID_SOURCE_IP")]
+    InvalidSourceIp,
 }
 
 impl DropReason {
@@ -351,6 +354,7 @@ impl DropReason {
         match self {
             DropReason::PolicyDenied => 133,
             DropReason::PolicyDeny => 181,
+            DropReason::InvalidSourceIp => 132,
         }
     }
 
@@ -359,6 +363,7 @@ impl DropReason {
         match self {
             DropReason::PolicyDenied => "Policy denied",
             DropReason::PolicyDeny => "Policy denied by denylist",
+            DropReason::InvalidSourceIp => "Invalid source ip",
         }
     }
 
@@ -366,6 +371,7 @@ impl DropReason {
         match code {
             133 => Some(DropReason::PolicyDenied),
             181 => Some(DropReason::PolicyDeny),
+            132 => Some(DropReason::InvalidSourceIp),
             _ => None,
         }
     }
@@ -376,6 +382,7 @@ impl From<ebpf_redirect::DropReason> for DropReason {
         match r {
             ebpf_redirect::DropReason::PolicyDenied => DropReason::PolicyDenied,
             ebpf_redirect::DropReason::PolicyDeny => DropReason::PolicyDeny,
+            ebpf_redirect::DropReason::SpoofedSource => DropReason::InvalidSourceIp,
         }
     }
 }

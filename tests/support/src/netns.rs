@@ -407,3 +407,37 @@ pub fn dns_answer(query: &[u8], ip: IpAddr) -> Vec<u8> {
     out.extend_from_slice(&data);
     out
 }
+
+/// A DNS query for `name` (A) with `id`, recursion desired: what a hostile pod would craft.
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut out = id.to_be_bytes().to_vec();
+    out.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.trim_end_matches('.').split('.') {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.extend_from_slice(&[0, 0, 1, 0, 1]); // root, A, IN
+    out
+}
+
+/// Send one UDP datagram with any source address through a raw socket (`IPPROTO_RAW`, the IP
+/// header ours): how a pod forges another's address. Call inside the sender's namespace.
+pub fn send_raw_udp4(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, payload: &[u8]) -> io::Result<()> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+    )?;
+    let total = 20 + 8 + payload.len();
+    let mut pkt = Vec::with_capacity(total);
+    pkt.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    pkt.extend_from_slice(&src.ip().octets());
+    pkt.extend_from_slice(&dst.ip().octets());
+    let udp_len = (8 + payload.len()) as u16;
+    pkt.extend_from_slice(&src.port().to_be_bytes());
+    pkt.extend_from_slice(&dst.port().to_be_bytes());
+    pkt.extend_from_slice(&udp_len.to_be_bytes());
+    pkt.extend_from_slice(&[0, 0]); // no UDP checksum (optional over IPv4); the kernel fills the IP one
+    pkt.extend_from_slice(payload);
+    sock.send_to(&pkt, &SocketAddr::V4(dst).into()).map(drop)
+}
