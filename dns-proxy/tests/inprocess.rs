@@ -36,7 +36,7 @@ impl Learner for Recorder {
         self.answers.lock().unwrap().push(answer.clone());
         let add =
             answer.ips.iter().map(|&ip| AllowKey { endpoint: answer.endpoint, ip, port: PortProto::ANY }).collect();
-        let apply = self.datapath.apply(Delta { add, remove: vec![] });
+        let apply = self.datapath.apply(Delta { add, remove: vec![], ..Delta::default() });
         Box::pin(async move { apply.await.map(|()| true) })
     }
 }

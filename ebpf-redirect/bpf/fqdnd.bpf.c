@@ -113,6 +113,8 @@ struct rule_val {
 	__u64 last_used; // bpf_ktime_get_ns of the last packet that matched, 0 = never
 	__u32 flags;     // owner bits, userspace only
 	__u32 pad;
+	__u64 expires; // learned entries: bpf_ktime_get_ns when the lookups behind it run out, 0 =
+		       // unknown; userspace only (a restarted agent reads it back)
 };
 
 struct ct_key {

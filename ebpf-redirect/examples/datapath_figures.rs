@@ -33,9 +33,8 @@ fn main() {
 
     let config = AyaConfig {
         bpffs_dir: bpffs.datapath_dir(),
-        proxy: ProxyTarget { ipv4: None, ipv6: None, udp_port: 0, tcp_port: 0 },
         route: PolicyRoute::default(),
-        install_route: true,
+        ..AyaConfig::new(ProxyTarget { ipv4: None, ipv6: None, udp_port: 0, tcp_port: 0 })
     };
     let t = Instant::now();
     let dp = topo.node.run(|| AyaDatapath::open(config)).expect("open");
@@ -68,7 +67,7 @@ fn main() {
         })
         .collect();
     let t = Instant::now();
-    rt.block_on(dp.apply(Delta { add: filler, remove: vec![] })).expect("fill");
+    rt.block_on(dp.apply(Delta { add: filler, remove: vec![], ..Delta::default() })).expect("fill");
     let fill_time = t.elapsed();
 
     // apply latency: one learned IP per delta (the common DNS answer), added then removed.
@@ -80,7 +79,7 @@ fn main() {
             port: PortProto { port: 443, proto: L4Proto::Any },
         };
         let t = Instant::now();
-        rt.block_on(dp.apply(Delta { add: vec![key], remove: vec![] })).expect("apply");
+        rt.block_on(dp.apply(Delta { add: vec![key], remove: vec![], ..Delta::default() })).expect("apply");
         single.push(t.elapsed());
     }
     // Eight addresses per answer, as large A sets come.
@@ -94,14 +93,14 @@ fn main() {
             })
             .collect();
         let t = Instant::now();
-        rt.block_on(dp.apply(Delta { add, remove: vec![] })).expect("apply");
+        rt.block_on(dp.apply(Delta { add, remove: vec![], ..Delta::default() })).expect("apply");
         batch.push(t.elapsed());
     }
 
     // Throughput through the programs: the flood's destination allowed (full lookup path).
     rt.block_on(dp.apply(Delta {
         add: vec![AllowKey { endpoint: EP, ip: sink.ip(), port: PortProto { port: 9000, proto: L4Proto::Udp } }],
-        remove: vec![],
+        ..Delta::default()
     }))
     .expect("allow sink");
     let with_deny = flood(&topo, sink, packets);

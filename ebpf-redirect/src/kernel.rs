@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{Map, MapData, RingBuf};
-use fqdn_cache::{AllowKey, BoxFuture, Datapath, DatapathError, Delta, EndpointId, LastUsed, PortProto};
+use fqdn_cache::{AllowKey, BoxFuture, Datapath, DatapathError, Delta, EndpointId, Expiry, LastUsed, PortProto};
 use policy_sync::resolved::EndpointPolicy;
 
 use crate::events::{DropEvents, monotonic_ns};
+use crate::loader::MapSizes;
 use crate::maps::{MAP_DROPS, OWNER_LEARNED, OWNER_STATIC, PROG_FROM_POD, PROG_TO_POD};
 use crate::plan::{self, Current, Op, Wanted};
 use crate::routing::PolicyRoute;
@@ -48,6 +49,8 @@ pub struct AyaConfig {
     pub route: PolicyRoute,
     /// Install the policy route at open (idempotent). Off when something else manages it.
     pub install_route: bool,
+    /// Sizes of the maps the operator chooses (pins of another size are migrated).
+    pub map_sizes: MapSizes,
 }
 
 impl AyaConfig {
@@ -59,6 +62,7 @@ impl AyaConfig {
             proxy,
             route: PolicyRoute::default(),
             install_route: true,
+            map_sizes: MapSizes::DEFAULT,
         }
     }
 }
@@ -175,8 +179,11 @@ impl std::fmt::Debug for AyaDatapath {
 impl AyaDatapath {
     /// Load (or, after a restart, reuse) everything under `config.bpffs_dir`.
     pub fn open(config: AyaConfig) -> Result<Self, KernelError> {
-        let loader::Loaded { mut ebpf, maps_dir, links_dir } = loader::load(&config.bpffs_dir)?;
+        let loader::Loaded { mut ebpf, maps_dir, links_dir, migrations } =
+            loader::load(&config.bpffs_dir, config.map_sizes)?;
         let mut tries = Tries::take(&mut ebpf)?;
+        // Before the programs are swapped onto the links: until then the old ones use the old maps.
+        tries.migrate(migrations)?;
         let mut flags = BTreeMap::new();
         let mut attached = BTreeMap::new();
         for (ifindex, endpoint, f) in tries.load_mirror()? {
@@ -398,6 +405,9 @@ impl Datapath for AyaDatapath {
         // Map writes are syscalls of a few microseconds: done inline, the ack is the return.
         let result = (|| {
             let mut inner = self.lock();
+            let now = monotonic_ns();
+            let until = |ttl: Duration| now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+            let expires: BTreeMap<AllowKey, u64> = delta.expires.iter().map(|e| (e.key, until(e.ttl))).collect();
             for key in &delta.remove {
                 for k in learned_rules(key) {
                     inner.tries.set_owner(k, OWNER_LEARNED, false)?;
@@ -405,7 +415,16 @@ impl Datapath for AyaDatapath {
             }
             for key in &delta.add {
                 for k in learned_rules(key) {
-                    inner.tries.set_owner(k, OWNER_LEARNED, true)?;
+                    inner.tries.learn(k, expires.get(key).copied())?;
+                }
+            }
+            let added: BTreeSet<&AllowKey> = delta.add.iter().collect();
+            for (key, at) in &expires {
+                if added.contains(key) {
+                    continue;
+                }
+                for k in learned_rules(key) {
+                    inner.tries.extend(k, *at)?;
                 }
             }
             Ok(())
@@ -433,6 +452,25 @@ impl Datapath for AyaDatapath {
             .into_iter()
             .map(|((endpoint, ip), t)| LastUsed { endpoint, ip, ago: Duration::from_nanos(now.saturating_sub(t)) })
             .collect())
+    }
+
+    fn learned_expiry(&self) -> Vec<Expiry> {
+        let inner = self.lock();
+        let now = monotonic_ns();
+        inner
+            .tries
+            .expires
+            .iter()
+            .filter(|(k, _)| k.net.prefix_len() == k.net.max_prefix_len())
+            .map(|(k, at)| Expiry {
+                key: AllowKey {
+                    endpoint: k.endpoint,
+                    ip: k.net.addr(),
+                    port: PortProto { port: k.port, proto: k.proto },
+                },
+                ttl: Duration::from_nanos(at.saturating_sub(now)),
+            })
+            .collect()
     }
 
     fn learned_entries(&self) -> Vec<AllowKey> {

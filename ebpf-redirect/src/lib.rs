@@ -26,6 +26,7 @@ pub use events::DropEvents;
 pub use fqdn_cache::{Datapath, DatapathError, LastUsed};
 pub use kernel::{AyaConfig, AyaDatapath, Counters, DesiredEndpoint, EntryOwners, ProxyTarget, ReconcileReport};
 pub use links::tcx_programs;
+pub use loader::MapSizes;
 pub use routing::PolicyRoute;
 pub use rules::{EndpointFlags, RuleKey, StaticRules};
 

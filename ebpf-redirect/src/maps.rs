@@ -140,6 +140,45 @@ pub(crate) struct RuleVal {
     pub last_used: u64,
     pub flags: u32,
     pub pad: u32,
+    /// Learned entries: CLOCK_MONOTONIC nanoseconds when the lookups behind it run out; 0 = not
+    /// known. Written and read by userspace only.
+    pub expires: u64,
+}
+
+/// The tries' value before expiries were kept, as pins left by an older build hold it: read
+/// once, when those pins are migrated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RuleValV1 {
+    pub last_used: u64,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+impl From<RuleValV1> for RuleVal {
+    fn from(v: RuleValV1) -> Self {
+        RuleVal { last_used: v.last_used, flags: v.flags, pad: 0, expires: 0 }
+    }
+}
+
+/// Every LPM trie of the object, by pin name (IPv4 first of each pair).
+pub(crate) const LPM_MAPS: [&str; 12] = [
+    MAP_ALLOW4,
+    MAP_ALLOW6,
+    MAP_DENY4,
+    MAP_DENY6,
+    MAP_REDIR4,
+    MAP_REDIR6,
+    MAP_INGRESS4,
+    MAP_INGRESS6,
+    MAP_INGRESS_DENY4,
+    MAP_INGRESS_DENY6,
+    MAP_SRC4,
+    MAP_SRC6,
+];
+
+pub(crate) fn is_v6_map(name: &str) -> bool {
+    name.ends_with('6')
 }
 
 #[repr(C)]
@@ -191,6 +230,7 @@ unsafe impl aya::Pod for ProxyCfg {}
 unsafe impl aya::Pod for Key4 {}
 unsafe impl aya::Pod for Key6 {}
 unsafe impl aya::Pod for RuleVal {}
+unsafe impl aya::Pod for RuleValV1 {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtVal {}
 
@@ -283,7 +323,8 @@ mod tests {
             ("proxy_cfg", size_of::<ProxyCfg>(), 32),
             ("lpm_key4 data", size_of::<Key4>(), 12),
             ("lpm_key6 data", size_of::<Key6>(), 24),
-            ("rule_val", size_of::<RuleVal>(), 16),
+            ("rule_val", size_of::<RuleVal>(), 24),
+            ("rule_val before expiries", size_of::<RuleValV1>(), 16),
             ("ct_key", size_of::<CtKey>(), 44),
             ("ct_val", size_of::<CtVal>(), 16),
             ("drop_event", size_of::<RawDropEvent>(), 64),

@@ -27,6 +27,11 @@ pub(crate) enum Trie {
 }
 
 impl Trie {
+    /// The trie a pinned map belongs to.
+    fn of_map(name: &str) -> Option<Trie> {
+        std::iter::once(Trie::Allow).chain(Trie::PLAIN).find(|t| t.map_name(false) == name || t.map_name(true) == name)
+    }
+
     /// The tries without owner bits: policy (and the endpoint inventory) is their only writer.
     pub(crate) const PLAIN: [Trie; 5] =
         [Trie::Deny, Trie::Redirect, Trie::IngressAllow, Trie::IngressDeny, Trie::Source];
@@ -47,6 +52,17 @@ impl Trie {
             (Trie::Source, true) => MAP_SRC6,
         }
     }
+}
+
+/// Stored expiries move in steps of at least this much (1 s: the cache's own granularity).
+pub(crate) const EXPIRY_STEP_NS: u64 = 1_000_000_000;
+
+/// Read every entry of a trie being migrated, converting its values.
+fn collect<K, V: Into<RuleVal>>(
+    items: impl Iterator<Item = Result<(aya::maps::lpm_trie::Key<K>, V), MapError>>,
+    read: impl Fn(MapError) -> DatapathError,
+) -> Result<Vec<(aya::maps::lpm_trie::Key<K>, RuleVal)>, DatapathError> {
+    items.map(|item| item.map(|(k, v)| (k, v.into())).map_err(&read)).collect()
 }
 
 /// The error a map operation's failure becomes, with the errno the kernel gave.
@@ -86,6 +102,8 @@ pub(crate) struct Tries {
     capacity: BTreeMap<&'static str, u32>,
     /// Allow entries with their owner bits ([`OWNER_STATIC`], [`OWNER_LEARNED`]).
     pub(crate) allow: BTreeMap<RuleKey, u32>,
+    /// Learned allow entries' stored expiry (`RuleVal::expires`), where known.
+    pub(crate) expires: BTreeMap<RuleKey, u64>,
     pub(crate) deny: BTreeSet<RuleKey>,
     pub(crate) redirect: BTreeSet<RuleKey>,
     pub(crate) ingress_allow: BTreeSet<RuleKey>,
@@ -121,6 +139,7 @@ impl Tries {
             counters: take(ebpf, MAP_COUNTERS)?,
             capacity,
             allow: BTreeMap::new(),
+            expires: BTreeMap::new(),
             deny: BTreeSet::new(),
             redirect: BTreeSet::new(),
             ingress_allow: BTreeSet::new(),
@@ -139,14 +158,21 @@ impl Tries {
             let mut entries = Vec::new();
             for item in t4.iter() {
                 let (k, v) = item.map_err(read_err(trie.map_name(false)))?;
-                entries.extend(rule_from_key4(&k).map(|r| (r, v.flags)));
+                entries.extend(rule_from_key4(&k).map(|r| (r, v)));
             }
             for item in t6.iter() {
                 let (k, v) = item.map_err(read_err(trie.map_name(true)))?;
-                entries.extend(rule_from_key6(&k).map(|r| (r, v.flags)));
+                entries.extend(rule_from_key6(&k).map(|r| (r, v)));
             }
             match trie {
-                Trie::Allow => self.allow.extend(entries),
+                Trie::Allow => {
+                    for (k, v) in entries {
+                        self.allow.insert(k, v.flags);
+                        if v.flags & OWNER_LEARNED != 0 && v.expires != 0 {
+                            self.expires.insert(k, v.expires);
+                        }
+                    }
+                }
                 plain => self.set_of(plain).extend(entries.into_iter().map(|(k, _)| k)),
             }
         }
@@ -222,19 +248,32 @@ impl Tries {
     }
 
     /// Write allow entry `key` with owner bits `want` (0 = delete), it currently having `have`.
-    /// The last-used stamp survives owner changes.
+    /// The last-used stamp survives owner changes, the stored expiry as long as it stays learned.
     pub(crate) fn write_allow(&mut self, key: RuleKey, want: u32, have: u32) -> Result<(), DatapathError> {
-        if want == have {
+        let expires = self.expires.get(&key).copied().unwrap_or(0);
+        self.write_allow_until(key, want, have, expires)
+    }
+
+    fn write_allow_until(&mut self, key: RuleKey, want: u32, have: u32, expires: u64) -> Result<(), DatapathError> {
+        let stored = self.expires.get(&key).copied().unwrap_or(0);
+        let expires = if want & OWNER_LEARNED != 0 { expires } else { 0 };
+        if want == have && expires == stored {
             return Ok(());
         }
         if want == 0 {
             self.trie_remove(Trie::Allow, &key)?;
             self.allow.remove(&key);
+            self.expires.remove(&key);
             return Ok(());
         }
         let last_used = if have == 0 { 0 } else { self.allow_value(&key).map_or(0, |v| v.last_used) };
-        self.trie_insert(Trie::Allow, &key, RuleVal { last_used, flags: want, pad: 0 })?;
+        self.trie_insert(Trie::Allow, &key, RuleVal { last_used, flags: want, pad: 0, expires })?;
         self.allow.insert(key, want);
+        if expires == 0 {
+            self.expires.remove(&key);
+        } else {
+            self.expires.insert(key, expires);
+        }
         Ok(())
     }
 
@@ -243,6 +282,72 @@ impl Tries {
         let have = self.allow.get(&key).copied().unwrap_or(0);
         let want = if on { have | bit } else { have & !bit };
         self.write_allow(key, want, have)
+    }
+
+    /// Make `key` learned (adding it if absent), running out at `expires` (monotonic ns) if that
+    /// is later than what it has: one write either way.
+    pub(crate) fn learn(&mut self, key: RuleKey, expires: Option<u64>) -> Result<(), DatapathError> {
+        let have = self.allow.get(&key).copied().unwrap_or(0);
+        let stored = self.expires.get(&key).copied().unwrap_or(0);
+        let until = expires.map_or(stored, |e| e.max(stored));
+        self.write_allow_until(key, have | OWNER_LEARNED, have, until)
+    }
+
+    /// A learned entry present already lasts until `expires` (monotonic ns). Written only when
+    /// that is at least [`EXPIRY_STEP_NS`] later than what is stored: a name answered again and
+    /// again costs one write per entry per step, not one per answer.
+    pub(crate) fn extend(&mut self, key: RuleKey, expires: u64) -> Result<(), DatapathError> {
+        let have = self.allow.get(&key).copied().unwrap_or(0);
+        let stored = self.expires.get(&key).copied().unwrap_or(0);
+        if have & OWNER_LEARNED == 0 || expires < stored.saturating_add(EXPIRY_STEP_NS) {
+            return Ok(());
+        }
+        self.write_allow_until(key, have, have, expires)
+    }
+
+    /// Copy the entries of the pins [`crate::loader`] took away into this build's maps (after
+    /// loading, before the mirror is read).
+    pub(crate) fn migrate(&mut self, migrations: Vec<crate::loader::Migration>) -> Result<(), DatapathError> {
+        use crate::loader::Layout;
+        for m in migrations {
+            let read = |e| DatapathError::MapRead { map: m.name.into(), source: map_io(e) };
+            let map = Map::LpmTrie(m.old);
+            let Some(trie) = Trie::of_map(m.name) else { continue };
+            let mut copied = 0usize;
+            if is_v6_map(m.name) {
+                let entries: Vec<(aya::maps::lpm_trie::Key<Key6>, RuleVal)> = match m.layout {
+                    Layout::Current => {
+                        collect(LpmTrie::<MapData, Key6, RuleVal>::try_from(map).map_err(read)?.iter(), read)?
+                    }
+                    Layout::V1 => {
+                        collect(LpmTrie::<MapData, Key6, RuleValV1>::try_from(map).map_err(read)?.iter(), read)?
+                    }
+                };
+                for (k, v) in entries {
+                    let name = trie.map_name(true);
+                    let entry = rule_from_key6(&k).map_or_else(|| "an entry".to_string(), |r| r.to_string());
+                    self.pair_mut(trie).1.insert(&k, v, 0).map_err(|e| self.full_or_write(name, entry, e))?;
+                    copied += 1;
+                }
+            } else {
+                let entries: Vec<(aya::maps::lpm_trie::Key<Key4>, RuleVal)> = match m.layout {
+                    Layout::Current => {
+                        collect(LpmTrie::<MapData, Key4, RuleVal>::try_from(map).map_err(read)?.iter(), read)?
+                    }
+                    Layout::V1 => {
+                        collect(LpmTrie::<MapData, Key4, RuleValV1>::try_from(map).map_err(read)?.iter(), read)?
+                    }
+                };
+                for (k, v) in entries {
+                    let name = trie.map_name(false);
+                    let entry = rule_from_key4(&k).map_or_else(|| "an entry".to_string(), |r| r.to_string());
+                    self.pair_mut(trie).0.insert(&k, v, 0).map_err(|e| self.full_or_write(name, entry, e))?;
+                    copied += 1;
+                }
+            }
+            tracing::info!(map = m.name, entries = copied, "pinned map migrated");
+        }
+        Ok(())
     }
 
     /// Add an entry to a trie without owner bits ([`Trie::PLAIN`]: policy is their only owner).

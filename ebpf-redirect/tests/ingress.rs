@@ -150,7 +150,7 @@ fn what_the_pod_opens_gets_its_replies_under_ingress_deny() {
                     ]
                 })
                 .collect();
-            fx.apply(&dp, fqdn_cache::Delta { add, remove: vec![] });
+            fx.apply(&dp, fqdn_cache::Delta { add, ..fqdn_cache::Delta::default() });
         }
         let before = dp.counters().unwrap().ingress_ct_replies;
         for v6 in [false, true] {

@@ -51,7 +51,7 @@ fn default_deny_drops_and_learned_allow_passes() {
     }
 
     // Learned allow: the first connect after the ack passes, with no drop at all.
-    let delta = Delta { add: vec![allow(dst4.ip(), 80), allow(dst6.ip(), 80)], remove: vec![] };
+    let delta = Delta { add: vec![allow(dst4.ip(), 80), allow(dst6.ip(), 80)], remove: vec![], ..Delta::default() };
     fx.apply(&dp, delta.clone());
     let before = dp.counters().unwrap();
     for dst in [dst4, dst6] {
@@ -71,7 +71,7 @@ fn default_deny_drops_and_learned_allow_passes() {
     fx.drop_event(&mut events, sport, other);
 
     // Removal: dropped again.
-    fx.apply(&dp, Delta { add: vec![], remove: delta.add.clone() });
+    fx.apply(&dp, Delta { remove: delta.add.clone(), ..Delta::default() });
     let (sport, res) = fx.connect(dst4, DROPPED_CONNECT);
     assert!(res.is_err(), "connect after removal must fail");
     fx.drop_event(&mut events, sport, dst4);
@@ -340,7 +340,10 @@ fn enforcement_survives_restart_and_programs_are_swapped() {
         dp1.drop_events().expect("drop events")
     };
     fx.attach(&dp1, &default_deny());
-    fx.apply(&dp1, Delta { add: vec![allow(echo_addr.ip(), 7), allow(greet_addr.ip(), 80)], remove: vec![] });
+    fx.apply(
+        &dp1,
+        Delta { add: vec![allow(echo_addr.ip(), 7), allow(greet_addr.ip(), 80)], remove: vec![], ..Delta::default() },
+    );
     let ids1 = dp1.program_ids().unwrap();
     assert_eq!(tcx_programs(&fx), (vec![ids1.0], vec![ids1.1]));
 
@@ -381,7 +384,7 @@ fn enforcement_survives_restart_and_programs_are_swapped() {
     // Attaching again after the restart is a no-op, and the state is usable.
     fx.attach(&dp2, &default_deny());
     assert_eq!(tcx_programs(&fx), (vec![ids2.0], vec![ids2.1]));
-    fx.apply(&dp2, Delta { add: vec![], remove: vec![allow(greet_addr.ip(), 80)] });
+    fx.apply(&dp2, Delta { remove: vec![allow(greet_addr.ip(), 80)], ..Delta::default() });
     let (sport, res) = fx.connect(greet_addr, DROPPED_CONNECT);
     assert!(res.is_err());
     fx.drop_event(&mut events, sport, greet_addr);
@@ -400,7 +403,7 @@ fn last_used_moves_with_traffic() {
     let _server = TcpServer::start(&fx.topo.world, dst, b"hello");
     let dp = fx.open(no_proxy());
     fx.attach(&dp, &default_deny());
-    fx.apply(&dp, Delta { add: vec![allow(dst.ip(), 80)], remove: vec![] });
+    fx.apply(&dp, Delta { add: vec![allow(dst.ip(), 80)], remove: vec![], ..Delta::default() });
     let ago = |dp: &AyaDatapath| {
         dp.last_used().unwrap().into_iter().find(|l| l.endpoint == EP && l.ip == dst.ip()).map(|l| l.ago)
     };
@@ -484,7 +487,7 @@ fn sync_converges_and_is_idempotent() {
         &dp,
         Delta {
             add: vec![allow(a.ip(), 80), allow(b.ip(), 80), AllowKey { endpoint: stale_ep, ..allow(a.ip(), 80) }],
-            remove: vec![],
+            ..Delta::default()
         },
     );
 
@@ -505,7 +508,7 @@ fn sync_converges_and_is_idempotent() {
     let report = fx.attach(&dp, &policy);
     assert_eq!((report.entries_added, report.entries_removed), (1, 0), "{report:?}");
     // The learned entry of b goes (expiry); the static rule still allows b, not a.
-    fx.apply(&dp, Delta { add: vec![], remove: vec![allow(a.ip(), 80), allow(b.ip(), 80)] });
+    fx.apply(&dp, Delta { remove: vec![allow(a.ip(), 80), allow(b.ip(), 80)], ..Delta::default() });
     assert_eq!(fx.connect(b, CONNECT).1.expect("static allow"), b"b");
     let (sport, res) = fx.connect(a, DROPPED_CONNECT);
     assert!(res.is_err(), "a's learned entry expired");

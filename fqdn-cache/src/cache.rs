@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::pattern::NamePattern;
-use crate::{AllowKey, Answer, Delta, EndpointId, LastUsed, PortProto, normalized_name};
+use crate::{AllowKey, Answer, Delta, EndpointId, Expiry, LastUsed, PortProto, normalized_name};
 
 mod names;
 mod selectors;
@@ -183,6 +183,9 @@ pub struct Cache {
 #[derive(Default)]
 struct Changes {
     net: HashMap<AllowKey, i32>,
+    /// The latest expiry (cache second) of the lookups granting a key, where this operation
+    /// granted it or made one of its lookups last longer.
+    expiry: HashMap<AllowKey, u32>,
 }
 
 impl Changes {
@@ -194,18 +197,31 @@ impl Changes {
         *self.net.entry(key).or_default() -= 1;
     }
 
-    fn finish(self) -> Delta {
+    fn expires(&mut self, key: AllowKey, second: u32) {
+        let e = self.expiry.entry(key).or_insert(second);
+        *e = (*e).max(second);
+    }
+
+    /// The delta, expiries counted from cache second `now_s`.
+    fn finish(self, now_s: u32) -> Delta {
         let mut delta = Delta::default();
-        for (key, n) in self.net {
+        for (key, n) in &self.net {
             match n {
-                1 => delta.add.push(key),
-                -1 => delta.remove.push(key),
+                1 => delta.add.push(*key),
+                -1 => delta.remove.push(*key),
                 0 => {}
                 _ => unreachable!("allow key {key:?} changed {n} times in one direction"),
             }
         }
         delta.add.sort_unstable();
         delta.remove.sort_unstable();
+        delta.expires = self
+            .expiry
+            .into_iter()
+            .filter(|(key, _)| self.net.get(key).is_none_or(|&n| n >= 0))
+            .map(|(key, second)| Expiry { key, ttl: Duration::from_secs(u64::from(second.saturating_sub(now_s))) })
+            .collect();
+        delta.expires.sort_unstable();
         delta
     }
 }
@@ -295,6 +311,7 @@ impl Cache {
             self.grants.get(&endpoint).map(|m| m.keys().copied().collect()).unwrap_or_default();
         let rules = EndpointRules::new(self.selectors.rules(endpoint));
         let mut counts: HashMap<(IpAddr, PortProto), u32> = HashMap::new();
+        let mut latest: HashMap<(IpAddr, PortProto), u32> = HashMap::new();
         if !rules.is_empty() {
             let (mut scratch, mut ports) = (Vec::new(), Vec::new());
             // In node scope the same name recurs under many owners: match it once.
@@ -319,9 +336,11 @@ impl Cache {
                     continue;
                 }
                 for idx in self.store.of_name(h.owner, h.name) {
-                    let ip = self.store.get(idx).ip;
+                    let e = self.store.get(idx);
                     for &port in ports.iter() {
-                        *counts.entry((ip, port)).or_default() += 1;
+                        *counts.entry((e.ip, port)).or_default() += 1;
+                        let t = latest.entry((e.ip, port)).or_default();
+                        *t = (*t).max(e.expires);
                     }
                 }
             }
@@ -333,10 +352,16 @@ impl Cache {
             self.grants.insert(endpoint, counts);
         }
         let key = |&(ip, port): &(IpAddr, PortProto)| AllowKey { endpoint, ip, port };
-        Delta {
-            add: after.difference(&before).map(key).collect(),
-            remove: before.difference(&after).map(key).collect(),
-        }
+        let add: Vec<AllowKey> = after.difference(&before).map(key).collect();
+        let now_s = self.last_gc;
+        let expires = add
+            .iter()
+            .map(|k| {
+                let second = latest.get(&(k.ip, k.port)).copied().unwrap_or(now_s);
+                Expiry { key: *k, ttl: Duration::from_secs(u64::from(second.saturating_sub(now_s))) }
+            })
+            .collect();
+        Delta { add, remove: before.difference(&after).map(key).collect(), expires }
     }
 
     /// Record an answer: the question name and every CNAME in its chain map to the answer's IPs
@@ -354,7 +379,7 @@ impl Cache {
             let name = normalized_name(name);
             self.learn_name(owner, &name, &ips, expires, &mut changes);
         }
-        changes.finish()
+        changes.finish(self.secs(now))
     }
 
     fn learn_name(&mut self, owner: EndpointId, name: &str, ips: &[IpAddr], expires: u32, changes: &mut Changes) {
@@ -365,12 +390,16 @@ impl Cache {
             {
                 // Never shorten: the client may hold the earlier answer for its full TTL.
                 let e = self.store.get_mut(idx);
+                let longer = expires > e.expires;
                 e.expires = e.expires.max(expires);
                 if e.zombie {
                     e.zombie = false;
                     e.last_used = NIL;
                     self.zombie_count -= 1;
                     self.schedule(idx);
+                }
+                if longer {
+                    self.extend(idx, changes);
                 }
                 continue;
             }
@@ -404,6 +433,15 @@ impl Cache {
         self.timers.entry(e.expires).or_default().push(idx);
     }
 
+    /// The entry's lookup now lasts longer: so do the allows it grants.
+    fn extend(&mut self, idx: u32, changes: &mut Changes) {
+        let e = *self.store.get(idx);
+        let only = (self.config.scope == Scope::Endpoint).then_some(e.owner);
+        self.selectors.grants(self.names.text(e.name), only, |endpoint, port| {
+            changes.expires(AllowKey { endpoint, ip: e.ip, port }, e.expires);
+        });
+    }
+
     /// Count (or uncount) every allow the entry grants, recording keys that appear or vanish.
     fn grant(&mut self, idx: u32, add: bool, changes: &mut Changes) {
         let e = *self.store.get(idx);
@@ -414,6 +452,7 @@ impl Cache {
             if add {
                 let n = grants.entry(endpoint).or_default().entry((e.ip, port)).or_default();
                 *n += 1;
+                changes.expires(key, e.expires);
                 if *n == 1 {
                     changes.add(key);
                 }
@@ -532,7 +571,7 @@ impl Cache {
         self.cap_zombies(&mut zombies, &mut changes);
         self.zombies = zombies;
         self.last_gc = now_s;
-        changes.finish()
+        changes.finish(now_s)
     }
 
     fn cap_zombies(&mut self, zombies: &mut Vec<u32>, changes: &mut Changes) {
@@ -581,7 +620,7 @@ impl Cache {
         for idx in owned {
             self.remove_entry(idx, &mut changes);
         }
-        changes.finish()
+        changes.finish(self.last_gc)
     }
 
     /// The endpoint's full allow set, sorted: to reconcile the datapath at start.

@@ -33,7 +33,7 @@ impl Fixture {
     }
 
     pub fn config(&self, proxy: ProxyTarget) -> AyaConfig {
-        AyaConfig { bpffs_dir: self.bpffs.datapath_dir(), proxy, route: PolicyRoute::default(), install_route: true }
+        AyaConfig { bpffs_dir: self.bpffs.datapath_dir(), ..AyaConfig::new(proxy) }
     }
 
     pub fn open(&self, proxy: ProxyTarget) -> AyaDatapath {
