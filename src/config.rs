@@ -23,6 +23,8 @@
 //! max-ips-per-name: 1000
 //! idle-connection-grace-period: 0s
 //! max-zombies: 10000
+//! max-learned-per-endpoint: 10000  # name/IP entries one endpoint's lookups may hold
+//! allow-map-size: 262144           # transparent mode: entries of each allow map (IPv4, IPv6)
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
 //! node-name: ""                    # in every flow; default: the host name
@@ -40,6 +42,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PLAIN_LISTEN: &str = "127.0.0.1:5353";
 /// The transparent listeners' fixed port. The datapath finds the sockets at 127.0.0.1 and ::1 on it.
 pub const DEFAULT_TRANSPARENT_PORT: u16 = 10053;
+/// The largest `allow-map-size` accepted: 16 Mi entries (about 0.75 GiB of kernel memory per map).
+pub const MAX_ALLOW_MAP_SIZE: u32 = 1 << 24;
 /// The policy directory used when none is configured, if it exists.
 pub const DEFAULT_POLICIES: &str = "policies";
 
@@ -69,6 +73,8 @@ pub struct FileConfig {
     pub max_ips_per_name: Option<usize>,
     pub idle_connection_grace_period: Option<String>,
     pub max_zombies: Option<usize>,
+    pub max_learned_per_endpoint: Option<usize>,
+    pub allow_map_size: Option<u32>,
     pub cache_snapshot_interval: Option<String>,
     pub flow_ring_size: Option<usize>,
     pub node_name: Option<String>,
@@ -132,6 +138,13 @@ pub struct Flags {
     /// Expired-but-used IPs kept per endpoint (default 10000).
     #[arg(long, value_name = "N")]
     pub max_zombies: Option<usize>,
+    /// Name/IP entries one endpoint's lookups may hold (default 10000); at it, its own oldest idle
+    /// entries make room, so no pod fills the allow maps for the others.
+    #[arg(long, value_name = "N")]
+    pub max_learned_per_endpoint: Option<usize>,
+    /// Transparent mode: entries each allow map (IPv4, IPv6) holds for all endpoints (default 262144).
+    #[arg(long, value_name = "N")]
+    pub allow_map_size: Option<u32>,
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
@@ -154,6 +167,7 @@ pub struct Config {
     pub cache_snapshot_interval: Duration,
     pub metrics_addr: Option<SocketAddr>,
     pub bpffs_dir: PathBuf,
+    pub allow_map_size: u32,
     pub flow_ring_size: usize,
     pub node_name: String,
 }
@@ -174,6 +188,7 @@ fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Res
         #[serde(serialize_with = "display_duration")]
         idle_connection_grace_period: Duration,
         max_zombies: usize,
+        max_learned_per_endpoint: usize,
     }
     View {
         min_ttl: c.min_ttl,
@@ -181,6 +196,7 @@ fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Res
         fqdn_scope: c.scope,
         idle_connection_grace_period: c.idle_grace,
         max_zombies: c.max_zombies,
+        max_learned_per_endpoint: c.max_learned_per_endpoint,
     }
     .serialize(s)
 }
@@ -422,6 +438,26 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         scope: fqdn_scope,
         idle_grace,
         max_zombies: flags.max_zombies.or(file.max_zombies).unwrap_or(defaults.max_zombies),
+        max_learned_per_endpoint: match pick!(
+            flags.max_learned_per_endpoint,
+            file.max_learned_per_endpoint,
+            "max-learned-per-endpoint"
+        ) {
+            None => defaults.max_learned_per_endpoint,
+            Some((0, from)) => {
+                problems.push(format!("{from}: must be at least 1"));
+                defaults.max_learned_per_endpoint
+            }
+            Some((n, _)) => n,
+        },
+    };
+    let allow_map_size = match pick!(flags.allow_map_size, file.allow_map_size, "allow-map-size") {
+        None => ebpf_redirect::MapSizes::DEFAULT.allow,
+        Some((n, from)) if !(1..=MAX_ALLOW_MAP_SIZE).contains(&n) => {
+            problems.push(format!("{from}: {n} must be between 1 and {MAX_ALLOW_MAP_SIZE}"));
+            ebpf_redirect::MapSizes::DEFAULT.allow
+        }
+        Some((n, _)) => n,
     };
     let flow_ring_size =
         flags.flow_ring_size.or(file.flow_ring_size).unwrap_or(fqdnd::flows::hub::DEFAULT_RING_CAPACITY);
@@ -456,6 +492,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             .clone()
             .or(file.bpffs_dir.clone())
             .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
+        allow_map_size,
         flow_ring_size,
         node_name,
     })
@@ -570,6 +607,31 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
         assert_eq!(errs.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn quota_and_map_size_are_validated_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = parse_file(Path::new("f.yaml"), "max-learned-per-endpoint: 0\nallow-map-size: 4096\n").unwrap();
+        let errs =
+            resolve(&file, &Flags { allow_map_size: Some(0), ..Flags::default() }, &env(dir.path())).unwrap_err();
+        assert_eq!(
+            errs.0,
+            [
+                "config max-learned-per-endpoint: must be at least 1".to_string(),
+                format!("--allow-map-size: 0 must be between 1 and {MAX_ALLOW_MAP_SIZE}"),
+            ]
+        );
+        let file = parse_file(Path::new("f.yaml"), "max-learned-per-endpoint: 64\nallow-map-size: 4096\n").unwrap();
+        let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!((c.cache.max_learned_per_endpoint, c.allow_map_size), (64, 4096));
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!((c.cache.max_learned_per_endpoint, c.allow_map_size), (10_000, 262_144));
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(
+            text.contains("\"max-learned-per-endpoint\":10000") && text.contains("\"allow-map-size\":262144"),
+            "{text}"
+        );
     }
 
     #[test]

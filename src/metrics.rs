@@ -97,6 +97,8 @@ pub struct CacheStats {
     pub zombies: u64,
     /// Entries evicted since start (`--max-ips-per-name`, `--max-zombies`).
     pub evictions: u64,
+    /// Entries an endpoint's own newer lookups evicted at its quota (`--max-learned-per-endpoint`).
+    pub quota_evictions: u64,
 }
 
 /// Implemented by the agent over its cache.
@@ -107,7 +109,12 @@ pub trait CacheStatsSource: Send + Sync + 'static {
 impl CacheStatsSource for fqdn_cache::Enforcer {
     fn cache_stats(&self) -> CacheStats {
         let c = self.counters();
-        CacheStats { entries: c.entries, zombies: c.zombies, evictions: c.evictions + c.zombie_evictions }
+        CacheStats {
+            entries: c.entries,
+            zombies: c.zombies,
+            evictions: c.evictions + c.zombie_evictions,
+            quota_evictions: c.quota_evictions,
+        }
     }
 }
 
@@ -149,6 +156,13 @@ impl Collector for CacheCollector {
             "Entries evicted by the per-name IP cap or the zombie cap",
             None,
             evictions.metric_type(),
+        )?)?;
+        let quota = ConstCounter::new(stats.quota_evictions);
+        quota.encode(encoder.encode_descriptor(
+            "cache_quota_evictions",
+            "Entries evicted because their endpoint reached --max-learned-per-endpoint (its own oldest idle ones)",
+            None,
+            quota.metric_type(),
         )?)?;
         Ok(())
     }
@@ -223,6 +237,27 @@ impl Collector for DatapathCollector {
             None,
             kind,
         )?)?;
+        let fill = self.0.map_fill();
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        let gauge_kind = gauge(0).metric_type();
+        let mut entries = encoder.encode_descriptor(
+            "datapath_map_entries",
+            "Entries in each of the datapath's tries and its endpoint table, by map (pin name)",
+            None,
+            gauge_kind,
+        )?;
+        for f in &fill {
+            gauge(f.entries as u64).encode(entries.encode_family(&[("map", f.map)])?)?;
+        }
+        let mut capacity = encoder.encode_descriptor(
+            "datapath_map_capacity",
+            "Entries each map can hold (max_entries; the allow maps' is --allow-map-size), by map",
+            None,
+            gauge_kind,
+        )?;
+        for f in &fill {
+            gauge(u64::from(f.capacity)).encode(capacity.encode_family(&[("map", f.map)])?)?;
+        }
         Ok(())
     }
 }
@@ -400,7 +435,7 @@ mod tests {
 
     impl CacheStatsSource for Fixed {
         fn cache_stats(&self) -> CacheStats {
-            CacheStats { entries: 12, zombies: 3, evictions: 7 }
+            CacheStats { entries: 12, zombies: 3, evictions: 7, quota_evictions: 2 }
         }
     }
 
@@ -428,6 +463,7 @@ mod tests {
             "fqdnd_cache_entries 12",
             "fqdnd_cache_zombies 3",
             "fqdnd_cache_evictions_total 7",
+            "fqdnd_cache_quota_evictions_total 2",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -22,7 +22,7 @@ struct LiveCache {
 
 impl CacheStatsSource for LiveCache {
     fn cache_stats(&self) -> CacheStats {
-        CacheStats { entries: self.entries.load(Ordering::Relaxed), zombies: 1, evictions: 2 }
+        CacheStats { entries: self.entries.load(Ordering::Relaxed), zombies: 1, evictions: 2, quota_evictions: 3 }
     }
 }
 
@@ -96,6 +96,7 @@ async fn counters_move_and_names_follow_conventions() {
         ("fqdnd_cache_entries", 42.0),
         ("fqdnd_cache_zombies", 1.0),
         ("fqdnd_cache_evictions_total", 2.0),
+        ("fqdnd_cache_quota_evictions_total", 3.0),
     ] {
         assert_eq!(sample(&after, series), Some(want), "{series} in\n{after}");
     }

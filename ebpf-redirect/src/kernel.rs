@@ -140,6 +140,15 @@ pub struct Counters {
     pub dropped_spoofed: u64,
 }
 
+/// How full one map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    /// Its pin name (`fqdnd_allow4`, ...): a closed set.
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
 /// Who put an allow entry there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryOwners {
@@ -256,6 +265,18 @@ impl AyaDatapath {
             ingress_ct_replies: read(11)?,
             dropped_spoofed: read(12)?,
         })
+    }
+
+    /// How full each trie and the endpoint table are: (map, entries, capacity). Read from the
+    /// mirror, so it costs no system call. The conntrack map (LRU: it evicts by itself) is left out.
+    pub fn map_fill(&self) -> Vec<MapFill> {
+        let inner = self.lock();
+        inner
+            .tries
+            .fill(inner.attached.len())
+            .into_iter()
+            .map(|(map, entries, capacity)| MapFill { map, entries, capacity })
+            .collect()
     }
 
     /// The allow entries in the kernel (a copy of the mirror), with their owners.

@@ -24,7 +24,9 @@ mod tries;
 pub use error::KernelError;
 pub use events::DropEvents;
 pub use fqdn_cache::{Datapath, DatapathError, LastUsed};
-pub use kernel::{AyaConfig, AyaDatapath, Counters, DesiredEndpoint, EntryOwners, ProxyTarget, ReconcileReport};
+pub use kernel::{
+    AyaConfig, AyaDatapath, Counters, DesiredEndpoint, EntryOwners, MapFill, ProxyTarget, ReconcileReport,
+};
 pub use links::tcx_programs;
 pub use loader::MapSizes;
 pub use routing::PolicyRoute;

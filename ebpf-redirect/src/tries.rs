@@ -426,6 +426,24 @@ impl Tries {
         self.proxy.set(0, cfg, 0).map_err(|e| DatapathError::MapWrite { map: MAP_PROXY.into(), source: map_io(e) })
     }
 
+    /// (map, entries, capacity) of the tries and the endpoint table, from the mirror (no map walk).
+    pub(crate) fn fill(&self, endpoints: usize) -> Vec<(&'static str, usize, u32)> {
+        let cap = |name: &'static str| self.capacity.get(name).copied().unwrap_or(0);
+        let v6 = |k: &&RuleKey| matches!(k.net, IpNet::V6(_));
+        let mut out = Vec::new();
+        let allow6 = self.allow.keys().filter(v6).count();
+        out.push((MAP_ALLOW4, self.allow.len() - allow6, cap(MAP_ALLOW4)));
+        out.push((MAP_ALLOW6, allow6, cap(MAP_ALLOW6)));
+        for trie in Trie::PLAIN {
+            let set = self.plain(trie);
+            let n6 = set.iter().filter(v6).count();
+            out.push((trie.map_name(false), set.len() - n6, cap(trie.map_name(false))));
+            out.push((trie.map_name(true), n6, cap(trie.map_name(true))));
+        }
+        out.push((MAP_ENDPOINTS, endpoints, cap(MAP_ENDPOINTS)));
+        out
+    }
+
     /// Counter `idx`, summed over CPUs.
     pub(crate) fn counter(&self, idx: u32) -> Result<u64, DatapathError> {
         let values = self

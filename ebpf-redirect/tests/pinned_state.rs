@@ -158,3 +158,27 @@ fn pins_of_an_older_layout_or_another_size_are_migrated() {
     assert_eq!(dp.learned_entries().len(), 2);
     fx.topo.node.run(|| dp.uninstall()).expect("uninstall");
 }
+
+#[test]
+fn the_allow_map_has_the_configured_size_and_reports_its_fill() {
+    if !privileged::available("the_allow_map_has_the_configured_size_and_reports_its_fill") {
+        return;
+    }
+    let fx = Fixture::new();
+    let dp = open_sized(&fx, 8).unwrap_or_else(|e| panic!("open: {}", chain(&e)));
+    fx.attach(&dp, &default_deny());
+    let keys: Vec<_> = (1..=8u8).map(|i| allow(IpAddr::V4(std::net::Ipv4Addr::new(10, 200, 3, i)), 80)).collect();
+    fx.apply(&dp, Delta { add: keys, ..Delta::default() });
+    let fill =
+        |dp: &AyaDatapath, map: &str| dp.map_fill().into_iter().find(|f| f.map == map).map(|f| (f.entries, f.capacity));
+    assert_eq!(fill(&dp, "fqdnd_allow4"), Some((8, 8)));
+    assert_eq!(fill(&dp, "fqdnd_allow6"), Some((0, 8)));
+    assert_eq!(fill(&dp, "fqdnd_endpoints"), Some((1, 4096)));
+    // The ninth does not fit, and the error says which map and how big it is.
+    let ninth = allow(IpAddr::V4(std::net::Ipv4Addr::new(10, 200, 3, 9)), 80);
+    let err = fx.rt.block_on(dp.apply(Delta { add: vec![ninth], ..Delta::default() })).expect_err("full");
+    let text = err.to_string();
+    assert!(text.contains("fqdnd_allow4") && text.contains("8 entries"), "{text}");
+    assert_eq!(fill(&dp, "fqdnd_allow4"), Some((8, 8)), "the mirror never claims what the kernel refused");
+    fx.topo.node.run(|| dp.uninstall()).expect("uninstall");
+}

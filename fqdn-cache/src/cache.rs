@@ -27,6 +27,7 @@ use crate::pattern::NamePattern;
 use crate::{AllowKey, Answer, Delta, EndpointId, Expiry, LastUsed, PortProto, normalized_name};
 
 mod names;
+mod quota;
 mod selectors;
 mod snapshot;
 mod store;
@@ -35,6 +36,7 @@ pub use selectors::SelectorRule;
 pub use snapshot::{SNAPSHOT_VERSION, set_aside};
 
 use names::Names;
+use quota::Quota;
 use selectors::{EndpointRules, Selectors};
 use store::{NIL, Store};
 
@@ -84,6 +86,18 @@ pub struct CacheConfig {
     pub idle_grace: Duration,
     /// `--max-zombies`: per endpoint; never-used zombies are evicted first, then the oldest.
     pub max_zombies: usize,
+    /// `--max-learned-per-endpoint`: name/IP entries one endpoint's lookups may hold (zombies
+    /// included); at it, its own oldest idle entries make room. 0 counts as 1.
+    #[serde(default = "default_max_learned")]
+    pub max_learned_per_endpoint: usize,
+}
+
+fn default_max_learned() -> usize {
+    CacheConfig::DEFAULT_MAX_LEARNED
+}
+
+impl CacheConfig {
+    pub const DEFAULT_MAX_LEARNED: usize = 10_000;
 }
 
 impl Default for CacheConfig {
@@ -94,6 +108,7 @@ impl Default for CacheConfig {
             scope: Scope::Endpoint,
             idle_grace: Duration::ZERO,
             max_zombies: 10_000,
+            max_learned_per_endpoint: CacheConfig::DEFAULT_MAX_LEARNED,
         }
     }
 }
@@ -153,6 +168,9 @@ pub struct CacheCounters {
     pub zombie_evictions: u64,
     /// Entries removed at expiry, zombies included when their connection went idle (total).
     pub expirations: u64,
+    /// Entries an endpoint's own newer lookups evicted at its `max_learned_per_endpoint` (total).
+    #[serde(default)]
+    pub quota_evictions: u64,
 }
 
 /// The cache: per-endpoint learned names, the selector index and the allow sets they produce.
@@ -176,6 +194,8 @@ pub struct Cache {
     evictions: u64,
     zombie_evictions: u64,
     expirations: u64,
+    quota: Quota,
+    quota_evictions: u64,
 }
 
 /// Allow-set changes of one operation, netted: a key removed and re-added (or the reverse)
@@ -250,6 +270,8 @@ impl Cache {
             evictions: 0,
             zombie_evictions: 0,
             expirations: 0,
+            quota: Quota::default(),
+            quota_evictions: 0,
         }
     }
 
@@ -375,21 +397,32 @@ impl Cache {
         ips.sort_unstable();
         ips.dedup();
         let mut changes = Changes::default();
+        let now_s = self.secs(now);
         for name in std::iter::once(&answer.qname).chain(&answer.cnames) {
             let name = normalized_name(name);
-            self.learn_name(owner, &name, &ips, expires, &mut changes);
+            self.learn_name(owner, &name, &ips, expires, now_s, &mut changes);
         }
-        changes.finish(self.secs(now))
+        changes.finish(now_s)
     }
 
-    fn learn_name(&mut self, owner: EndpointId, name: &str, ips: &[IpAddr], expires: u32, changes: &mut Changes) {
+    fn learn_name(
+        &mut self,
+        owner: EndpointId,
+        name: &str,
+        ips: &[IpAddr],
+        expires: u32,
+        now_s: u32,
+        changes: &mut Changes,
+    ) {
         let known = self.names.get(name);
         for &ip in ips {
             if let Some(id) = known
                 && let Some(idx) = self.store.find(owner, id, ip)
             {
                 // Never shorten: the client may hold the earlier answer for its full TTL.
+                self.quota.looked_up(owner, idx);
                 let e = self.store.get_mut(idx);
+                e.looked_up = now_s;
                 let longer = expires > e.expires;
                 e.expires = e.expires.max(expires);
                 if e.zombie {
@@ -405,7 +438,10 @@ impl Cache {
             }
             let id = self.names.acquire(name);
             self.make_room(owner, id, changes);
+            self.make_quota_room(owner, changes);
             let idx = self.store.insert(owner, id, ip, expires);
+            self.store.get_mut(idx).looked_up = now_s;
+            self.quota.looked_up(owner, idx);
             self.schedule(idx);
             self.grant(idx, true, changes);
         }
@@ -424,6 +460,15 @@ impl Cache {
         for &(_, idx) in &held[..excess] {
             self.remove_entry(idx, changes);
             self.evictions += 1;
+        }
+    }
+
+    /// At its quota, the owner's own oldest idle entries go to make room for one more.
+    fn make_quota_room(&mut self, owner: EndpointId, changes: &mut Changes) {
+        let quota = self.config.max_learned_per_endpoint.max(1);
+        for idx in self.quota.victims(owner, quota, &self.store) {
+            self.remove_entry(idx, changes);
+            self.quota_evictions += 1;
         }
     }
 
@@ -476,6 +521,7 @@ impl Cache {
     fn remove_entry(&mut self, idx: u32, changes: &mut Changes) {
         self.grant(idx, false, changes);
         let e = self.store.remove(idx);
+        self.quota.remove(e.owner, idx);
         if e.zombie {
             self.zombie_count -= 1;
         }
@@ -518,6 +564,7 @@ impl Cache {
             let t = used.entry((u.endpoint, u.ip)).or_default();
             *t = (*t).max(at);
         }
+        self.quota.note_use(&used);
         let mut changes = Changes::default();
 
         let mut fresh_zombies = Vec::new();
@@ -695,6 +742,11 @@ impl Cache {
         rows
     }
 
+    /// Entries `endpoint`'s own lookups hold (what its quota counts).
+    pub fn held_by(&self, endpoint: EndpointId) -> usize {
+        self.quota.held(endpoint)
+    }
+
     pub fn counters(&self) -> CacheCounters {
         CacheCounters {
             entries: self.store.len() as u64,
@@ -704,6 +756,7 @@ impl Cache {
             evictions: self.evictions,
             zombie_evictions: self.zombie_evictions,
             expirations: self.expirations,
+            quota_evictions: self.quota_evictions,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dns_proxy::ListenerInfo;
-use ebpf_redirect::{AyaConfig, AyaDatapath, DesiredEndpoint, ProxyTarget};
+use ebpf_redirect::{AyaConfig, AyaDatapath, DesiredEndpoint, MapSizes, ProxyTarget};
 use fqdn_cache::{Datapath, L4Proto, MemoryDatapath};
 use policy_sync::Snapshot;
 
@@ -23,10 +23,11 @@ impl AgentDatapath {
 
     /// Open (or adopt, after a restart) the eBPF datapath under `bpffs_dir`, redirecting DNS to
     /// the transparent `listeners`.
-    pub fn kernel(bpffs_dir: PathBuf, listeners: &[ListenerInfo]) -> anyhow::Result<Self> {
+    pub fn kernel(bpffs_dir: PathBuf, listeners: &[ListenerInfo], map_sizes: MapSizes) -> anyhow::Result<Self> {
         let target = proxy_target(listeners)?;
         let mut config = AyaConfig::new(target);
         config.bpffs_dir = bpffs_dir;
+        config.map_sizes = map_sizes;
         let dp = AyaDatapath::open(config)?;
         Ok(AgentDatapath::Kernel(Arc::new(dp)))
     }

@@ -88,8 +88,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let sockets = Sockets::bind(&config.proxy)?;
     let listeners = sockets.listeners();
     let datapath = if transparent {
-        AgentDatapath::kernel(config.bpffs_dir.clone(), &listeners)
-            .context("opening the eBPF datapath (transparent mode needs root)")?
+        AgentDatapath::kernel(
+            config.bpffs_dir.clone(),
+            &listeners,
+            ebpf_redirect::MapSizes { allow: config.allow_map_size },
+        )
+        .context("opening the eBPF datapath (transparent mode needs root)")?
     } else {
         AgentDatapath::memory()
     };

@@ -116,6 +116,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// Node-side veth of the pod.
     pub pod_veth: String,
+    /// Flags added to every `fqdnd run` this cluster starts.
+    pub agent_args: Vec<String>,
 }
 
 impl Cluster {
@@ -224,6 +226,7 @@ impl Cluster {
             bpffs: Bpffs::new(),
             dir,
             pod_veth,
+            agent_args: Vec::new(),
         }
     }
 
@@ -267,6 +270,7 @@ impl Cluster {
             .arg("--bpffs-dir")
             .arg(self.bpffs.datapath_dir())
             .args(["--metrics-addr", METRICS_ADDR])
+            .args(&self.agent_args)
             // The harness waits on the datapath's info line, whatever filter the caller set.
             .env(
                 "FQDND_LOG",

@@ -642,3 +642,44 @@ fn deltas_carry_when_their_entries_run_out() {
     let d = node.set_selectors(ep(2), vec![rule("b.example.com")]);
     assert_eq!((d.add.clone(), ttl(&d)), (vec![k2], vec![(k2, 80)]));
 }
+
+#[test]
+fn an_endpoint_over_its_quota_loses_its_own_oldest_idle_entries() {
+    let t0 = Instant::now();
+    let config = CacheConfig { max_learned_per_endpoint: 4, ..CacheConfig::default() };
+    let mut c = Cache::new(config, t0);
+    c.set_selectors_many([(ep(1), vec![rule("*.example.com")]), (ep(2), vec![rule("*.example.com")])]);
+    let name = |i: u32| format!("n{i}.example.com");
+    let addr = |i: u32| format!("192.0.2.{i}");
+    // Endpoint 2 holds three entries, well within its quota.
+    for i in 100..103 {
+        c.learn(&answer(ep(2), &name(i), &[], &[&addr(i)], 300), t0);
+    }
+    // Endpoint 1 learns 1..=4 at seconds 1..=4, then uses entry 1 (the oldest lookup) at 5.
+    for i in 1..=4 {
+        c.learn(&answer(ep(1), &name(i), &[], &[&addr(i)], 300), at(t0, f64::from(i)));
+    }
+    assert_eq!(c.held_by(ep(1)), 4);
+    c.gc(at(t0, 5.0), &[used(ep(1), &addr(1), 0.0)]);
+    // A fifth name: the oldest idle one (2, looked up at 2 and never used) goes, not the used 1.
+    let d = c.learn(&answer(ep(1), &name(5), &[], &[&addr(5)], 300), at(t0, 6.0));
+    assert_eq!(d.add, [any(ep(1), &addr(5))]);
+    assert_eq!(d.remove, [any(ep(1), &addr(2))]);
+    assert_eq!(c.held_by(ep(1)), 4);
+    // Then 3, then 4: each new name of endpoint 1 still gets in, at its own expense.
+    for (new, gone) in [(6, 3), (7, 4)] {
+        let d = c.learn(&answer(ep(1), &name(new), &[], &[&addr(new)], 300), at(t0, 6.0 + f64::from(new)));
+        assert_eq!((d.add, d.remove), (vec![any(ep(1), &addr(new))], vec![any(ep(1), &addr(gone))]), "{new}");
+    }
+    // Endpoint 2 lost nothing and its new names still get through.
+    assert_eq!(c.held_by(ep(2)), 3);
+    let d = c.learn(&answer(ep(2), &name(103), &[], &[&addr(103)], 300), at(t0, 20.0));
+    assert_eq!((d.add, d.remove), (vec![any(ep(2), &addr(103))], vec![]));
+    assert_eq!(c.allows(ep(2)).len(), 4);
+    assert_eq!(c.counters().quota_evictions, 3);
+    // A re-learned entry is active again: refreshing 1 and 5 leaves 6 the oldest.
+    c.learn(&answer(ep(1), &name(1), &[], &[&addr(1)], 300), at(t0, 30.0));
+    c.learn(&answer(ep(1), &name(5), &[], &[&addr(5)], 300), at(t0, 30.0));
+    let d = c.learn(&answer(ep(1), &name(8), &[], &[&addr(8)], 300), at(t0, 31.0));
+    assert_eq!(d.remove, [any(ep(1), &addr(6))]);
+}
