@@ -25,6 +25,7 @@
 //! max-zombies: 10000
 //! max-learned-per-endpoint: 10000  # name/IP entries one endpoint's lookups may hold
 //! allow-map-size: 262144           # transparent mode: entries of each allow map (IPv4, IPv6)
+//! deny-response: drop              # drop | reject (TCP RST / ICMP port unreachable to the pod)
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
 //! node-name: ""                    # in every flow; default: the host name
@@ -75,6 +76,7 @@ pub struct FileConfig {
     pub max_zombies: Option<usize>,
     pub max_learned_per_endpoint: Option<usize>,
     pub allow_map_size: Option<u32>,
+    pub deny_response: Option<String>,
     pub cache_snapshot_interval: Option<String>,
     pub flow_ring_size: Option<usize>,
     pub node_name: Option<String>,
@@ -145,6 +147,10 @@ pub struct Flags {
     /// Transparent mode: entries each allow map (IPv4, IPv6) holds for all endpoints (default 262144).
     #[arg(long, value_name = "N")]
     pub allow_map_size: Option<u32>,
+    /// Transparent mode: what a packet egress policy denies gets: drop (default, Cilium's), or
+    /// reject (a TCP RST, an ICMP port unreachable for UDP: the pod fails at once).
+    #[arg(long, value_name = "drop|reject")]
+    pub deny_response: Option<String>,
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
@@ -168,8 +174,14 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub bpffs_dir: PathBuf,
     pub allow_map_size: u32,
+    #[serde(serialize_with = "display_value")]
+    pub deny_response: ebpf_redirect::DenyResponse,
     pub flow_ring_size: usize,
     pub node_name: String,
+}
+
+fn display_value<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -451,6 +463,13 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             Some((n, _)) => n,
         },
     };
+    let deny_response = match pick!(flags.deny_response.clone(), file.deny_response.clone(), "deny-response") {
+        None => ebpf_redirect::DenyResponse::Drop,
+        Some((v, from)) => v.parse().unwrap_or_else(|e| {
+            problems.push(format!("{from}: {e}"));
+            ebpf_redirect::DenyResponse::Drop
+        }),
+    };
     let allow_map_size = match pick!(flags.allow_map_size, file.allow_map_size, "allow-map-size") {
         None => ebpf_redirect::MapSizes::DEFAULT.allow,
         Some((n, from)) if !(1..=MAX_ALLOW_MAP_SIZE).contains(&n) => {
@@ -493,6 +512,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             .or(file.bpffs_dir.clone())
             .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
         allow_map_size,
+        deny_response,
         flow_ring_size,
         node_name,
     })
@@ -632,6 +652,20 @@ mod tests {
             text.contains("\"max-learned-per-endpoint\":10000") && text.contains("\"allow-map-size\":262144"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn deny_response_is_drop_or_reject() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.deny_response, ebpf_redirect::DenyResponse::Drop);
+        let file = parse_file(Path::new("f.yaml"), "deny-response: reject\n").unwrap();
+        let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.deny_response, ebpf_redirect::DenyResponse::Reject);
+        assert!(serde_json::to_string(&c).unwrap().contains("\"deny-response\":\"reject\""));
+        let flags = Flags { deny_response: Some("RST".into()), ..Flags::default() };
+        let errs = resolve(&file, &flags, &env(dir.path())).unwrap_err();
+        assert_eq!(errs.0, ["--deny-response: \"RST\" is not a deny response; expected drop or reject"]);
     }
 
     #[test]

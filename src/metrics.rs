@@ -198,7 +198,8 @@ impl Collector for DatapathCollector {
             "datapath_packets",
             "Packets of policed endpoints seen by the datapath, by result (seen: all; allowed: through an allow entry; \
              redirected: to the DNS proxy; reply: a reply to a connection opened towards the endpoint; ingress_reply: going to the endpoint, a reply to \
-             what it opened, under ingress policy)",
+             what it opened, under ingress policy; rejected: denied and answered with a TCP RST or \
+             ICMP port unreachable, also counted as a drop)",
             None,
             kind,
         )?;
@@ -208,6 +209,7 @@ impl Collector for DatapathCollector {
             ("redirected", c.redirected),
             ("reply", c.ct_replies),
             ("ingress_reply", c.ingress_ct_replies),
+            ("rejected", c.rejected),
         ] {
             ConstCounter::new(v).encode(packets.encode_family(&[("result", result)])?)?;
         }

@@ -108,6 +108,7 @@ fn denied(secs: u64) -> DropEvent {
         proto: L4Proto::Tcp,
         tcp_flags: 0x02,
         reason: DropReason::PolicyDenied,
+        rejected: false,
         time: at(secs),
     }
 }

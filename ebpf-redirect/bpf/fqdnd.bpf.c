@@ -51,6 +51,15 @@
 
 #define PROXY_HAS_V4 1
 #define PROXY_HAS_V6 2
+// --deny-response reject: denied TCP gets a RST, denied UDP an ICMP port unreachable.
+#define PROXY_REJECT 4
+
+// What became of a reported packet besides its drop reason.
+#define VF_REJECTED 1
+
+// Set on the replies the program makes itself, so the to-pod program lets them through: the
+// pod never opened anything they could be a reply to. The veth scrubs it on the way into the pod.
+#define REJECT_MARK 0xfd4d0001
 
 // The last-used stamp is a shared cache line: write it at most this often per entry.
 #define STAMP_GRANULARITY_NS 100000000ULL
@@ -72,6 +81,7 @@ enum counter {
 	C_INGRESS_DROPPED_DENY,
 	C_INGRESS_CT_REPLY,
 	C_DROPPED_SPOOFED,
+	C_REJECTED,
 	C_MAX = 16,
 };
 
@@ -147,7 +157,8 @@ struct drop_event {
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u8 direction; // DIR_EGRESS: the pod sent it; DIR_INGRESS: it was going to the pod
-	__u8 pad[7];
+	__u8 verdict;   // VF_* bits
+	__u8 pad[6];
 };
 
 struct {
@@ -378,8 +389,8 @@ static __always_inline void ct_key_from(struct ct_key *k, struct flow *f, __u32 
 	k->family = f->family;
 }
 
-static __always_inline int drop_dir(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason,
-				    __u8 direction)
+static __always_inline void report(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason,
+				   __u8 direction, __u8 verdict)
 {
 	struct drop_event *e = bpf_ringbuf_reserve(&fqdnd_drops, sizeof(*e), 0);
 	if (e) {
@@ -395,6 +406,7 @@ static __always_inline int drop_dir(struct __sk_buff *skb, struct ep_cfg *ep, st
 		__builtin_memcpy(e->saddr, f->saddr, 16);
 		__builtin_memcpy(e->daddr, f->daddr, 16);
 		e->direction = direction;
+		e->verdict = verdict;
 		__builtin_memset(e->pad, 0, sizeof(e->pad));
 		bpf_ringbuf_submit(e, 0);
 	} else {
@@ -410,6 +422,14 @@ static __always_inline int drop_dir(struct __sk_buff *skb, struct ep_cfg *ep, st
 		count(C_DROPPED_SPOOFED);
 	else
 		count(C_DROPPED_DENIED);
+	if (verdict & VF_REJECTED)
+		count(C_REJECTED);
+}
+
+static __always_inline int drop_dir(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason,
+				    __u8 direction)
+{
+	report(skb, ep, f, reason, direction, 0);
 	return TC_ACT_SHOT;
 }
 
@@ -432,6 +452,258 @@ static __always_inline void ct_outbound(struct flow *f, __u32 ifindex)
 	} else if (now - c->last_seen > STAMP_GRANULARITY_NS) {
 		c->last_seen = now;
 	}
+}
+
+static __always_inline __u16 csum_fold(__s64 csum)
+{
+	__u32 sum = (__u32)csum;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+// ICMPv4 header of an error message (linux/icmp.h drags in libc headers).
+struct icmp4 {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 unused;
+};
+
+struct pseudo4 {
+	__be32 saddr;
+	__be32 daddr;
+	__u8 zero;
+	__u8 proto;
+	__be16 len;
+};
+
+// The IPv6 pseudo header after the two addresses.
+struct pseudo6_tail {
+	__be32 len;
+	__u8 zero[3];
+	__u8 next;
+};
+
+// The reply's Ethernet header: back to the pod from the address it sent to (its gateway's).
+static __always_inline int reply_eth(struct __sk_buff *skb)
+{
+	struct ethhdr eth;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+		return -1;
+	struct ethhdr back = {.h_proto = eth.h_proto};
+	__builtin_memcpy(back.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(back.h_source, eth.h_dest, ETH_ALEN);
+	return bpf_skb_store_bytes(skb, 0, &back, sizeof(back), 0);
+}
+
+// The RST answering a denied TCP segment (RFC 9293 3.10.7.1): seq = its ACK if it had one,
+// else ack = its seq + its length. Never for a RST.
+static __always_inline int rst_for(struct tcphdr *th, __u32 payload, struct tcphdr *r)
+{
+	if (th->rst)
+		return -1;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->source = th->dest;
+	r->dest = th->source;
+	r->doff = 5;
+	r->rst = 1;
+	if (th->ack) {
+		r->seq = th->ack_seq;
+	} else {
+		r->ack = 1;
+		r->ack_seq = bpf_htonl(bpf_ntohl(th->seq) + payload + th->syn + th->fin);
+	}
+	return 0;
+}
+
+static __always_inline int reject_tcp4(struct __sk_buff *skb)
+{
+	struct iphdr ip;
+	struct tcphdr th, r;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl != 5)
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip), &th, sizeof(th)) < 0)
+		return -1;
+	__u32 hdrs = sizeof(ip) + th.doff * 4;
+	__u32 tot = bpf_ntohs(ip.tot_len);
+	if (rst_for(&th, tot > hdrs ? tot - hdrs : 0, &r) < 0)
+		return -1;
+	struct iphdr nip = {.version = 4, .ihl = 5, .ttl = 64, .protocol = IPPROTO_TCP};
+	nip.tot_len = bpf_htons(sizeof(nip) + sizeof(r));
+	nip.frag_off = bpf_htons(0x4000);
+	nip.saddr = ip.daddr;
+	nip.daddr = ip.saddr;
+	nip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&nip, sizeof(nip), 0));
+	struct pseudo4 ph = {.saddr = nip.saddr, .daddr = nip.daddr, .proto = IPPROTO_TCP, .len = bpf_htons(sizeof(r))};
+	__s64 c = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)&r, sizeof(r), (__u32)c);
+	if (c < 0)
+		return -1;
+	r.check = csum_fold(c);
+	if (reply_eth(skb) < 0 || bpf_skb_change_tail(skb, ETH_HLEN + sizeof(nip) + sizeof(r), 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &nip, sizeof(nip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(nip), &r, sizeof(r), 0) < 0)
+		return -1;
+	return 0;
+}
+
+static __always_inline int reject_tcp6(struct __sk_buff *skb)
+{
+	struct ipv6hdr ip6;
+	struct tcphdr th, r;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0 || ip6.nexthdr != IPPROTO_TCP)
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), &th, sizeof(th)) < 0)
+		return -1;
+	__u32 len = bpf_ntohs(ip6.payload_len);
+	__u32 hdr = th.doff * 4;
+	if (rst_for(&th, len > hdr ? len - hdr : 0, &r) < 0)
+		return -1;
+	struct ipv6hdr nip6 = {.version = 6, .nexthdr = IPPROTO_TCP, .hop_limit = 64};
+	nip6.payload_len = bpf_htons(sizeof(r));
+	nip6.saddr = ip6.daddr;
+	nip6.daddr = ip6.saddr;
+	struct pseudo6_tail pt = {.len = bpf_htonl(sizeof(r)), .next = IPPROTO_TCP};
+	__s64 c = bpf_csum_diff(0, 0, (__be32 *)&nip6.saddr, 32, 0);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)&pt, sizeof(pt), (__u32)c);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)&r, sizeof(r), (__u32)c);
+	if (c < 0)
+		return -1;
+	r.check = csum_fold(c);
+	if (reply_eth(skb) < 0 || bpf_skb_change_tail(skb, ETH_HLEN + sizeof(nip6) + sizeof(r), 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &nip6, sizeof(nip6), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(nip6), &r, sizeof(r), 0) < 0)
+		return -1;
+	return 0;
+}
+
+// ICMP destination unreachable, port unreachable, quoting the datagram's IP header and its
+// first 8 bytes (RFC 792). Never for a multicast or broadcast destination.
+static __always_inline int reject_udp4(struct __sk_buff *skb)
+{
+	struct iphdr ip;
+	__u8 l4[8];
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl != 5)
+		return -1;
+	__u32 dst = bpf_ntohl(ip.daddr);
+	if ((dst >> 28) >= 0xe) // 224.0.0.0/4 multicast, 240.0.0.0/4 and the broadcast address
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip), l4, sizeof(l4)) < 0)
+		return -1;
+	struct icmp4 ic = {.type = 3, .code = 3};
+	struct iphdr nip = {.version = 4, .ihl = 5, .ttl = 64, .protocol = IPPROTO_ICMP};
+	nip.tot_len = bpf_htons(sizeof(nip) + sizeof(ic) + sizeof(ip) + sizeof(l4));
+	nip.saddr = ip.daddr;
+	nip.daddr = ip.saddr;
+	nip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&nip, sizeof(nip), 0));
+	__s64 c = bpf_csum_diff(0, 0, (__be32 *)&ic, sizeof(ic), 0);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)&ip, sizeof(ip), (__u32)c);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)l4, sizeof(l4), (__u32)c);
+	if (c < 0)
+		return -1;
+	ic.checksum = csum_fold(c);
+	__u32 off = ETH_HLEN;
+	if (reply_eth(skb) < 0 || bpf_skb_change_tail(skb, off + sizeof(nip) + sizeof(ic) + sizeof(ip) + sizeof(l4), 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, off, &nip, sizeof(nip), 0) < 0)
+		return -1;
+	off += sizeof(nip);
+	if (bpf_skb_store_bytes(skb, off, &ic, sizeof(ic), 0) < 0)
+		return -1;
+	off += sizeof(ic);
+	if (bpf_skb_store_bytes(skb, off, &ip, sizeof(ip), 0) < 0)
+		return -1;
+	off += sizeof(ip);
+	return bpf_skb_store_bytes(skb, off, l4, sizeof(l4), 0) < 0 ? -1 : 0;
+}
+
+// ICMPv6 destination unreachable, port unreachable (RFC 4443), quoting the datagram's IPv6
+// header and its first 8 bytes. Never for a multicast destination.
+static __always_inline int reject_udp6(struct __sk_buff *skb)
+{
+	struct ipv6hdr ip6;
+	__u8 l4[8];
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0 || ip6.nexthdr != IPPROTO_UDP)
+		return -1;
+	if (ip6.daddr.in6_u.u6_addr8[0] == 0xff)
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), l4, sizeof(l4)) < 0)
+		return -1;
+	struct icmp6hdr ic = {.icmp6_type = 1, .icmp6_code = 4};
+	__u32 body = sizeof(ic) + sizeof(ip6) + sizeof(l4);
+	struct ipv6hdr nip6 = {.version = 6, .nexthdr = IPPROTO_ICMPV6, .hop_limit = 64};
+	nip6.payload_len = bpf_htons(body);
+	nip6.saddr = ip6.daddr;
+	nip6.daddr = ip6.saddr;
+	struct pseudo6_tail pt = {.len = bpf_htonl(body), .next = IPPROTO_ICMPV6};
+	__s64 c = bpf_csum_diff(0, 0, (__be32 *)&nip6.saddr, 32, 0);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)&pt, sizeof(pt), (__u32)c);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)&ic, sizeof(ic), (__u32)c);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)&ip6, sizeof(ip6), (__u32)c);
+	if (c < 0)
+		return -1;
+	c = bpf_csum_diff(0, 0, (__be32 *)l4, sizeof(l4), (__u32)c);
+	if (c < 0)
+		return -1;
+	ic.icmp6_cksum = csum_fold(c);
+	__u32 off = ETH_HLEN;
+	if (reply_eth(skb) < 0 || bpf_skb_change_tail(skb, off + sizeof(nip6) + body, 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, off, &nip6, sizeof(nip6), 0) < 0)
+		return -1;
+	off += sizeof(nip6);
+	if (bpf_skb_store_bytes(skb, off, &ic, sizeof(ic), 0) < 0)
+		return -1;
+	off += sizeof(ic);
+	if (bpf_skb_store_bytes(skb, off, &ip6, sizeof(ip6), 0) < 0)
+		return -1;
+	off += sizeof(ip6);
+	return bpf_skb_store_bytes(skb, off, l4, sizeof(l4), 0) < 0 ? -1 : 0;
+}
+
+// Turn the packet into the reply that tells the pod "no" at once. Returns 0 when the skb now
+// holds that reply. Fragments and protocols without ports get none.
+static __always_inline int make_reject(struct __sk_buff *skb, struct flow *f)
+{
+	if (!f->has_ports)
+		return -1;
+	if (f->proto == IPPROTO_TCP)
+		return f->family == 4 ? reject_tcp4(skb) : reject_tcp6(skb);
+	if (f->proto == IPPROTO_UDP)
+		return f->family == 4 ? reject_udp4(skb) : reject_udp6(skb);
+	return -1;
+}
+
+// An egress policy denial: dropped, or with --deny-response reject answered and sent back.
+static __always_inline int deny(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason)
+{
+	__u32 zero = 0;
+	struct proxy_cfg *p = bpf_map_lookup_elem(&fqdnd_proxy, &zero);
+	if (p && (p->flags & PROXY_REJECT) && make_reject(skb, f) == 0) {
+		report(skb, ep, f, reason, DIR_EGRESS, VF_REJECTED);
+		skb->mark = REJECT_MARK;
+		return bpf_redirect(skb->ifindex, 0);
+	}
+	return drop(skb, ep, f, reason);
 }
 
 // Hand the packet to the proxy's socket. TCP: the connection's own (accepted) socket if there is
@@ -529,7 +801,7 @@ int fqdnd_from_pod(struct __sk_buff *skb)
 		v = lookup_rules(&fqdnd_deny4, &fqdnd_deny6, endpoint, &f, f.daddr);
 		if (v) {
 			stamp(v);
-			return drop(skb, ep, &f, REASON_POLICY_DENY);
+			return deny(skb, ep, &f, REASON_POLICY_DENY);
 		}
 	}
 
@@ -575,7 +847,7 @@ int fqdnd_from_pod(struct __sk_buff *skb)
 		count(C_CT_REPLY);
 		return TC_ACT_UNSPEC;
 	}
-	return drop(skb, ep, &f, REASON_POLICY_DENIED);
+	return deny(skb, ep, &f, REASON_POLICY_DENIED);
 }
 
 // ICMP errors about a flow (unreachable, time exceeded, parameter problem, packet too big) come
@@ -595,7 +867,7 @@ int fqdnd_to_pod(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
 	struct ep_cfg *ep = bpf_map_lookup_elem(&fqdnd_endpoints, &ifindex);
-	if (!ep || !(ep->flags & (EP_DEFAULT_DENY | EP_INGRESS)))
+	if (!ep || !(ep->flags & (EP_DEFAULT_DENY | EP_INGRESS)) || skb->mark == REJECT_MARK)
 		return TC_ACT_UNSPEC;
 	__u32 flags = ep->flags;
 

@@ -7,7 +7,7 @@ use aya::maps::{MapData, RingBuf};
 use fqdn_cache::EndpointId;
 use tokio::io::unix::AsyncFd;
 
-use crate::maps::{DIR_INGRESS, RawDropEvent, addr_from, proto_from_number};
+use crate::maps::{DIR_INGRESS, RawDropEvent, VF_REJECTED, addr_from, proto_from_number};
 use fqdn_cache::DatapathError;
 
 use crate::{Direction, DropEvent, DropReason};
@@ -90,6 +90,7 @@ fn decode(raw: &RawDropEvent) -> DropEvent {
         proto: proto_from_number(raw.proto),
         tcp_flags: raw.tcp_flags,
         reason,
+        rejected: raw.verdict & VF_REJECTED != 0,
         time: wall_clock_of(raw.ktime),
     }
 }
@@ -142,5 +143,8 @@ mod tests {
 
         let inbound = RawDropEvent { family: 4, proto: 6, reason: 1, direction: DIR_INGRESS, ..Default::default() };
         assert_eq!(decode(&inbound).direction, Direction::Ingress);
+        assert!(!decode(&inbound).rejected);
+        let rejected = RawDropEvent { family: 4, proto: 6, reason: 1, verdict: VF_REJECTED, ..Default::default() };
+        assert!(decode(&rejected).rejected);
     }
 }

@@ -51,6 +51,8 @@ pub struct AyaConfig {
     pub install_route: bool,
     /// Sizes of the maps the operator chooses (pins of another size are migrated).
     pub map_sizes: MapSizes,
+    /// What a packet egress policy denies gets (`--deny-response`).
+    pub deny_response: crate::DenyResponse,
 }
 
 impl AyaConfig {
@@ -63,6 +65,7 @@ impl AyaConfig {
             route: PolicyRoute::default(),
             install_route: true,
             map_sizes: MapSizes::DEFAULT,
+            deny_response: crate::DenyResponse::Drop,
         }
     }
 }
@@ -138,6 +141,9 @@ pub struct Counters {
     pub ingress_ct_replies: u64,
     /// Dropped: the source address was not the endpoint's (anti-spoofing).
     pub dropped_spoofed: u64,
+    /// Egress denials answered with a TCP RST or an ICMP port unreachable (`--deny-response
+    /// reject`); also counted under their drop reason.
+    pub rejected: u64,
 }
 
 /// How full one map is.
@@ -203,7 +209,7 @@ impl AyaDatapath {
         for ifindex in links::adopt(&mut inner.ebpf, &inner.links_dir)? {
             inner.detach(ifindex)?;
         }
-        inner.tries.write_proxy(&config.proxy, config.route.mark)?;
+        inner.tries.write_proxy(&config.proxy, config.route.mark, config.deny_response)?;
         if config.install_route {
             config.route.install()?;
         }
@@ -264,6 +270,7 @@ impl AyaDatapath {
             ingress_dropped_deny: read(10)?,
             ingress_ct_replies: read(11)?,
             dropped_spoofed: read(12)?,
+            rejected: read(13)?,
         })
     }
 

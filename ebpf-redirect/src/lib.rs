@@ -45,6 +45,38 @@ pub enum DropReason {
     SpoofedSource,
 }
 
+/// What a denied packet from an endpoint gets besides being dropped (`--deny-response`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DenyResponse {
+    /// Nothing: the sender times out (Cilium's behaviour).
+    #[default]
+    Drop,
+    /// A TCP RST for TCP, an ICMP / ICMPv6 port unreachable for UDP, sent back by the program:
+    /// the sender fails at once.
+    Reject,
+}
+
+impl std::str::FromStr for DenyResponse {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "drop" => Ok(DenyResponse::Drop),
+            "reject" => Ok(DenyResponse::Reject),
+            other => Err(format!("{other:?} is not a deny response; expected drop or reject")),
+        }
+    }
+}
+
+impl std::fmt::Display for DenyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DenyResponse::Drop => "drop",
+            DenyResponse::Reject => "reject",
+        })
+    }
+}
+
 /// Which way a dropped packet was going, seen from the endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Direction {
@@ -68,6 +100,8 @@ pub struct DropEvent {
     /// TCP flags byte of the dropped segment (0 for UDP).
     pub tcp_flags: u8,
     pub reason: DropReason,
+    /// `--deny-response reject`: the program answered it (a TCP RST, an ICMP port unreachable).
+    pub rejected: bool,
     /// Wall-clock time of the drop (the kernel's monotonic stamp, converted when read).
     pub time: std::time::SystemTime,
 }

@@ -86,6 +86,10 @@ pub(crate) fn flags_from_bits(bits: u32) -> EndpointFlags {
 
 pub(crate) const PROXY_HAS_V4: u32 = 1;
 pub(crate) const PROXY_HAS_V6: u32 = 2;
+pub(crate) const PROXY_REJECT: u32 = 4;
+
+/// `drop_event.verdict`: the program answered the packet (RST / ICMP) instead of only dropping it.
+pub(crate) const VF_REJECTED: u8 = 1;
 
 /// Owner bits of an allow entry: a static rule (policy) and a learned FQDN IP can share a key.
 pub(crate) const OWNER_STATIC: u32 = 1;
@@ -218,7 +222,9 @@ pub(crate) struct RawDropEvent {
     pub daddr: [u8; 16],
     /// 0: sent by the pod (egress), 1: going to the pod (ingress).
     pub direction: u8,
-    pub pad: [u8; 7],
+    /// `VF_*` bits.
+    pub verdict: u8,
+    pub pad: [u8; 6],
 }
 
 pub(crate) const DIR_INGRESS: u8 = 1;

@@ -413,7 +413,12 @@ impl Tries {
         Ok(())
     }
 
-    pub(crate) fn write_proxy(&mut self, proxy: &ProxyTarget, mark: u32) -> Result<(), DatapathError> {
+    pub(crate) fn write_proxy(
+        &mut self,
+        proxy: &ProxyTarget,
+        mark: u32,
+        deny: crate::DenyResponse,
+    ) -> Result<(), DatapathError> {
         let cfg = ProxyCfg {
             addr4: proxy.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
             addr6: proxy.ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets(),
@@ -421,7 +426,8 @@ impl Tries {
             tcp_port: proxy.tcp_port,
             mark,
             flags: (if proxy.ipv4.is_some() { PROXY_HAS_V4 } else { 0 })
-                | (if proxy.ipv6.is_some() { PROXY_HAS_V6 } else { 0 }),
+                | (if proxy.ipv6.is_some() { PROXY_HAS_V6 } else { 0 })
+                | (if deny == crate::DenyResponse::Reject { PROXY_REJECT } else { 0 }),
         };
         self.proxy.set(0, cfg, 0).map_err(|e| DatapathError::MapWrite { map: MAP_PROXY.into(), source: map_io(e) })
     }

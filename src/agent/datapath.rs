@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dns_proxy::ListenerInfo;
-use ebpf_redirect::{AyaConfig, AyaDatapath, DesiredEndpoint, MapSizes, ProxyTarget};
+use ebpf_redirect::{AyaConfig, AyaDatapath, DenyResponse, DesiredEndpoint, MapSizes, ProxyTarget};
 use fqdn_cache::{Datapath, L4Proto, MemoryDatapath};
 use policy_sync::Snapshot;
 
@@ -23,11 +23,17 @@ impl AgentDatapath {
 
     /// Open (or adopt, after a restart) the eBPF datapath under `bpffs_dir`, redirecting DNS to
     /// the transparent `listeners`.
-    pub fn kernel(bpffs_dir: PathBuf, listeners: &[ListenerInfo], map_sizes: MapSizes) -> anyhow::Result<Self> {
+    pub fn kernel(
+        bpffs_dir: PathBuf,
+        listeners: &[ListenerInfo],
+        map_sizes: MapSizes,
+        deny_response: DenyResponse,
+    ) -> anyhow::Result<Self> {
         let target = proxy_target(listeners)?;
         let mut config = AyaConfig::new(target);
         config.bpffs_dir = bpffs_dir;
         config.map_sizes = map_sizes;
+        config.deny_response = deny_response;
         let dp = AyaDatapath::open(config)?;
         Ok(AgentDatapath::Kernel(Arc::new(dp)))
     }

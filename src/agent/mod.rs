@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             config.bpffs_dir.clone(),
             &listeners,
             ebpf_redirect::MapSizes { allow: config.allow_map_size },
+            config.deny_response,
         )
         .context("opening the eBPF datapath (transparent mode needs root)")?
     } else {

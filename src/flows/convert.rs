@@ -166,11 +166,19 @@ pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesL
         Direction::Egress => (ours_ep, peer_ep, Vec::new(), peer_names, TrafficDirection::Egress),
         Direction::Ingress => (peer_ep, ours_ep, peer_names, Vec::new(), TrafficDirection::Ingress),
     };
-    let summary = match ev.proto {
+    let mut summary = match ev.proto {
         L4Proto::Tcp => format!("TCP Flags: {}", flags.names().join(", ")),
         L4Proto::Udp => "UDP".to_string(),
         L4Proto::Any => if ev.dst.is_ipv4() { "IPv4" } else { "IPv6" }.to_string(),
     };
+    // `--deny-response reject`: Hubble's flow has no field for it; the summary says what was sent.
+    if ev.rejected {
+        summary.push_str(match ev.proto {
+            L4Proto::Tcp => " (rejected: TCP RST sent)",
+            _ if ev.dst.is_ipv4() => " (rejected: ICMP port unreachable sent)",
+            _ => " (rejected: ICMPv6 port unreachable sent)",
+        });
+    }
     // A bare SYN opens a connection, so it cannot be a reply; for anything else the datapath does
     // not say (Hubble leaves is_reply out for drops for the same reason).
     let is_reply = (ev.proto == L4Proto::Tcp && flags.syn && !flags.ack).then_some(false);
@@ -342,6 +350,7 @@ pub(crate) mod tests {
             proto: L4Proto::Tcp,
             tcp_flags: 0x02,
             reason: ebpf_redirect::DropReason::PolicyDenied,
+            rejected: false,
             time: SystemTime::UNIX_EPOCH + Duration::new(1_701_079_202, 0),
         }
     }
@@ -438,6 +447,14 @@ pub(crate) mod tests {
         assert_eq!((f.summary.as_str(), f.is_reply), ("UDP", None));
         assert!(f.destination_names.is_empty());
         assert_eq!(f.traffic_direction, TrafficDirection::Egress);
+    }
+
+    #[test]
+    fn rejected_drops_say_what_was_sent() {
+        let tcp = drop_flow(&DropEvent { rejected: true, ..drop_event() }, &table(), &NoNames, "");
+        assert_eq!((tcp.verdict, tcp.summary.as_str()), (Verdict::Dropped, "TCP Flags: SYN (rejected: TCP RST sent)"));
+        let udp = DropEvent { rejected: true, proto: L4Proto::Udp, tcp_flags: 0, ..drop_event() };
+        assert_eq!(drop_flow(&udp, &table(), &NoNames, "").summary, "UDP (rejected: ICMP port unreachable sent)");
     }
 
     #[test]
