@@ -26,6 +26,7 @@
 //! max-learned-per-endpoint: 10000  # name/IP entries one endpoint's lookups may hold
 //! allow-map-size: 262144           # transparent mode: entries of each allow map (IPv4, IPv6)
 //! deny-response: drop              # drop | reject (TCP RST / ICMP port unreachable to the pod)
+//! policy-audit-mode: false         # nothing dropped or refused; flows say AUDIT instead
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
 //! node-name: ""                    # in every flow; default: the host name
@@ -77,6 +78,7 @@ pub struct FileConfig {
     pub max_learned_per_endpoint: Option<usize>,
     pub allow_map_size: Option<u32>,
     pub deny_response: Option<String>,
+    pub policy_audit_mode: Option<bool>,
     pub cache_snapshot_interval: Option<String>,
     pub flow_ring_size: Option<usize>,
     pub node_name: Option<String>,
@@ -151,6 +153,11 @@ pub struct Flags {
     /// reject (a TCP RST, an ICMP port unreachable for UDP: the pod fails at once).
     #[arg(long, value_name = "drop|reject")]
     pub deny_response: Option<String>,
+    /// Audit mode for every endpoint (Cilium's policy-audit-mode): nothing is dropped or refused;
+    /// what would have been shows as a flow with verdict AUDIT. One endpoint alone: its
+    /// endpoints-file field `policy-audit-mode: true`.
+    #[arg(long)]
+    pub policy_audit_mode: bool,
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
@@ -498,6 +505,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             tcp_idle_timeout,
             upstream_sockets: 4,
             udp_workers: file.udp_workers.unwrap_or(0),
+            policy_audit_mode: flags.policy_audit_mode || file.policy_audit_mode.unwrap_or(false),
         },
         policies,
         endpoints,
@@ -663,6 +671,11 @@ mod tests {
         let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
         assert_eq!(c.deny_response, ebpf_redirect::DenyResponse::Reject);
         assert!(serde_json::to_string(&c).unwrap().contains("\"deny-response\":\"reject\""));
+        assert!(!c.proxy.policy_audit_mode);
+        let file = parse_file(Path::new("f.yaml"), "policy-audit-mode: true\n").unwrap();
+        assert!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().proxy.policy_audit_mode);
+        let flags = Flags { policy_audit_mode: true, ..Flags::default() };
+        assert!(resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap().proxy.policy_audit_mode);
         let flags = Flags { deny_response: Some("RST".into()), ..Flags::default() };
         let errs = resolve(&file, &flags, &env(dir.path())).unwrap_err();
         assert_eq!(errs.0, ["--deny-response: \"RST\" is not a deny response; expected drop or reject"]);

@@ -50,6 +50,9 @@ pub struct AgentMetrics {
     pub policy_drops_ingress_deny: Counter,
     /// Policy objects that failed to load (each one is reported and skipped).
     pub policy_load_errors: Counter,
+    /// Audit mode: flows policy would have dropped, let through (one per flow).
+    pub policy_audits_egress: Counter,
+    pub policy_audits_ingress: Counter,
 }
 
 impl AgentMetrics {
@@ -68,6 +71,13 @@ impl AgentMetrics {
              endpoint; ingress: going to it)",
             policy_drops.clone(),
         );
+        let policy_audits = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "policy_audits",
+            "Audit mode: flows the datapath let through that policy would have dropped (the first packet of each), \
+             by direction (the proxy counts refusals it forwarded in fqdnd_dns_queries_total{verdict=\"audit\"})",
+            policy_audits.clone(),
+        );
         let policy_load_errors = Counter::default();
         registry.register(
             "policy_load_errors",
@@ -84,6 +94,8 @@ impl AgentMetrics {
             policy_drops_ingress_deny: policy_drops
                 .get_or_create_owned(&[("reason", "policy_deny"), ("direction", "ingress")]),
             policy_load_errors,
+            policy_audits_egress: policy_audits.get_or_create_owned(&[("direction", "egress")]),
+            policy_audits_ingress: policy_audits.get_or_create_owned(&[("direction", "ingress")]),
         }
     }
 }
@@ -199,7 +211,8 @@ impl Collector for DatapathCollector {
             "Packets of policed endpoints seen by the datapath, by result (seen: all; allowed: through an allow entry; \
              redirected: to the DNS proxy; reply: a reply to a connection opened towards the endpoint; ingress_reply: going to the endpoint, a reply to \
              what it opened, under ingress policy; rejected: denied and answered with a TCP RST or \
-             ICMP port unreachable, also counted as a drop)",
+             ICMP port unreachable, also counted as a drop; audited: \
+             flows audit mode let through that policy would have dropped, not counted as drops)",
             None,
             kind,
         )?;
@@ -210,6 +223,7 @@ impl Collector for DatapathCollector {
             ("reply", c.ct_replies),
             ("ingress_reply", c.ingress_ct_replies),
             ("rejected", c.rejected),
+            ("audited", c.audited),
         ] {
             ConstCounter::new(v).encode(packets.encode_family(&[("result", result)])?)?;
         }

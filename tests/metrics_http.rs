@@ -80,6 +80,7 @@ async fn counters_move_and_names_follow_conventions() {
         tcp_flags: 0x02,
         reason: DropReason::PolicyDenied,
         rejected: false,
+        audit: false,
         time: SystemTime::now(),
     };
     hub.ingest_drop(&drop, &policy_sync::Snapshot::default(), &NoNames);

@@ -29,6 +29,7 @@ fn endpoints() -> Snapshot {
         labels: BTreeMap::from([("app".to_string(), "alpine".to_string())]),
         ips: vec!["10.0.1.5".parse().unwrap()],
         interface: None,
+        policy_audit_mode: false,
     };
     let kube_dns = Endpoint {
         namespace: "kube-system".into(),
@@ -36,6 +37,7 @@ fn endpoints() -> Snapshot {
         labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
         ips: vec!["10.96.0.10".parse().unwrap()],
         interface: None,
+        policy_audit_mode: false,
     };
     Snapshot::unpoliced([(EndpointId(1), alpine), (EndpointId(2), kube_dns)])
 }
@@ -109,6 +111,7 @@ fn denied(secs: u64) -> DropEvent {
         tcp_flags: 0x02,
         reason: DropReason::PolicyDenied,
         rejected: false,
+        audit: false,
         time: at(secs),
     }
 }

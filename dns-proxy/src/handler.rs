@@ -59,9 +59,16 @@ pub(crate) struct Shared {
 pub(crate) struct Asker {
     endpoint: Option<Arc<ResolvedEndpoint>>,
     verdict: RuleVerdict,
+    /// Refused by the rules, forwarded anyway: the endpoint (or the agent) is in audit mode.
+    audited: bool,
 }
 
 impl Asker {
+    /// What the flows of a query that went upstream say.
+    fn forwarded(&self) -> Verdict {
+        if self.audited { Verdict::Audit } else { Verdict::Forwarded }
+    }
+
     fn policy(&self) -> Option<&PolicyRef> {
         let ep = self.endpoint.as_ref()?;
         match self.verdict {
@@ -136,7 +143,7 @@ impl Shared {
         if query.metadata.op_code != OpCode::Query {
             let err = ProxyError::UnsupportedOpcode { client: meta.client, opcode: query.metadata.op_code };
             inc(&self.stats.malformed);
-            let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied };
+            let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied, audited: false };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
 
@@ -153,9 +160,17 @@ impl Shared {
             Some(ep) => ep.policy.dns.decide(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
             None => RuleVerdict::NotProxied,
         };
-        let asker = Asker { endpoint, verdict };
         let refused = matches!(verdict, RuleVerdict::Refused(_));
-        self.request_flow(&query, meta, &asker, if refused { Verdict::Dropped } else { Verdict::Forwarded });
+        // Audit mode: the refusal is reported, not made.
+        let audited = refused
+            && (self.config.policy_audit_mode || endpoint.as_ref().is_some_and(|e| e.endpoint.policy_audit_mode));
+        let asker = Asker { endpoint, verdict, audited };
+        let refused = refused && !audited;
+        let request_verdict = if refused { Verdict::Dropped } else { asker.forwarded() };
+        self.request_flow(&query, meta, &asker, request_verdict);
+        if audited {
+            inc(&self.stats.audited);
+        }
 
         if refused {
             inc(&self.stats.refused);
@@ -185,7 +200,7 @@ impl Shared {
         reason: origin::Unverified,
     ) -> Option<Vec<u8>> {
         inc(&self.stats.unverified);
-        let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied };
+        let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied, audited: false };
         self.request_flow(query, meta, &asker, Verdict::Dropped);
         let err = ProxyError::UnverifiedOrigin { client: meta.client, qname: query.qname.clone(), reason };
         tracing::debug!(dns.qname = %query.qname, src.ip = %meta.client.ip(), ifindex = ?meta.ifindex, error = %err, "query refused");
@@ -288,9 +303,9 @@ impl Shared {
         } else {
             reply
         };
-        self.access_log(query, meta, asker, rcode, Verdict::Forwarded);
+        self.access_log(query, meta, asker, rcode, asker.forwarded());
         if want_flow {
-            self.response_flow(query, meta, asker, Verdict::Forwarded, rcode, chain);
+            self.response_flow(query, meta, asker, asker.forwarded(), rcode, chain);
         }
         out
     }

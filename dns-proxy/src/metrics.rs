@@ -34,13 +34,14 @@ const QTYPES: [(u16, &str); 12] = [
     (255, "ANY"),
 ];
 const OTHER: usize = QTYPES.len();
-const VERDICTS: [Verdict; 3] = [Verdict::Forwarded, Verdict::Dropped, Verdict::Error];
+const VERDICTS: [Verdict; 4] = [Verdict::Forwarded, Verdict::Dropped, Verdict::Error, Verdict::Audit];
 
 fn verdict_label(v: Verdict) -> &'static str {
     match v {
         Verdict::Forwarded => "forwarded",
         Verdict::Dropped => "dropped",
         Verdict::Error => "error",
+        Verdict::Audit => "audit",
     }
 }
 
@@ -49,6 +50,7 @@ fn verdict_index(v: Verdict) -> usize {
         Verdict::Forwarded => 0,
         Verdict::Dropped => 1,
         Verdict::Error => 2,
+        Verdict::Audit => 3,
     }
 }
 
@@ -67,7 +69,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 #[derive(Clone, Debug)]
 pub struct ProxyMetrics {
     /// `[verdict][qtype]`, `OTHER` last.
-    queries: [[Counter; OTHER + 1]; 3],
+    queries: [[Counter; OTHER + 1]; VERDICTS.len()],
     upstream_latency: Histogram,
     processing_latency: Histogram,
     datapath_ack_latency: Histogram,
@@ -83,7 +85,8 @@ impl ProxyMetrics {
         let family = Family::<QueryLabels, Counter>::default();
         registry.register(
             "dns_queries",
-            "DNS queries the proxy answered, by verdict (forwarded, dropped: refused by policy, error) and query type",
+            "DNS queries the proxy answered, by verdict (forwarded, dropped: refused by policy, error, audit: refused by \
+             policy and forwarded in audit mode) and query type",
             family.clone(),
         );
         let queries = VERDICTS.map(|v| {

@@ -156,6 +156,7 @@ mod tests {
                 labels: Default::default(),
                 ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
                 interface: interface.map(str::to_string),
+                policy_audit_mode: false,
             },
             policy: Arc::default(),
         }

@@ -92,6 +92,7 @@ fn snapshot(pod_if: &str) -> Snapshot {
         labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
         ips: vec![KUBE_DNS.parse().unwrap()],
         interface: None,
+        policy_audit_mode: false,
     };
     let alpine = Endpoint {
         namespace: "default".into(),
@@ -99,6 +100,7 @@ fn snapshot(pod_if: &str) -> Snapshot {
         labels: [("app".to_string(), "alpine".to_string())].into(),
         ips: vec![POD_IP.parse().unwrap()],
         interface: Some(pod_if.to_string()),
+        policy_audit_mode: false,
     };
     let inventory = vec![kube_dns.clone(), alpine.clone()];
     let resolved = |id, endpoint: &Endpoint| ResolvedEndpoint {

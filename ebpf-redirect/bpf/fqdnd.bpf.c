@@ -35,6 +35,8 @@
 #define EP_INGRESS_DEFAULT_DENY 8
 #define EP_HAS_INGRESS_DENY 16
 #define EP_CHECK_SOURCE 32
+// Audit mode: what policy would drop passes, reported with VF_AUDIT.
+#define EP_AUDIT 64
 // Ingress is policed at all: what the pod opens must be tracked so its replies come back in.
 #define EP_INGRESS (EP_INGRESS_DEFAULT_DENY | EP_HAS_INGRESS_DENY)
 
@@ -45,6 +47,8 @@
 
 #define CT_INBOUND 1
 #define CT_OUTBOUND 2
+// A flow audit mode let through: reported once, passed silently after.
+#define CT_AUDITED 4
 
 #define DIR_EGRESS 0
 #define DIR_INGRESS 1
@@ -56,6 +60,7 @@
 
 // What became of a reported packet besides its drop reason.
 #define VF_REJECTED 1
+#define VF_AUDIT 2
 
 // Set on the replies the program makes itself, so the to-pod program lets them through: the
 // pod never opened anything they could be a reply to. The veth scrubs it on the way into the pod.
@@ -82,6 +87,7 @@ enum counter {
 	C_INGRESS_CT_REPLY,
 	C_DROPPED_SPOOFED,
 	C_REJECTED,
+	C_AUDITED,
 	C_MAX = 16,
 };
 
@@ -412,6 +418,10 @@ static __always_inline void report(struct __sk_buff *skb, struct ep_cfg *ep, str
 	} else {
 		count(C_EVENTS_LOST);
 	}
+	if (verdict & VF_AUDIT) {
+		count(C_AUDITED);
+		return;
+	}
 	if (direction == DIR_INGRESS)
 		count(reason == REASON_POLICY_DENY ? C_INGRESS_DROPPED_DENY : C_INGRESS_DROPPED_DENIED);
 	else if (reason == REASON_POLICY_DENY)
@@ -430,6 +440,35 @@ static __always_inline int drop_dir(struct __sk_buff *skb, struct ep_cfg *ep, st
 				    __u8 direction)
 {
 	report(skb, ep, f, reason, direction, 0);
+	return TC_ACT_SHOT;
+}
+
+// Audit mode: a packet policy would drop passes; its flow is reported once (the first packet)
+// and recorded so the rest of it, and its replies, pass silently.
+static __always_inline int audit(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason,
+				 __u8 direction)
+{
+	struct ct_key k = {};
+	ct_key_from(&k, f, skb->ifindex, direction == DIR_INGRESS);
+	struct ct_val *c = bpf_map_lookup_elem(&fqdnd_ct, &k);
+	__u64 now = bpf_ktime_get_ns();
+	if (c && (c->flags & CT_AUDITED) && now - c->last_seen < CT_LIFETIME_NS) {
+		if (now - c->last_seen > STAMP_GRANULARITY_NS)
+			c->last_seen = now;
+		return TC_ACT_UNSPEC;
+	}
+	report(skb, ep, f, reason, direction, VF_AUDIT);
+	struct ct_val cv = {.last_seen = now, .flags = CT_AUDITED | (direction == DIR_INGRESS ? CT_INBOUND : CT_OUTBOUND)};
+	bpf_map_update_elem(&fqdnd_ct, &k, &cv, BPF_ANY);
+	return TC_ACT_UNSPEC;
+}
+
+// An ingress policy denial: dropped, or passed in audit mode.
+static __always_inline int deny_in(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason)
+{
+	if (ep->flags & EP_AUDIT)
+		return audit(skb, ep, f, reason, DIR_INGRESS);
+	report(skb, ep, f, reason, DIR_INGRESS, 0);
 	return TC_ACT_SHOT;
 }
 
@@ -693,9 +732,12 @@ static __always_inline int make_reject(struct __sk_buff *skb, struct flow *f)
 	return -1;
 }
 
-// An egress policy denial: dropped, or with --deny-response reject answered and sent back.
+// An egress policy denial: passed in audit mode, else dropped, or with --deny-response reject
+// answered and sent back.
 static __always_inline int deny(struct __sk_buff *skb, struct ep_cfg *ep, struct flow *f, __u8 reason)
 {
+	if (ep->flags & EP_AUDIT)
+		return audit(skb, ep, f, reason, DIR_EGRESS);
 	__u32 zero = 0;
 	struct proxy_cfg *p = bpf_map_lookup_elem(&fqdnd_proxy, &zero);
 	if (p && (p->flags & PROXY_REJECT) && make_reject(skb, f) == 0) {
@@ -902,13 +944,13 @@ int fqdnd_to_pod(struct __sk_buff *skb)
 			v = lookup_rules(&fqdnd_ingress_deny4, &fqdnd_ingress_deny6, ep->endpoint, &f, f.saddr);
 			if (v) {
 				stamp(v);
-				return drop_dir(skb, ep, &f, REASON_POLICY_DENY, DIR_INGRESS);
+				return deny_in(skb, ep, &f, REASON_POLICY_DENY);
 			}
 		}
 		if (flags & EP_INGRESS_DEFAULT_DENY) {
 			v = lookup_rules(&fqdnd_ingress4, &fqdnd_ingress6, ep->endpoint, &f, f.saddr);
 			if (!v)
-				return drop_dir(skb, ep, &f, REASON_POLICY_DENIED, DIR_INGRESS);
+				return deny_in(skb, ep, &f, REASON_POLICY_DENIED);
 			stamp(v);
 		}
 	}

@@ -7,7 +7,7 @@ use aya::maps::{MapData, RingBuf};
 use fqdn_cache::EndpointId;
 use tokio::io::unix::AsyncFd;
 
-use crate::maps::{DIR_INGRESS, RawDropEvent, VF_REJECTED, addr_from, proto_from_number};
+use crate::maps::{DIR_INGRESS, RawDropEvent, VF_AUDIT, VF_REJECTED, addr_from, proto_from_number};
 use fqdn_cache::DatapathError;
 
 use crate::{Direction, DropEvent, DropReason};
@@ -91,6 +91,7 @@ fn decode(raw: &RawDropEvent) -> DropEvent {
         tcp_flags: raw.tcp_flags,
         reason,
         rejected: raw.verdict & VF_REJECTED != 0,
+        audit: raw.verdict & VF_AUDIT != 0,
         time: wall_clock_of(raw.ktime),
     }
 }
@@ -145,6 +146,8 @@ mod tests {
         assert_eq!(decode(&inbound).direction, Direction::Ingress);
         assert!(!decode(&inbound).rejected);
         let rejected = RawDropEvent { family: 4, proto: 6, reason: 1, verdict: VF_REJECTED, ..Default::default() };
-        assert!(decode(&rejected).rejected);
+        assert!(decode(&rejected).rejected && !decode(&rejected).audit);
+        let audited = RawDropEvent { family: 4, proto: 6, reason: 1, verdict: VF_AUDIT, ..Default::default() };
+        assert!(decode(&audited).audit);
     }
 }

@@ -93,6 +93,13 @@ impl DesiredEndpoint {
 
     /// Anti-spoofing: the endpoint may only send from `ips` (its inventory addresses); packets
     /// from any other source are dropped, whatever the policy. With no addresses, nothing passes.
+    /// Audit mode for this endpoint: what its policy would drop passes and is reported as
+    /// audited (anti-spoofing still drops).
+    pub fn audited(mut self, on: bool) -> Self {
+        self.flags.audit = on;
+        self
+    }
+
     pub fn owning(mut self, ips: &[IpAddr]) -> Self {
         self.flags.check_source = true;
         self.rules.source = source_rules(self.endpoint, ips);
@@ -144,6 +151,9 @@ pub struct Counters {
     /// Egress denials answered with a TCP RST or an ICMP port unreachable (`--deny-response
     /// reject`); also counted under their drop reason.
     pub rejected: u64,
+    /// Flows audit mode let through that policy would have dropped (counted once per flow, not
+    /// as drops).
+    pub audited: u64,
 }
 
 /// How full one map is.
@@ -271,6 +281,7 @@ impl AyaDatapath {
             ingress_ct_replies: read(11)?,
             dropped_spoofed: read(12)?,
             rejected: read(13)?,
+            audited: read(14)?,
         })
     }
 

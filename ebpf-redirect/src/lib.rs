@@ -102,6 +102,8 @@ pub struct DropEvent {
     pub reason: DropReason,
     /// `--deny-response reject`: the program answered it (a TCP RST, an ICMP port unreachable).
     pub rejected: bool,
+    /// Audit mode: policy would have dropped it, and it passed (the first packet of its flow).
+    pub audit: bool,
     /// Wall-clock time of the drop (the kernel's monotonic stamp, converted when read).
     pub time: std::time::SystemTime,
 }

@@ -56,18 +56,20 @@ pub(crate) const EP_HAS_DENY: u32 = 4;
 pub(crate) const EP_INGRESS_DEFAULT_DENY: u32 = 8;
 pub(crate) const EP_HAS_INGRESS_DENY: u32 = 16;
 pub(crate) const EP_CHECK_SOURCE: u32 = 32;
+pub(crate) const EP_AUDIT: u32 = 64;
 
 /// The [`EndpointFlags`] field a flag bit stands for.
 type FlagField = fn(&mut EndpointFlags) -> &mut bool;
 
 /// Every flag bit this build knows, with its field.
-const FLAG_BITS: [(u32, FlagField); 6] = [
+const FLAG_BITS: [(u32, FlagField); 7] = [
     (EP_DEFAULT_DENY, |f| &mut f.default_deny),
     (EP_REDIRECT_DNS, |f| &mut f.redirect_dns),
     (EP_HAS_DENY, |f| &mut f.has_deny),
     (EP_INGRESS_DEFAULT_DENY, |f| &mut f.ingress_default_deny),
     (EP_HAS_INGRESS_DENY, |f| &mut f.has_ingress_deny),
     (EP_CHECK_SOURCE, |f| &mut f.check_source),
+    (EP_AUDIT, |f| &mut f.audit),
 ];
 
 /// The `ep_cfg.flags` bits of an endpoint's flags.
@@ -90,6 +92,8 @@ pub(crate) const PROXY_REJECT: u32 = 4;
 
 /// `drop_event.verdict`: the program answered the packet (RST / ICMP) instead of only dropping it.
 pub(crate) const VF_REJECTED: u8 = 1;
+/// `drop_event.verdict`: audit mode let it through (and its flow after it).
+pub(crate) const VF_AUDIT: u8 = 2;
 
 /// Owner bits of an allow entry: a static rule (policy) and a learned FQDN IP can share a key.
 pub(crate) const OWNER_STATIC: u32 = 1;
@@ -341,7 +345,7 @@ mod tests {
 
     #[test]
     fn flag_bits_round_trip() {
-        for bits in 0..64 {
+        for bits in 0..128 {
             assert_eq!(flag_bits(flags_from_bits(bits)), bits);
         }
     }

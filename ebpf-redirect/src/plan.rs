@@ -170,6 +170,7 @@ mod tests {
         ingress_default_deny: false,
         has_ingress_deny: false,
         check_source: false,
+        audit: false,
     };
 
     #[derive(Default)]

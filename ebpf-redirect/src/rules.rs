@@ -47,6 +47,8 @@ pub struct EndpointFlags {
     /// Packets whose source is not one of the endpoint's addresses ([`StaticRules::source`]) are
     /// dropped (anti-spoofing).
     pub check_source: bool,
+    /// Audit mode: what policy would drop passes, and is reported as audited.
+    pub audit: bool,
 }
 
 impl EndpointFlags {
@@ -58,6 +60,7 @@ impl EndpointFlags {
             ingress_default_deny: policy.ingress_default_deny,
             has_ingress_deny: !policy.ingress_denies.is_empty(),
             check_source: false,
+            audit: false,
         }
     }
 }

@@ -49,13 +49,15 @@ impl AgentDatapath {
     /// endpoints that remain are kept: after a crash the cache's snapshot may be older than the
     /// kernel's maps, and an entry the cache does not know may carry a live connection (the
     /// enforcer adopts those so they still expire).
-    pub fn sync(&self, snap: &Snapshot) {
+    /// `audit_all`: `--policy-audit-mode` (an endpoint may also be in audit mode on its own).
+    pub fn sync(&self, snap: &Snapshot, audit_all: bool) {
         let AgentDatapath::Kernel(dp) = self else { return };
         let endpoints: Vec<DesiredEndpoint> = snap
             .endpoints
             .iter()
             .map(|e| {
-                let desired = DesiredEndpoint::new(e.id, e.endpoint.interface.clone(), &e.policy);
+                let desired = DesiredEndpoint::new(e.id, e.endpoint.interface.clone(), &e.policy)
+                    .audited(audit_all || e.endpoint.policy_audit_mode);
                 // Anti-spoofing where the endpoint has an interface: its packets may only carry
                 // its own addresses, so the policy and the proxy know whose they are.
                 if e.endpoint.interface.is_some() { desired.owning(&e.endpoint.ips) } else { desired }

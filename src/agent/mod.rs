@@ -65,7 +65,7 @@ impl Parts {
         if let Err(e) = self.enforcer.set_endpoints(snap.selector_rules()).await {
             tracing::warn!(error = %e, "datapath update after a policy change failed");
         }
-        self.datapath.sync(&snap);
+        self.datapath.sync(&snap, self.proxy.config().policy_audit_mode);
         if first && let Err(e) = self.enforcer.restore_into_datapath().await {
             tracing::warn!(error = %e, "restoring learned entries into the datapath");
         }

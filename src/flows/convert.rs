@@ -7,11 +7,12 @@ use arc_swap::ArcSwap;
 use dns_proxy::{DnsFlow, DnsFlowKind};
 use ebpf_redirect::{Direction, DropEvent};
 use fqdn_cache::{EndpointId, Enforcer, L4Proto};
-use policy_sync::{ResolvedEndpoint, Snapshot};
+use policy_sync::resolved::ports_allow;
+use policy_sync::{PolicyRef, ResolvedEndpoint, Snapshot};
 
 use super::model::{
     CiliumEventType, Dns, DropReason, EVENT_TYPE_ACCESS_LOG, EVENT_TYPE_DROP, Endpoint, Flow, FlowType, Ip, IpVersion,
-    L7FlowType, Layer4, Layer7, Tcp, TcpFlags, TrafficDirection, Udp, Verdict,
+    L7FlowType, Layer4, Layer7, Policy, Tcp, TcpFlags, TrafficDirection, Udp, Verdict,
 };
 
 /// Where the DNS flows come from, as Hubble's `observation_source` (Cilium's proxy says the same).
@@ -61,6 +62,12 @@ fn peer(ep: Option<EndpointInfo>, ip: IpAddr) -> Endpoint {
 pub trait EndpointLookup: Send + Sync {
     fn by_id(&self, id: EndpointId) -> Option<EndpointInfo>;
     fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo>;
+
+    /// The policies that decided a drop (or would have: audit): the deny rules matching it, or
+    /// those that put the endpoint in default deny.
+    fn denied_by(&self, _ev: &DropEvent) -> Vec<PolicyRef> {
+        Vec::new()
+    }
 }
 
 impl EndpointLookup for Snapshot {
@@ -70,6 +77,31 @@ impl EndpointLookup for Snapshot {
 
     fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo> {
         Snapshot::by_ip(self, ip).map(|e| EndpointInfo::from_resolved(e))
+    }
+
+    fn denied_by(&self, ev: &DropEvent) -> Vec<PolicyRef> {
+        let Some(ep) = Snapshot::by_id(self, ev.endpoint) else { return Vec::new() };
+        let p = &ep.policy;
+        let (rules, defaults, peer) = match ev.direction {
+            Direction::Egress => (&p.egress_denies, &p.egress_default_deny_by, ev.dst.ip()),
+            Direction::Ingress => (&p.ingress_denies, &p.ingress_default_deny_by, ev.src.ip()),
+        };
+        match ev.reason {
+            ebpf_redirect::DropReason::PolicyDeny => {
+                let mut out: Vec<PolicyRef> = Vec::new();
+                for r in rules {
+                    if r.peer.contains(peer)
+                        && ports_allow(&r.ports, ev.dst.port(), ev.proto)
+                        && !out.contains(&r.policy)
+                    {
+                        out.push(r.policy.clone());
+                    }
+                }
+                out
+            }
+            ebpf_redirect::DropReason::PolicyDenied => defaults.clone(),
+            ebpf_redirect::DropReason::SpoofedSource => Vec::new(),
+        }
     }
 }
 
@@ -81,6 +113,10 @@ impl EndpointLookup for ArcSwap<Snapshot> {
 
     fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo> {
         EndpointLookup::by_ip(self.load().as_ref(), ip)
+    }
+
+    fn denied_by(&self, ev: &DropEvent) -> Vec<PolicyRef> {
+        EndpointLookup::denied_by(self.load().as_ref(), ev)
     }
 }
 
@@ -124,6 +160,21 @@ pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Fl
         rrtypes: f.rrtypes.clone(),
     };
     let summary = dns_summary(f, &dns);
+    // The policy whose DNS rules refused the query (or would have: audit).
+    let egress_denied_by = match f.verdict {
+        dns_proxy::Verdict::Dropped | dns_proxy::Verdict::Audit => f
+            .policy
+            .as_deref()
+            .map(|p| {
+                let policy = match p.split_once('/') {
+                    Some((ns, name)) => PolicyRef { namespace: Some(ns.into()), name: name.into() },
+                    None => PolicyRef { namespace: None, name: p.into() },
+                };
+                vec![Policy::of(&policy)]
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     Flow {
         time: f.time,
         verdict: f.verdict.into(),
@@ -145,6 +196,8 @@ pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Fl
         traffic_direction: TrafficDirection::Egress,
         drop_reason_desc: None,
         is_reply: Some(is_reply),
+        egress_denied_by,
+        ingress_denied_by: Vec::new(),
         summary,
     }
 }
@@ -182,9 +235,14 @@ pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesL
     // A bare SYN opens a connection, so it cannot be a reply; for anything else the datapath does
     // not say (Hubble leaves is_reply out for drops for the same reason).
     let is_reply = (ev.proto == L4Proto::Tcp && flags.syn && !flags.ack).then_some(false);
+    let denied_by: Vec<Policy> = lookup.denied_by(ev).iter().map(Policy::of).collect();
+    let (egress_denied_by, ingress_denied_by) = match ev.direction {
+        Direction::Egress => (denied_by, Vec::new()),
+        Direction::Ingress => (Vec::new(), denied_by),
+    };
     Flow {
         time: ev.time,
-        verdict: Verdict::Dropped,
+        verdict: if ev.audit { Verdict::Audit } else { Verdict::Dropped },
         drop_reason: reason.code(),
         ip: Some(ip_of(ev.src, ev.dst)),
         l4: l4_of(ev.proto, ev.src, ev.dst, Some(flags)),
@@ -199,6 +257,8 @@ pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesL
         traffic_direction,
         drop_reason_desc: Some(reason),
         is_reply,
+        egress_denied_by,
+        ingress_denied_by,
         summary,
     }
 }
@@ -297,6 +357,7 @@ pub(crate) mod tests {
             labels: BTreeMap::from([("app".to_string(), "alpine".to_string())]),
             ips: vec!["10.0.1.5".parse().unwrap()],
             interface: None,
+            policy_audit_mode: false,
         };
         let dns = policy_sync::endpoint::Endpoint {
             namespace: "kube-system".into(),
@@ -304,6 +365,7 @@ pub(crate) mod tests {
             labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
             ips: vec!["10.96.0.10".parse().unwrap()],
             interface: None,
+            policy_audit_mode: false,
         };
         Snapshot::unpoliced([(EndpointId(7), alpine), (EndpointId(9), dns)])
     }
@@ -351,6 +413,7 @@ pub(crate) mod tests {
             tcp_flags: 0x02,
             reason: ebpf_redirect::DropReason::PolicyDenied,
             rejected: false,
+            audit: false,
             time: SystemTime::UNIX_EPOCH + Duration::new(1_701_079_202, 0),
         }
     }

@@ -83,6 +83,7 @@ pub fn compact(f: &Flow, color: Color) -> String {
     let verdict = match f.verdict {
         Verdict::Forwarded => color.paint("32", f.verdict.as_str()),
         Verdict::Dropped | Verdict::Error => color.paint("31", f.verdict.as_str()),
+        Verdict::Audit => color.paint("33", f.verdict.as_str()),
         Verdict::Unknown => f.verdict.as_str().to_string(),
     };
     let mut line = String::with_capacity(160);

@@ -51,6 +51,11 @@ pub struct Flow {
     /// Absent when the direction is unknown (Hubble prints `<>` then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_reply: Option<bool>,
+    /// The policies whose rules (or default deny) refused or dropped it, or would have (AUDIT).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_denied_by: Vec<Policy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_denied_by: Vec<Policy>,
     #[serde(rename = "Summary", default, skip_serializing_if = "String::is_empty")]
     pub summary: String,
 }
@@ -97,6 +102,9 @@ pub enum Verdict {
     Dropped,
     #[serde(rename = "ERROR")]
     Error,
+    /// Audit mode: policy would have dropped (or refused) it, and it passed.
+    #[serde(rename = "AUDIT")]
+    Audit,
 }
 
 impl Verdict {
@@ -106,6 +114,7 @@ impl Verdict {
             Verdict::Forwarded => "FORWARDED",
             Verdict::Dropped => "DROPPED",
             Verdict::Error => "ERROR",
+            Verdict::Audit => "AUDIT",
         }
     }
 }
@@ -124,7 +133,8 @@ impl FromStr for Verdict {
             "FORWARDED" => Ok(Verdict::Forwarded),
             "DROPPED" => Ok(Verdict::Dropped),
             "ERROR" => Ok(Verdict::Error),
-            _ => Err(format!("unknown verdict {s:?}: expected FORWARDED, DROPPED or ERROR")),
+            "AUDIT" => Ok(Verdict::Audit),
+            _ => Err(format!("unknown verdict {s:?}: expected FORWARDED, DROPPED, ERROR or AUDIT")),
         }
     }
 }
@@ -135,6 +145,7 @@ impl From<dns_proxy::Verdict> for Verdict {
             dns_proxy::Verdict::Forwarded => Verdict::Forwarded,
             dns_proxy::Verdict::Dropped => Verdict::Dropped,
             dns_proxy::Verdict::Error => Verdict::Error,
+            dns_proxy::Verdict::Audit => Verdict::Audit,
         }
     }
 }
@@ -252,6 +263,28 @@ impl TcpFlags {
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
         .collect()
+    }
+}
+
+/// Hubble's `flow.Policy`: which policy decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// `CiliumNetworkPolicy` or `CiliumClusterwideNetworkPolicy`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+}
+
+impl Policy {
+    pub fn of(p: &policy_sync::PolicyRef) -> Self {
+        Policy {
+            name: p.name.clone(),
+            namespace: p.namespace.clone().unwrap_or_default(),
+            kind: if p.namespace.is_some() { "CiliumNetworkPolicy" } else { "CiliumClusterwideNetworkPolicy" }.into(),
+        }
     }
 }
 
