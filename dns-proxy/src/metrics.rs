@@ -279,7 +279,7 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         // Every series exists from the start, so rates work from the first scrape.
-        assert_eq!(text.matches("fqdnd_dns_queries_total{").count(), 3 * (OTHER + 1));
+        assert_eq!(text.matches("fqdnd_dns_queries_total{").count(), VERDICTS.len() * (OTHER + 1));
     }
 
     #[test]
