@@ -27,7 +27,7 @@ fn endpoints() -> policy_sync::Snapshot {
         name: name.into(),
         labels: BTreeMap::from([(key.to_string(), name.to_string())]),
         ips: vec![ip.parse().unwrap()],
-        interface: None,
+        ..Default::default()
     };
     let (a, d) = (ep("default", "alpine", "app", "10.0.1.5"), ep("kube-system", "kube-dns", "k8s-app", "10.96.0.10"));
     policy_sync::Snapshot::unpoliced([(EndpointId(7), a), (EndpointId(9), d)])
@@ -60,6 +60,9 @@ fn flows() -> Vec<(&'static str, Flow)> {
         proto: L4Proto::Tcp,
         tcp_flags: 0x02,
         reason: ebpf_redirect::DropReason::PolicyDenied,
+        direction: ebpf_redirect::Direction::Egress,
+        rejected: false,
+        audit: false,
         time: SystemTime::now(),
     };
     vec![("dns_answer", dns_flow(&answer, &t, "node-a")), ("drop", drop_flow(&drop, &t, &NoNames, "node-a"))]

@@ -23,6 +23,10 @@
 //! max-ips-per-name: 1000
 //! idle-connection-grace-period: 0s
 //! max-zombies: 10000
+//! max-learned-per-endpoint: 10000  # name/IP entries one endpoint's lookups may hold
+//! allow-map-size: 262144           # transparent mode: entries of each allow map (IPv4, IPv6)
+//! deny-response: drop              # drop | reject (TCP RST / ICMP port unreachable to the pod)
+//! policy-audit-mode: false         # nothing dropped or refused; flows say AUDIT instead
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
 //! flow-follower-queue: 1024        # flows queued per live follower before it loses them
@@ -44,6 +48,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PLAIN_LISTEN: &str = "127.0.0.1:5353";
 /// The transparent listeners' fixed port. The datapath finds the sockets at 127.0.0.1 and ::1 on it.
 pub const DEFAULT_TRANSPARENT_PORT: u16 = 10053;
+/// The largest `allow-map-size` accepted: 16 Mi entries (about 0.75 GiB of kernel memory per map).
+pub const MAX_ALLOW_MAP_SIZE: u32 = 1 << 24;
 /// The policy directory used when none is configured, if it exists.
 pub const DEFAULT_POLICIES: &str = "policies";
 
@@ -73,6 +79,10 @@ pub struct FileConfig {
     pub max_ips_per_name: Option<usize>,
     pub idle_connection_grace_period: Option<String>,
     pub max_zombies: Option<usize>,
+    pub max_learned_per_endpoint: Option<usize>,
+    pub allow_map_size: Option<u32>,
+    pub deny_response: Option<String>,
+    pub policy_audit_mode: Option<bool>,
     pub cache_snapshot_interval: Option<String>,
     pub flow_ring_size: Option<usize>,
     pub flow_follower_queue: Option<usize>,
@@ -139,6 +149,22 @@ pub struct Flags {
     /// Expired-but-used IPs kept per endpoint (default 10000).
     #[arg(long, value_name = "N")]
     pub max_zombies: Option<usize>,
+    /// Name/IP entries one endpoint's lookups may hold (default 10000); at it, its own oldest idle
+    /// entries make room, so no pod fills the allow maps for the others.
+    #[arg(long, value_name = "N")]
+    pub max_learned_per_endpoint: Option<usize>,
+    /// Transparent mode: entries each allow map (IPv4, IPv6) holds for all endpoints (default 262144).
+    #[arg(long, value_name = "N")]
+    pub allow_map_size: Option<u32>,
+    /// Transparent mode: what a packet egress policy denies gets: drop (default, Cilium's), or
+    /// reject (a TCP RST, an ICMP port unreachable for UDP: the pod fails at once).
+    #[arg(long, value_name = "drop|reject")]
+    pub deny_response: Option<String>,
+    /// Audit mode for every endpoint (Cilium's policy-audit-mode): nothing is dropped or refused;
+    /// what would have been shows as a flow with verdict AUDIT. One endpoint alone: its
+    /// endpoints-file field `policy-audit-mode: true`.
+    #[arg(long)]
+    pub policy_audit_mode: bool,
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
@@ -173,11 +199,18 @@ pub struct Config {
     pub cache_snapshot_interval: Duration,
     pub metrics_addr: Option<SocketAddr>,
     pub bpffs_dir: PathBuf,
+    pub allow_map_size: u32,
+    #[serde(serialize_with = "display_value")]
+    pub deny_response: ebpf_redirect::DenyResponse,
     pub flow_ring_size: usize,
     pub flow_follower_queue: usize,
     pub node_name: String,
     pub hubble_listen: Option<fqdnd::hubble::ListenAddr>,
     pub hubble_metrics: fqdnd::hubble::MetricsConfig,
+}
+
+fn display_value<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -196,6 +229,7 @@ fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Res
         #[serde(serialize_with = "display_duration")]
         idle_connection_grace_period: Duration,
         max_zombies: usize,
+        max_learned_per_endpoint: usize,
     }
     View {
         min_ttl: c.min_ttl,
@@ -203,6 +237,7 @@ fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Res
         fqdn_scope: c.scope,
         idle_connection_grace_period: c.idle_grace,
         max_zombies: c.max_zombies,
+        max_learned_per_endpoint: c.max_learned_per_endpoint,
     }
     .serialize(s)
 }
@@ -444,6 +479,33 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         scope: fqdn_scope,
         idle_grace,
         max_zombies: flags.max_zombies.or(file.max_zombies).unwrap_or(defaults.max_zombies),
+        max_learned_per_endpoint: match pick!(
+            flags.max_learned_per_endpoint,
+            file.max_learned_per_endpoint,
+            "max-learned-per-endpoint"
+        ) {
+            None => defaults.max_learned_per_endpoint,
+            Some((0, from)) => {
+                problems.push(format!("{from}: must be at least 1"));
+                defaults.max_learned_per_endpoint
+            }
+            Some((n, _)) => n,
+        },
+    };
+    let deny_response = match pick!(flags.deny_response.clone(), file.deny_response.clone(), "deny-response") {
+        None => ebpf_redirect::DenyResponse::Drop,
+        Some((v, from)) => v.parse().unwrap_or_else(|e| {
+            problems.push(format!("{from}: {e}"));
+            ebpf_redirect::DenyResponse::Drop
+        }),
+    };
+    let allow_map_size = match pick!(flags.allow_map_size, file.allow_map_size, "allow-map-size") {
+        None => ebpf_redirect::MapSizes::DEFAULT.allow,
+        Some((n, from)) if !(1..=MAX_ALLOW_MAP_SIZE).contains(&n) => {
+            problems.push(format!("{from}: {n} must be between 1 and {MAX_ALLOW_MAP_SIZE}"));
+            ebpf_redirect::MapSizes::DEFAULT.allow
+        }
+        Some((n, _)) => n,
     };
     let flow_ring_size =
         flags.flow_ring_size.or(file.flow_ring_size).unwrap_or(fqdnd::flows::hub::DEFAULT_RING_CAPACITY);
@@ -505,6 +567,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             tcp_idle_timeout,
             upstream_sockets: 4,
             udp_workers: file.udp_workers.unwrap_or(0),
+            policy_audit_mode: flags.policy_audit_mode || file.policy_audit_mode.unwrap_or(false),
         },
         policies,
         endpoints,
@@ -518,6 +581,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             .clone()
             .or(file.bpffs_dir.clone())
             .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
+        allow_map_size,
+        deny_response,
         flow_ring_size,
         flow_follower_queue,
         node_name,
@@ -697,6 +762,50 @@ mod tests {
         assert!(text.contains("config flow-follower-queue: must be at least 1"), "{text}");
         let c = resolve(&queue, &Flags { flow_follower_queue: Some(8), ..Flags::default() }, &env(dir.path())).unwrap();
         assert_eq!(c.flow_follower_queue, 8);
+    }
+
+    #[test]
+    fn quota_and_map_size_are_validated_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = parse_file(Path::new("f.yaml"), "max-learned-per-endpoint: 0\nallow-map-size: 4096\n").unwrap();
+        let errs =
+            resolve(&file, &Flags { allow_map_size: Some(0), ..Flags::default() }, &env(dir.path())).unwrap_err();
+        assert_eq!(
+            errs.0,
+            [
+                "config max-learned-per-endpoint: must be at least 1".to_string(),
+                format!("--allow-map-size: 0 must be between 1 and {MAX_ALLOW_MAP_SIZE}"),
+            ]
+        );
+        let file = parse_file(Path::new("f.yaml"), "max-learned-per-endpoint: 64\nallow-map-size: 4096\n").unwrap();
+        let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!((c.cache.max_learned_per_endpoint, c.allow_map_size), (64, 4096));
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!((c.cache.max_learned_per_endpoint, c.allow_map_size), (10_000, 262_144));
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(
+            text.contains("\"max-learned-per-endpoint\":10000") && text.contains("\"allow-map-size\":262144"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn deny_response_is_drop_or_reject() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.deny_response, ebpf_redirect::DenyResponse::Drop);
+        let file = parse_file(Path::new("f.yaml"), "deny-response: reject\n").unwrap();
+        let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.deny_response, ebpf_redirect::DenyResponse::Reject);
+        assert!(serde_json::to_string(&c).unwrap().contains("\"deny-response\":\"reject\""));
+        assert!(!c.proxy.policy_audit_mode);
+        let file = parse_file(Path::new("f.yaml"), "policy-audit-mode: true\n").unwrap();
+        assert!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().proxy.policy_audit_mode);
+        let flags = Flags { policy_audit_mode: true, ..Flags::default() };
+        assert!(resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap().proxy.policy_audit_mode);
+        let flags = Flags { deny_response: Some("RST".into()), ..Flags::default() };
+        let errs = resolve(&file, &flags, &env(dir.path())).unwrap_err();
+        assert_eq!(errs.0, ["--deny-response: \"RST\" is not a deny response; expected drop or reject"]);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub fn new_registry() -> Registry {
 }
 
 type OneLabel = [(&'static str, &'static str); 1];
+type TwoLabels = [(&'static str, &'static str); 2];
 
 /// Counters the agent's own parts move. Label values are fixed strings; each labelled series is
 /// resolved once here, so the hot path only does an atomic add. `Default` gives unregistered
@@ -40,10 +41,14 @@ type OneLabel = [(&'static str, &'static str); 1];
 pub struct AgentMetrics {
     /// Flows a follower (`fqdnd observe -f`) lost because it did not keep up.
     pub flows_dropped_slow_reader: Counter,
-    /// Packets the datapath dropped: no allow entry under default deny.
+    /// Packets the datapath dropped: no allow entry under default deny (egress).
     pub policy_drops_denied: Counter,
-    /// Packets the datapath dropped on an explicit deny rule.
+    /// Packets the datapath dropped on an explicit deny rule (egress).
     pub policy_drops_deny: Counter,
+    /// Packets to the endpoint dropped: no ingress allow entry under ingress default deny.
+    pub policy_drops_ingress_denied: Counter,
+    /// Packets to the endpoint dropped on an explicit ingressDeny rule.
+    pub policy_drops_ingress_deny: Counter,
     /// Policy objects that failed to load (each one is reported and skipped).
     pub policy_load_errors: Counter,
     /// Loads that could not read the policy path (missing, unlistable, no longer a directory):
@@ -51,6 +56,9 @@ pub struct AgentMetrics {
     pub policy_source_faults_policies: Counter,
     /// Loads that could not use the endpoints file: the previous inventory stayed.
     pub policy_source_faults_endpoints: Counter,
+    /// Audit mode: flows policy would have dropped, let through (one per flow).
+    pub policy_audits_egress: Counter,
+    pub policy_audits_ingress: Counter,
 }
 
 impl AgentMetrics {
@@ -61,12 +69,20 @@ impl AgentMetrics {
             "Flows lost before reaching an observer, by reason (slow_reader: a follower did not keep up)",
             flows_dropped.clone(),
         );
-        let policy_drops = Family::<OneLabel, Counter>::default();
+        let policy_drops = Family::<TwoLabels, Counter>::default();
         registry.register(
             "policy_drops",
-            "Drop flows published, by reason (policy_denied: egress default deny and no allow entry for the \
-             destination; policy_deny: an explicit egressDeny rule matched)",
+            "Drop flows published, by reason (policy_denied: default deny and no allow entry for the peer; \
+             policy_deny: an explicit egressDeny or ingressDeny rule matched) and direction (egress: sent by the \
+             endpoint; ingress: going to it)",
             policy_drops.clone(),
+        );
+        let policy_audits = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "policy_audits",
+            "Audit mode: flows the datapath let through that policy would have dropped (the first packet of each), \
+             by direction (the proxy counts refusals it forwarded in fqdnd_dns_queries_total{verdict=\"audit\"})",
+            policy_audits.clone(),
         );
         let policy_load_errors = Counter::default();
         registry.register(
@@ -85,11 +101,18 @@ impl AgentMetrics {
         let fault = |f: SourceFault| source_faults.get_or_create_owned(&[("reason", f.as_str())]);
         AgentMetrics {
             flows_dropped_slow_reader: flows_dropped.get_or_create_owned(&[("reason", "slow_reader")]),
-            policy_drops_denied: policy_drops.get_or_create_owned(&[("reason", "policy_denied")]),
-            policy_drops_deny: policy_drops.get_or_create_owned(&[("reason", "policy_deny")]),
+            policy_drops_denied: policy_drops
+                .get_or_create_owned(&[("reason", "policy_denied"), ("direction", "egress")]),
+            policy_drops_deny: policy_drops.get_or_create_owned(&[("reason", "policy_deny"), ("direction", "egress")]),
+            policy_drops_ingress_denied: policy_drops
+                .get_or_create_owned(&[("reason", "policy_denied"), ("direction", "ingress")]),
+            policy_drops_ingress_deny: policy_drops
+                .get_or_create_owned(&[("reason", "policy_deny"), ("direction", "ingress")]),
             policy_load_errors,
             policy_source_faults_policies: fault(SourceFault::PoliciesUnreadable),
             policy_source_faults_endpoints: fault(SourceFault::EndpointsInvalid),
+            policy_audits_egress: policy_audits.get_or_create_owned(&[("direction", "egress")]),
+            policy_audits_ingress: policy_audits.get_or_create_owned(&[("direction", "ingress")]),
         }
     }
 
@@ -111,6 +134,8 @@ pub struct CacheStats {
     pub zombies: u64,
     /// Entries evicted since start (`--max-ips-per-name`, `--max-zombies`).
     pub evictions: u64,
+    /// Entries an endpoint's own newer lookups evicted at its quota (`--max-learned-per-endpoint`).
+    pub quota_evictions: u64,
 }
 
 /// Implemented by the agent over its cache.
@@ -121,7 +146,12 @@ pub trait CacheStatsSource: Send + Sync + 'static {
 impl CacheStatsSource for fqdn_cache::Enforcer {
     fn cache_stats(&self) -> CacheStats {
         let c = self.counters();
-        CacheStats { entries: c.entries, zombies: c.zombies, evictions: c.evictions + c.zombie_evictions }
+        CacheStats {
+            entries: c.entries,
+            zombies: c.zombies,
+            evictions: c.evictions + c.zombie_evictions,
+            quota_evictions: c.quota_evictions,
+        }
     }
 }
 
@@ -164,13 +194,20 @@ impl Collector for CacheCollector {
             None,
             evictions.metric_type(),
         )?)?;
+        let quota = ConstCounter::new(stats.quota_evictions);
+        quota.encode(encoder.encode_descriptor(
+            "cache_quota_evictions",
+            "Entries evicted because their endpoint reached --max-learned-per-endpoint (its own oldest idle ones)",
+            None,
+            quota.metric_type(),
+        )?)?;
         Ok(())
     }
 }
 
 /// Add the kernel datapath's packet counters, read from its per-CPU map at every scrape:
 /// `fqdnd_datapath_packets_total{result}` (seen, allowed, redirected to the proxy, passed as a
-/// reply), `fqdnd_datapath_drops_total{reason}` (every drop the programs made, including those
+/// reply), `fqdnd_datapath_drops_total{reason,direction}` (every drop the programs made, including those
 /// whose event was lost) and `fqdnd_datapath_drop_events_lost_total`.
 pub fn register_datapath_counters(registry: &mut Registry, datapath: Arc<ebpf_redirect::AyaDatapath>) {
     registry.register_collector(Box::new(DatapathCollector(datapath)));
@@ -197,28 +234,42 @@ impl Collector for DatapathCollector {
         let mut packets = encoder.encode_descriptor(
             "datapath_packets",
             "Packets of policed endpoints seen by the datapath, by result (seen: all; allowed: through an allow entry; \
-             redirected: to the DNS proxy; reply: a reply to a connection opened towards the endpoint)",
+             redirected: to the DNS proxy; reply: a reply to a connection opened towards the endpoint; ingress_reply: going to the endpoint, a reply to \
+             what it opened, under ingress policy; rejected: denied and answered with a TCP RST or \
+             ICMP port unreachable, also counted as a drop; audited: \
+             flows audit mode let through that policy would have dropped, not counted as drops)",
             None,
             kind,
         )?;
-        for (result, v) in
-            [("seen", c.seen), ("allowed", c.allowed), ("redirected", c.redirected), ("reply", c.ct_replies)]
-        {
+        for (result, v) in [
+            ("seen", c.seen),
+            ("allowed", c.allowed),
+            ("redirected", c.redirected),
+            ("reply", c.ct_replies),
+            ("ingress_reply", c.ingress_ct_replies),
+            ("rejected", c.rejected),
+            ("audited", c.audited),
+        ] {
             ConstCounter::new(v).encode(packets.encode_family(&[("result", result)])?)?;
         }
         let mut drops = encoder.encode_descriptor(
             "datapath_drops",
             "Packets the datapath dropped, by reason (policy_denied: default deny and no allow entry; policy_deny: \
-             an explicit deny rule; proxy_unavailable: DNS for the proxy, which had no socket)",
+             an explicit deny rule; proxy_unavailable: DNS for the proxy, which had no socket; invalid_source_ip: a \
+             source address that is not the endpoint's) and direction \
+             (egress: sent by the endpoint; ingress: going to it)",
             None,
             kind,
         )?;
-        for (reason, v) in [
-            ("policy_denied", c.dropped_denied),
-            ("policy_deny", c.dropped_deny),
-            ("proxy_unavailable", c.dropped_no_proxy),
+        for (reason, direction, v) in [
+            ("policy_denied", "egress", c.dropped_denied),
+            ("policy_deny", "egress", c.dropped_deny),
+            ("proxy_unavailable", "egress", c.dropped_no_proxy),
+            ("invalid_source_ip", "egress", c.dropped_spoofed),
+            ("policy_denied", "ingress", c.ingress_dropped_denied),
+            ("policy_deny", "ingress", c.ingress_dropped_deny),
         ] {
-            ConstCounter::new(v).encode(drops.encode_family(&[("reason", reason)])?)?;
+            ConstCounter::new(v).encode(drops.encode_family(&[("reason", reason), ("direction", direction)])?)?;
         }
         let lost = ConstCounter::new(c.events_lost);
         lost.encode(encoder.encode_descriptor(
@@ -227,6 +278,27 @@ impl Collector for DatapathCollector {
             None,
             kind,
         )?)?;
+        let fill = self.0.map_fill();
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        let gauge_kind = gauge(0).metric_type();
+        let mut entries = encoder.encode_descriptor(
+            "datapath_map_entries",
+            "Entries in each of the datapath's tries and its endpoint table, by map (pin name)",
+            None,
+            gauge_kind,
+        )?;
+        for f in &fill {
+            gauge(f.entries as u64).encode(entries.encode_family(&[("map", f.map)])?)?;
+        }
+        let mut capacity = encoder.encode_descriptor(
+            "datapath_map_capacity",
+            "Entries each map can hold (max_entries; the allow maps' is --allow-map-size), by map",
+            None,
+            gauge_kind,
+        )?;
+        for f in &fill {
+            gauge(u64::from(f.capacity)).encode(capacity.encode_family(&[("map", f.map)])?)?;
+        }
         Ok(())
     }
 }
@@ -419,7 +491,7 @@ mod tests {
 
     impl CacheStatsSource for Fixed {
         fn cache_stats(&self) -> CacheStats {
-            CacheStats { entries: 12, zombies: 3, evictions: 7 }
+            CacheStats { entries: 12, zombies: 3, evictions: 7, quota_evictions: 2 }
         }
     }
 
@@ -443,12 +515,14 @@ mod tests {
             "fqdnd_policy_source_faults_total{reason=\"policies_unreadable\"} 2",
             "fqdnd_policy_source_faults_total{reason=\"endpoints_invalid\"} 0",
             "fqdnd_flows_dropped_total{reason=\"slow_reader\"} 5",
-            "fqdnd_policy_drops_total{reason=\"policy_denied\"} 1",
-            "fqdnd_policy_drops_total{reason=\"policy_deny\"} 0",
+            "fqdnd_policy_drops_total{reason=\"policy_denied\",direction=\"egress\"} 1",
+            "fqdnd_policy_drops_total{reason=\"policy_deny\",direction=\"egress\"} 0",
+            "fqdnd_policy_drops_total{reason=\"policy_denied\",direction=\"ingress\"} 0",
             "fqdnd_policy_load_errors_total 1",
             "fqdnd_cache_entries 12",
             "fqdnd_cache_zombies 3",
             "fqdnd_cache_evictions_total 7",
+            "fqdnd_cache_quota_evictions_total 2",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -22,7 +22,7 @@ struct LiveCache {
 
 impl CacheStatsSource for LiveCache {
     fn cache_stats(&self) -> CacheStats {
-        CacheStats { entries: self.entries.load(Ordering::Relaxed), zombies: 1, evictions: 2 }
+        CacheStats { entries: self.entries.load(Ordering::Relaxed), zombies: 1, evictions: 2, quota_evictions: 3 }
     }
 }
 
@@ -73,11 +73,14 @@ async fn counters_move_and_names_follow_conventions() {
     let hub = FlowHub::with_config(HubConfig::default(), agent.clone());
     let drop = DropEvent {
         endpoint: EndpointId(1),
+        direction: ebpf_redirect::Direction::Egress,
         src: "10.0.1.5:40000".parse().unwrap(),
         dst: "192.0.2.1:443".parse().unwrap(),
         proto: L4Proto::Tcp,
         tcp_flags: 0x02,
         reason: DropReason::PolicyDenied,
+        rejected: false,
+        audit: false,
         time: SystemTime::now(),
     };
     hub.ingest_drop(&drop, &policy_sync::Snapshot::default(), &NoNames);
@@ -90,11 +93,12 @@ async fn counters_move_and_names_follow_conventions() {
         ("fqdnd_dns_upstream_latency_seconds_count", 1.0),
         ("fqdnd_datapath_ack_latency_seconds_count", 1.0),
         ("fqdnd_datapath_ack_timeouts_total", 1.0),
-        ("fqdnd_policy_drops_total{reason=\"policy_denied\"}", 1.0),
+        ("fqdnd_policy_drops_total{reason=\"policy_denied\",direction=\"egress\"}", 1.0),
         ("fqdnd_flows_dropped_total{reason=\"slow_reader\"}", 0.0),
         ("fqdnd_cache_entries", 42.0),
         ("fqdnd_cache_zombies", 1.0),
         ("fqdnd_cache_evictions_total", 2.0),
+        ("fqdnd_cache_quota_evictions_total", 3.0),
     ] {
         assert_eq!(sample(&after, series), Some(want), "{series} in\n{after}");
     }

@@ -29,6 +29,7 @@ fn endpoints() -> Snapshot {
         labels: BTreeMap::from([("app".to_string(), "alpine".to_string())]),
         ips: vec!["10.0.1.5".parse().unwrap()],
         interface: None,
+        policy_audit_mode: false,
     };
     let kube_dns = Endpoint {
         namespace: "kube-system".into(),
@@ -36,6 +37,7 @@ fn endpoints() -> Snapshot {
         labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
         ips: vec!["10.96.0.10".parse().unwrap()],
         interface: None,
+        policy_audit_mode: false,
     };
     Snapshot::unpoliced([(EndpointId(1), alpine), (EndpointId(2), kube_dns)])
 }
@@ -102,11 +104,14 @@ fn response(secs: u64, qname: &str, ip: &str) -> DnsFlow {
 fn denied(secs: u64) -> DropEvent {
     DropEvent {
         endpoint: EndpointId(1),
+        direction: ebpf_redirect::Direction::Egress,
         src: "10.0.1.5:43344".parse().unwrap(),
         dst: "13.107.1.1:443".parse().unwrap(),
         proto: L4Proto::Tcp,
         tcp_flags: 0x02,
         reason: DropReason::PolicyDenied,
+        rejected: false,
+        audit: false,
         time: at(secs),
     }
 }

@@ -7,15 +7,18 @@ use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, RawFd};
 
+use crate::origin::ifindex_from_control;
 use crate::transparent::{original_dst_from_control, sockaddr_to_std};
 
-/// Control space per message: one ORIGDSTADDR (IPv6 is the larger, 28 bytes + header).
-const CONTROL_WORDS: usize = 8;
+/// Control space per message: one ORIGDSTADDR and one PKTINFO (IPv6: 28 + 20 bytes + headers).
+const CONTROL_WORDS: usize = 16;
 
 pub struct Datagram {
     pub len: usize,
     pub source: SocketAddr,
     pub original_dst: Option<SocketAddr>,
+    /// The interface it arrived on (transparent sockets: `IP_PKTINFO`).
+    pub ifindex: Option<u32>,
     /// The datagram did not fit the buffer (MSG_TRUNC): its bytes are incomplete.
     pub truncated: bool,
 }
@@ -84,10 +87,13 @@ impl RecvBatch {
             let Some(source) = (unsafe { sockaddr_to_std((&raw const self.names[i]).cast()) }) else { continue };
             // SAFETY: the kernel filled msg_controllen bytes of this message's control buffer.
             let original_dst = unsafe { original_dst_from_control(hdr) };
+            // SAFETY: as above.
+            let ifindex = unsafe { ifindex_from_control(hdr) };
             self.got.push(Datagram {
                 len: self.hdrs[i].msg_len as usize,
                 source,
                 original_dst,
+                ifindex,
                 truncated: hdr.msg_flags & libc::MSG_TRUNC != 0,
             });
         }

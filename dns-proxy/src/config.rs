@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     /// (at least one): the kernel's network path and the upstream need CPU too, and on a
     /// two-core machine one thread measured cheaper per query than two (benches/dnsperf.sh).
     pub udp_workers: usize,
+    /// `--policy-audit-mode`: for every endpoint, refusals are reported (verdict AUDIT) and the
+    /// query is forwarded. An endpoint can also be in audit mode on its own.
+    pub policy_audit_mode: bool,
 }
 
 impl ProxyConfig {
@@ -69,6 +72,7 @@ impl ProxyConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             upstream_sockets: 4,
             udp_workers: 0,
+            policy_audit_mode: false,
         }
     }
 

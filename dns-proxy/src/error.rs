@@ -53,6 +53,8 @@ pub enum ProxyError {
     UnsupportedOpcode { client: SocketAddr, opcode: OpCode },
     #[error("{qname} refused by the DNS rules of {policy}")]
     Refused { qname: String, policy: PolicyRef },
+    #[error("query for {qname} from {client} refused: its endpoint is not established ({reason})")]
+    UnverifiedOrigin { client: SocketAddr, qname: String, reason: crate::origin::Unverified },
     #[error("too many queries in flight (endpoint {endpoint:?}); query for {qname} from {client} not served")]
     Overloaded { client: SocketAddr, endpoint: Option<EndpointId>, qname: String },
     #[error("upstream {upstream} did not answer {qname} within {timeout:?}")]

@@ -15,6 +15,8 @@ pub enum Verdict {
     Forwarded,
     Dropped,
     Error,
+    /// Audit mode: the rules refused it and it was forwarded anyway.
+    Audit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

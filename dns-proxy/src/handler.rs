@@ -15,13 +15,14 @@ use hickory_proto::op::{OpCode, ResponseCode};
 use policy_sync::{PolicyRef, ResolvedEndpoint, RuleVerdict, Snapshot};
 
 use crate::answer::{Chain, extract_chain_wire};
-use crate::config::ProxyConfig;
+use crate::config::{Mode, ProxyConfig};
 use crate::error::ProxyError;
 use crate::flow::{DnsFlow, DnsFlowKind, FlowSink, Verdict};
 use crate::forwarder::{ForwardError, Forwarder, Outgoing};
 use crate::limits::{Limiter, Permit};
 use crate::metrics::ProxyMetrics;
 use crate::name_lock::NameLocks;
+use crate::origin::{self, Interfaces};
 use crate::refusal;
 use crate::stats::{ProxyStats, inc};
 use crate::wire::{self, ParsedQuery, QueryParseError};
@@ -34,12 +35,16 @@ pub struct QueryMeta {
     pub server: SocketAddr,
     pub proto: L4Proto,
     pub received: Instant,
+    /// The interface the query arrived on (transparent mode), which names its endpoint.
+    pub ifindex: Option<u32>,
 }
 
 pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     /// Who is who and what they may ask: the policy snapshot in force.
     pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Transparent mode: the snapshot's endpoint interfaces by index.
+    pub(crate) interfaces: ArcSwap<Interfaces>,
     pub(crate) learner: Arc<dyn Learner>,
     /// Upstream client for the TCP servers (UDP receive loops each have their own).
     pub(crate) forwarder: Forwarder,
@@ -54,9 +59,16 @@ pub(crate) struct Shared {
 pub(crate) struct Asker {
     endpoint: Option<Arc<ResolvedEndpoint>>,
     verdict: RuleVerdict,
+    /// Refused by the rules, forwarded anyway: the endpoint (or the agent) is in audit mode.
+    audited: bool,
 }
 
 impl Asker {
+    /// What the flows of a query that went upstream say.
+    fn forwarded(&self) -> Verdict {
+        if self.audited { Verdict::Audit } else { Verdict::Forwarded }
+    }
+
     fn policy(&self) -> Option<&PolicyRef> {
         let ep = self.endpoint.as_ref()?;
         match self.verdict {
@@ -98,6 +110,7 @@ impl Shared {
             forwarder: Forwarder::new(config.upstream_timeout, config.upstream_sockets, stats.clone()),
             limiter: Limiter::new(config.max_inflight, config.max_inflight_per_endpoint),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            interfaces: ArcSwap::from_pointee(Interfaces::default()),
             names: NameLocks::default(),
             metrics,
             config,
@@ -130,18 +143,34 @@ impl Shared {
         if query.metadata.op_code != OpCode::Query {
             let err = ProxyError::UnsupportedOpcode { client: meta.client, opcode: query.metadata.op_code };
             inc(&self.stats.malformed);
-            let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied };
+            let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied, audited: false };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
 
-        let endpoint = self.snapshot.load().by_ip(meta.client.ip()).cloned();
+        let snapshot = self.snapshot.load();
+        let endpoint = if self.config.mode == Mode::Transparent {
+            match origin::establish(&snapshot, &self.interfaces.load(), meta.client.ip(), meta.ifindex) {
+                Ok(ep) => Some(ep),
+                Err(reason) => return Step::Reply(self.unverified(&query, packet, meta, reason)),
+            }
+        } else {
+            snapshot.by_ip(meta.client.ip()).cloned()
+        };
         let verdict = match &endpoint {
             Some(ep) => ep.policy.dns.decide(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
             None => RuleVerdict::NotProxied,
         };
-        let asker = Asker { endpoint, verdict };
         let refused = matches!(verdict, RuleVerdict::Refused(_));
-        self.request_flow(&query, meta, &asker, if refused { Verdict::Dropped } else { Verdict::Forwarded });
+        // Audit mode: the refusal is reported, not made.
+        let audited = refused
+            && (self.config.policy_audit_mode || endpoint.as_ref().is_some_and(|e| e.endpoint.policy_audit_mode));
+        let asker = Asker { endpoint, verdict, audited };
+        let refused = refused && !audited;
+        let request_verdict = if refused { Verdict::Dropped } else { asker.forwarded() };
+        self.request_flow(&query, meta, &asker, request_verdict);
+        if audited {
+            inc(&self.stats.audited);
+        }
 
         if refused {
             inc(&self.stats.refused);
@@ -160,6 +189,22 @@ impl Shared {
             }
         };
         Step::Forward(Box::new(Pending { query, asker, meta, permit }))
+    }
+
+    /// Transparent mode, no endpoint for the query: refused, never forwarded.
+    fn unverified(
+        &self,
+        query: &ParsedQuery,
+        packet: &[u8],
+        meta: QueryMeta,
+        reason: origin::Unverified,
+    ) -> Option<Vec<u8>> {
+        inc(&self.stats.unverified);
+        let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied, audited: false };
+        self.request_flow(query, meta, &asker, Verdict::Dropped);
+        let err = ProxyError::UnverifiedOrigin { client: meta.client, qname: query.qname.clone(), reason };
+        tracing::debug!(dns.qname = %query.qname, src.ip = %meta.client.ip(), ifindex = ?meta.ifindex, error = %err, "query refused");
+        self.fail(query, packet, &err, meta, &asker)
     }
 
     fn overloaded(&self, query: &ParsedQuery, packet: &[u8], meta: QueryMeta, asker: &Asker) -> Option<Vec<u8>> {
@@ -258,9 +303,9 @@ impl Shared {
         } else {
             reply
         };
-        self.access_log(query, meta, asker, rcode, Verdict::Forwarded);
+        self.access_log(query, meta, asker, rcode, asker.forwarded());
         if want_flow {
-            self.response_flow(query, meta, asker, Verdict::Forwarded, rcode, chain);
+            self.response_flow(query, meta, asker, asker.forwarded(), rcode, chain);
         }
         out
     }
@@ -315,7 +360,11 @@ impl Shared {
         meta: QueryMeta,
         asker: &Asker,
     ) -> Option<Vec<u8>> {
-        let verdict = if matches!(err, ProxyError::Refused { .. }) { Verdict::Dropped } else { Verdict::Error };
+        let verdict = if matches!(err, ProxyError::Refused { .. } | ProxyError::UnverifiedOrigin { .. }) {
+            Verdict::Dropped
+        } else {
+            Verdict::Error
+        };
         if verdict == Verdict::Error {
             tracing::debug!(dns.qname = %query.qname, src.ip = %meta.client.ip(), error = %err, "query failed");
         }

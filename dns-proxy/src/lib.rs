@@ -21,6 +21,7 @@ mod handler;
 pub mod limits;
 pub mod metrics;
 pub mod name_lock;
+pub mod origin;
 pub mod refusal;
 mod server;
 pub mod socket;

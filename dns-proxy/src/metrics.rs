@@ -34,13 +34,14 @@ const QTYPES: [(u16, &str); 12] = [
     (255, "ANY"),
 ];
 const OTHER: usize = QTYPES.len();
-const VERDICTS: [Verdict; 3] = [Verdict::Forwarded, Verdict::Dropped, Verdict::Error];
+const VERDICTS: [Verdict; 4] = [Verdict::Forwarded, Verdict::Dropped, Verdict::Error, Verdict::Audit];
 
 fn verdict_label(v: Verdict) -> &'static str {
     match v {
         Verdict::Forwarded => "forwarded",
         Verdict::Dropped => "dropped",
         Verdict::Error => "error",
+        Verdict::Audit => "audit",
     }
 }
 
@@ -49,6 +50,7 @@ fn verdict_index(v: Verdict) -> usize {
         Verdict::Forwarded => 0,
         Verdict::Dropped => 1,
         Verdict::Error => 2,
+        Verdict::Audit => 3,
     }
 }
 
@@ -67,7 +69,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 #[derive(Clone, Debug)]
 pub struct ProxyMetrics {
     /// `[verdict][qtype]`, `OTHER` last.
-    queries: [[Counter; OTHER + 1]; 3],
+    queries: [[Counter; OTHER + 1]; VERDICTS.len()],
     upstream_latency: Histogram,
     processing_latency: Histogram,
     datapath_ack_latency: Histogram,
@@ -83,7 +85,8 @@ impl ProxyMetrics {
         let family = Family::<QueryLabels, Counter>::default();
         registry.register(
             "dns_queries",
-            "DNS queries the proxy answered, by verdict (forwarded, dropped: refused by policy, error) and query type",
+            "DNS queries the proxy answered, by verdict (forwarded, dropped: refused by policy, error, audit: refused by \
+             policy and forwarded in audit mode) and query type",
             family.clone(),
         );
         let queries = VERDICTS.map(|v| {
@@ -173,7 +176,7 @@ impl fmt::Debug for StatsCollector {
 /// One counter of the collector: name, help, and its series (labels, value).
 type Series = (&'static str, &'static str, Vec<(Option<(&'static str, &'static str)>, u64)>);
 
-fn stats_series(s: &StatsSnapshot) -> [Series; 8] {
+fn stats_series(s: &StatsSnapshot) -> [Series; 9] {
     [
         (
             "dns_upstream_replies_dropped",
@@ -205,6 +208,12 @@ fn stats_series(s: &StatsSnapshot) -> [Series; 8] {
             vec![(None, s.overloaded)],
         ),
         ("dns_reply_send_errors", "Replies that could not be sent to the client", vec![(None, s.send_errors)]),
+        (
+            "dns_unverified_queries",
+            "Transparent mode: queries refused because the interface they came from and their source address do \
+             not name one endpoint",
+            vec![(None, s.unverified)],
+        ),
         ("dns_answers_learned", "Allowed answers handed to the cache and the datapath", vec![(None, s.learned)]),
         (
             "datapath_update_errors",
@@ -270,7 +279,7 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         // Every series exists from the start, so rates work from the first scrape.
-        assert_eq!(text.matches("fqdnd_dns_queries_total{").count(), 3 * (OTHER + 1));
+        assert_eq!(text.matches("fqdnd_dns_queries_total{").count(), VERDICTS.len() * (OTHER + 1));
     }
 
     #[test]

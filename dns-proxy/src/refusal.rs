@@ -13,6 +13,8 @@ use crate::wire::HEADER_LEN;
 pub fn response_code(err: &ProxyError, reject: RejectCode) -> Option<ResponseCode> {
     match err {
         ProxyError::Refused { .. } => Some(reject.into()),
+        // Not a pod following its policy's refusals: no reason to mimic a missing name.
+        ProxyError::UnverifiedOrigin { .. } => Some(ResponseCode::Refused),
         ProxyError::MalformedQuery { .. } | ProxyError::QuestionCount { .. } => Some(ResponseCode::FormErr),
         ProxyError::UnsupportedOpcode { .. } => Some(ResponseCode::NotImp),
         ProxyError::UpstreamTimeout { .. }

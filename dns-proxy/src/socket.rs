@@ -20,8 +20,8 @@ use crate::error::ProxyError;
 /// How a socket is set up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    /// `IP_TRANSPARENT` (and, for UDP, `IP_RECVORIGDSTADDR` and `SO_REUSEADDR`). Needs
-    /// `CAP_NET_ADMIN`.
+    /// `IP_TRANSPARENT` and `IP_PKTINFO` (and, for UDP, `IP_RECVORIGDSTADDR` and
+    /// `SO_REUSEADDR`). Needs `CAP_NET_ADMIN`.
     pub transparent: bool,
     /// `SO_REUSEPORT`: several sockets share the address (plain mode's receive threads). The
     /// datapath's `bpf_sk_assign` refuses such sockets, so transparent listeners go without.
@@ -83,6 +83,14 @@ fn bound(addr: SocketAddr, proto: L4Proto, opts: Options) -> Result<Socket, Prox
             };
             set_int(sock.as_raw_fd(), level, name).map_err(opt_err(option, proto, addr))?;
         }
+        // The interface each query arrived on (UDP: per datagram; TCP: inherited by accepted
+        // connections, read once per connection): the proxy knows the endpoint by it.
+        let (level, name, option) = if addr.is_ipv4() {
+            (libc::SOL_IP, libc::IP_PKTINFO, "IP_PKTINFO")
+        } else {
+            (libc::SOL_IPV6, libc::IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO")
+        };
+        set_int(sock.as_raw_fd(), level, name).map_err(opt_err(option, proto, addr))?;
     }
     sock.set_nonblocking(true).map_err(opt_err("O_NONBLOCK", proto, addr))?;
     sock.bind(&addr.into()).map_err(|source| ProxyError::Bind { proto, addr, source })?;

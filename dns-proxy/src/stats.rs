@@ -56,6 +56,11 @@ counters! {
     overloaded,
     /// Replies that could not be sent to the client.
     send_errors,
+    /// Transparent mode: queries refused because their endpoint could not be established (a
+    /// source that is not the endpoint's whose interface the query came from, or no one's).
+    unverified,
+    /// Audit mode: queries the DNS rules refused, forwarded anyway (their flows say AUDIT).
+    audited,
 }
 
 pub(crate) fn inc(counter: &AtomicU64) {

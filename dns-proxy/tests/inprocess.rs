@@ -36,7 +36,7 @@ impl Learner for Recorder {
         self.answers.lock().unwrap().push(answer.clone());
         let add =
             answer.ips.iter().map(|&ip| AllowKey { endpoint: answer.endpoint, ip, port: PortProto::ANY }).collect();
-        let apply = self.datapath.apply(Delta { add, remove: vec![] });
+        let apply = self.datapath.apply(Delta { add, remove: vec![], ..Delta::default() });
         Box::pin(async move { apply.await.map(|()| true) })
     }
 }
@@ -86,6 +86,7 @@ impl Harness {
             labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
             ips: vec![upstream.ip()],
             interface: None,
+            policy_audit_mode: false,
         };
         let alpine = Endpoint {
             namespace: "default".into(),
@@ -93,6 +94,7 @@ impl Harness {
             labels: [("app".to_string(), "alpine".to_string())].into(),
             ips: vec!["127.0.0.1".parse().unwrap()],
             interface: None,
+            policy_audit_mode: false,
         };
         let inventory = vec![dns, alpine.clone()];
         let policy = Arc::new(policy_sync::resolve(&policies, &alpine, &inventory));

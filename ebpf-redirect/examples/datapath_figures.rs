@@ -33,9 +33,8 @@ fn main() {
 
     let config = AyaConfig {
         bpffs_dir: bpffs.datapath_dir(),
-        proxy: ProxyTarget { ipv4: None, ipv6: None, udp_port: 0, tcp_port: 0 },
         route: PolicyRoute::default(),
-        install_route: true,
+        ..AyaConfig::new(ProxyTarget { ipv4: None, ipv6: None, udp_port: 0, tcp_port: 0 })
     };
     let t = Instant::now();
     let dp = topo.node.run(|| AyaDatapath::open(config)).expect("open");
@@ -68,7 +67,7 @@ fn main() {
         })
         .collect();
     let t = Instant::now();
-    rt.block_on(dp.apply(Delta { add: filler, remove: vec![] })).expect("fill");
+    rt.block_on(dp.apply(Delta { add: filler, remove: vec![], ..Delta::default() })).expect("fill");
     let fill_time = t.elapsed();
 
     // apply latency: one learned IP per delta (the common DNS answer), added then removed.
@@ -80,7 +79,7 @@ fn main() {
             port: PortProto { port: 443, proto: L4Proto::Any },
         };
         let t = Instant::now();
-        rt.block_on(dp.apply(Delta { add: vec![key], remove: vec![] })).expect("apply");
+        rt.block_on(dp.apply(Delta { add: vec![key], remove: vec![], ..Delta::default() })).expect("apply");
         single.push(t.elapsed());
     }
     // Eight addresses per answer, as large A sets come.
@@ -94,17 +93,23 @@ fn main() {
             })
             .collect();
         let t = Instant::now();
-        rt.block_on(dp.apply(Delta { add, remove: vec![] })).expect("apply");
+        rt.block_on(dp.apply(Delta { add, remove: vec![], ..Delta::default() })).expect("apply");
         batch.push(t.elapsed());
     }
 
     // Throughput through the programs: the flood's destination allowed (full lookup path).
     rt.block_on(dp.apply(Delta {
         add: vec![AllowKey { endpoint: EP, ip: sink.ip(), port: PortProto { port: 9000, proto: L4Proto::Udp } }],
-        remove: vec![],
+        ..Delta::default()
     }))
     .expect("allow sink");
     let with_deny = flood(&topo, sink, packets);
+    // What the agent attaches for a stage-4 pod: both directions default deny, anti-spoofing on
+    // (a source-trie lookup and a conntrack lookup per packet more).
+    let both = EndpointPolicy { egress_default_deny: true, ingress_default_deny: true, ..Default::default() };
+    let desired = [DesiredEndpoint::new(EP, Some(POD_VETH.into()), &both).owning(&[IpAddr::V4(POD_IP4)])];
+    topo.node.run(|| dp.sync_endpoints(&desired)).expect("sync");
+    let with_both = flood(&topo, sink, packets);
     // Attached, endpoint without policy: the programs' cheapest path.
     sync(&EndpointPolicy::default());
     let pass_through = flood(&topo, sink, packets);
@@ -112,7 +117,7 @@ fn main() {
     let last_used = dp.last_used().expect("last used").len();
 
     println!("datapath figures ({} CPUs, {packets} UDP packets of 64 bytes per flood)", num_cpus());
-    println!("open (load + verify 2 programs, create/pin 11 maps): {open_time:?}");
+    println!("open (load + verify 2 programs, create/pin 17 maps): {open_time:?}");
     println!("first attach (policy + 2 TCX links + pins):           {attach_time:?}");
     println!(
         "re-attach p50 / max over 20:                          {:?} / {:?}",
@@ -132,11 +137,14 @@ fn main() {
         pct(&mut batch, 99),
         pct(&mut batch, 100)
     );
-    for (name, f) in
-        [("no program", baseline), ("default deny, allowed", with_deny), ("attached, no policy", pass_through)]
-    {
+    for (name, f) in [
+        ("no program", baseline),
+        ("default deny, allowed", with_deny),
+        ("+ingress deny, source check", with_both),
+        ("attached, no policy", pass_through),
+    ] {
         println!(
-            "flood {name:<22} sent {:>8.0} pkt/s  received {:>8.0} pkt/s  ({} of {} received)",
+            "flood {name:<28} sent {:>8.0} pkt/s  received {:>8.0} pkt/s  ({} of {} received)",
             f.sent_pps, f.received_pps, f.received, packets
         );
     }

@@ -12,6 +12,11 @@ pub enum KernelError {
     Map(#[from] fqdn_cache::DatapathError),
     #[error("pinned map {path} does not match this build ({detail}); remove it to start afresh")]
     PinnedMapMismatch { path: PathBuf, detail: String },
+    #[error(
+        "pinned map {path} holds {entries} entries, more than the configured size {size} can take (the pin's size \
+         is {pinned_size}); raise allow-map-size, or remove the pin to start afresh"
+    )]
+    PinnedMapTooBig { path: PathBuf, entries: usize, pinned_size: u32, size: u32 },
     #[error("the eBPF object has no {kind} named {name} (a build that does not match this loader)")]
     MissingFromObject { kind: &'static str, name: &'static str },
     #[error("{path} is not on a bpf filesystem and fqdnd mounts one only at {default} (mount -t bpf bpf <dir>)")]

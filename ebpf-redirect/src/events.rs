@@ -7,12 +7,13 @@ use aya::maps::{MapData, RingBuf};
 use fqdn_cache::EndpointId;
 use tokio::io::unix::AsyncFd;
 
-use crate::maps::{RawDropEvent, addr_from, proto_from_number};
+use crate::maps::{DIR_INGRESS, RawDropEvent, VF_AUDIT, VF_REJECTED, addr_from, proto_from_number};
 use fqdn_cache::DatapathError;
 
-use crate::{DropEvent, DropReason};
+use crate::{Direction, DropEvent, DropReason};
 
 const REASON_POLICY_DENY: u8 = 2;
+const REASON_SPOOFED: u8 = 4;
 
 /// The reader of the drop ring buffer. One per datapath: the ring has a single consumer position.
 pub struct DropEvents {
@@ -78,15 +79,19 @@ fn decode(raw: &RawDropEvent) -> DropEvent {
     // packet to the proxy and nothing else may carry it. The counters tell the two apart.
     let reason = match raw.reason {
         REASON_POLICY_DENY => DropReason::PolicyDeny,
+        REASON_SPOOFED => DropReason::SpoofedSource,
         _ => DropReason::PolicyDenied,
     };
     DropEvent {
         endpoint: EndpointId(raw.endpoint),
+        direction: if raw.direction == DIR_INGRESS { Direction::Ingress } else { Direction::Egress },
         src: SocketAddr::new(addr_from(raw.family, raw.saddr), raw.sport),
         dst: SocketAddr::new(addr_from(raw.family, raw.daddr), raw.dport),
         proto: proto_from_number(raw.proto),
         tcp_flags: raw.tcp_flags,
         reason,
+        rejected: raw.verdict & VF_REJECTED != 0,
+        audit: raw.verdict & VF_AUDIT != 0,
         time: wall_clock_of(raw.ktime),
     }
 }
@@ -132,5 +137,17 @@ mod tests {
 
         let icmp = RawDropEvent { family: 4, proto: 1, reason: 2, ..Default::default() };
         assert_eq!((decode(&icmp).proto, decode(&icmp).reason), (L4Proto::Any, DropReason::PolicyDeny));
+        assert_eq!(decode(&icmp).direction, Direction::Egress);
+
+        let spoofed = RawDropEvent { family: 4, proto: 17, reason: 4, ..Default::default() };
+        assert_eq!(decode(&spoofed).reason, DropReason::SpoofedSource);
+
+        let inbound = RawDropEvent { family: 4, proto: 6, reason: 1, direction: DIR_INGRESS, ..Default::default() };
+        assert_eq!(decode(&inbound).direction, Direction::Ingress);
+        assert!(!decode(&inbound).rejected);
+        let rejected = RawDropEvent { family: 4, proto: 6, reason: 1, verdict: VF_REJECTED, ..Default::default() };
+        assert!(decode(&rejected).rejected && !decode(&rejected).audit);
+        let audited = RawDropEvent { family: 4, proto: 6, reason: 1, verdict: VF_AUDIT, ..Default::default() };
+        assert!(decode(&audited).audit);
     }
 }

@@ -18,16 +18,17 @@ use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{Map, MapData, RingBuf};
-use fqdn_cache::{AllowKey, BoxFuture, Datapath, DatapathError, Delta, EndpointId, LastUsed, PortProto};
+use fqdn_cache::{AllowKey, BoxFuture, Datapath, DatapathError, Delta, EndpointId, Expiry, LastUsed, PortProto};
 use policy_sync::resolved::EndpointPolicy;
 
 use crate::events::{DropEvents, monotonic_ns};
+use crate::loader::MapSizes;
 use crate::maps::{MAP_DROPS, OWNER_LEARNED, OWNER_STATIC, PROG_FROM_POD, PROG_TO_POD};
 use crate::plan::{self, Current, Op, Wanted};
 use crate::routing::PolicyRoute;
-use crate::rules::{EndpointFlags, RuleKey, StaticRules, learned_rules};
+use crate::rules::{EndpointFlags, RuleKey, StaticRules, learned_rules, source_rules};
 use crate::sys::{ifindex_of, ifname_of};
-use crate::tries::{Tries, map_io};
+use crate::tries::{Trie, Tries, map_io};
 use crate::{KernelError, links, loader};
 
 /// Where the DNS proxy's transparent sockets listen. The tc program looks them up by this
@@ -48,6 +49,10 @@ pub struct AyaConfig {
     pub route: PolicyRoute,
     /// Install the policy route at open (idempotent). Off when something else manages it.
     pub install_route: bool,
+    /// Sizes of the maps the operator chooses (pins of another size are migrated).
+    pub map_sizes: MapSizes,
+    /// What a packet egress policy denies gets (`--deny-response`).
+    pub deny_response: crate::DenyResponse,
 }
 
 impl AyaConfig {
@@ -59,6 +64,8 @@ impl AyaConfig {
             proxy,
             route: PolicyRoute::default(),
             install_route: true,
+            map_sizes: MapSizes::DEFAULT,
+            deny_response: crate::DenyResponse::Drop,
         }
     }
 }
@@ -74,6 +81,7 @@ pub struct DesiredEndpoint {
 }
 
 impl DesiredEndpoint {
+    /// The endpoint under `policy`, its sources unchecked (see [`DesiredEndpoint::owning`]).
     pub fn new(endpoint: EndpointId, interface: Option<String>, policy: &EndpointPolicy) -> Self {
         DesiredEndpoint {
             endpoint,
@@ -81,6 +89,21 @@ impl DesiredEndpoint {
             flags: EndpointFlags::from_policy(policy),
             rules: StaticRules::from_policy(endpoint, policy),
         }
+    }
+
+    /// Anti-spoofing: the endpoint may only send from `ips` (its inventory addresses); packets
+    /// from any other source are dropped, whatever the policy. With no addresses, nothing passes.
+    /// Audit mode for this endpoint: what its policy would drop passes and is reported as
+    /// audited (anti-spoofing still drops).
+    pub fn audited(mut self, on: bool) -> Self {
+        self.flags.audit = on;
+        self
+    }
+
+    pub fn owning(mut self, ips: &[IpAddr]) -> Self {
+        self.flags.check_source = true;
+        self.rules.source = source_rules(self.endpoint, ips);
+        self
     }
 }
 
@@ -117,6 +140,29 @@ pub struct Counters {
     pub events_lost: u64,
     /// Inbound connections recorded.
     pub ct_created: u64,
+    /// Dropped going to the endpoint: ingress default deny, no ingress allow entry.
+    pub ingress_dropped_denied: u64,
+    /// Dropped going to the endpoint: an ingress deny rule matched.
+    pub ingress_dropped_deny: u64,
+    /// Passed ingress policy as replies to what the endpoint opened.
+    pub ingress_ct_replies: u64,
+    /// Dropped: the source address was not the endpoint's (anti-spoofing).
+    pub dropped_spoofed: u64,
+    /// Egress denials answered with a TCP RST or an ICMP port unreachable (`--deny-response
+    /// reject`); also counted under their drop reason.
+    pub rejected: u64,
+    /// Flows audit mode let through that policy would have dropped (counted once per flow, not
+    /// as drops).
+    pub audited: u64,
+}
+
+/// How full one map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    /// Its pin name (`fqdnd_allow4`, ...): a closed set.
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 /// Who put an allow entry there.
@@ -158,8 +204,11 @@ impl std::fmt::Debug for AyaDatapath {
 impl AyaDatapath {
     /// Load (or, after a restart, reuse) everything under `config.bpffs_dir`.
     pub fn open(config: AyaConfig) -> Result<Self, KernelError> {
-        let loader::Loaded { mut ebpf, maps_dir, links_dir } = loader::load(&config.bpffs_dir)?;
+        let loader::Loaded { mut ebpf, maps_dir, links_dir, migrations } =
+            loader::load(&config.bpffs_dir, config.map_sizes)?;
         let mut tries = Tries::take(&mut ebpf)?;
+        // Before the programs are swapped onto the links: until then the old ones use the old maps.
+        tries.migrate(migrations)?;
         let mut flags = BTreeMap::new();
         let mut attached = BTreeMap::new();
         for (ifindex, endpoint, f) in tries.load_mirror()? {
@@ -170,7 +219,7 @@ impl AyaDatapath {
         for ifindex in links::adopt(&mut inner.ebpf, &inner.links_dir)? {
             inner.detach(ifindex)?;
         }
-        inner.tries.write_proxy(&config.proxy, config.route.mark)?;
+        inner.tries.write_proxy(&config.proxy, config.route.mark, config.deny_response)?;
         if config.install_route {
             config.route.install()?;
         }
@@ -227,7 +276,25 @@ impl AyaDatapath {
             ct_replies: read(6)?,
             events_lost: read(7)?,
             ct_created: read(8)?,
+            ingress_dropped_denied: read(9)?,
+            ingress_dropped_deny: read(10)?,
+            ingress_ct_replies: read(11)?,
+            dropped_spoofed: read(12)?,
+            rejected: read(13)?,
+            audited: read(14)?,
         })
+    }
+
+    /// How full each trie and the endpoint table are: (map, entries, capacity). Read from the
+    /// mirror, so it costs no system call. The conntrack map (LRU: it evicts by itself) is left out.
+    pub fn map_fill(&self) -> Vec<MapFill> {
+        let inner = self.lock();
+        inner
+            .tries
+            .fill(inner.attached.len())
+            .into_iter()
+            .map(|(map, entries, capacity)| MapFill { map, entries, capacity })
+            .collect()
     }
 
     /// The allow entries in the kernel (a copy of the mirror), with their owners.
@@ -325,8 +392,7 @@ impl Inner {
         let attached: BTreeMap<u32, EndpointId> = self.attached.iter().map(|(i, a)| (*i, a.endpoint)).collect();
         let current = Current {
             allow: &self.tries.allow,
-            deny: &self.tries.deny,
-            redirect: &self.tries.redirect,
+            plain: Trie::PLAIN.map(|t| self.tries.plain(t)),
             flags: &self.flags,
             attached: &attached,
         };
@@ -378,6 +444,9 @@ impl Datapath for AyaDatapath {
         // Map writes are syscalls of a few microseconds: done inline, the ack is the return.
         let result = (|| {
             let mut inner = self.lock();
+            let now = monotonic_ns();
+            let until = |ttl: Duration| now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+            let expires: BTreeMap<AllowKey, u64> = delta.expires.iter().map(|e| (e.key, until(e.ttl))).collect();
             for key in &delta.remove {
                 for k in learned_rules(key) {
                     inner.tries.set_owner(k, OWNER_LEARNED, false)?;
@@ -385,7 +454,16 @@ impl Datapath for AyaDatapath {
             }
             for key in &delta.add {
                 for k in learned_rules(key) {
-                    inner.tries.set_owner(k, OWNER_LEARNED, true)?;
+                    inner.tries.learn(k, expires.get(key).copied())?;
+                }
+            }
+            let added: BTreeSet<&AllowKey> = delta.add.iter().collect();
+            for (key, at) in &expires {
+                if added.contains(key) {
+                    continue;
+                }
+                for k in learned_rules(key) {
+                    inner.tries.extend(k, *at)?;
                 }
             }
             Ok(())
@@ -413,6 +491,25 @@ impl Datapath for AyaDatapath {
             .into_iter()
             .map(|((endpoint, ip), t)| LastUsed { endpoint, ip, ago: Duration::from_nanos(now.saturating_sub(t)) })
             .collect())
+    }
+
+    fn learned_expiry(&self) -> Vec<Expiry> {
+        let inner = self.lock();
+        let now = monotonic_ns();
+        inner
+            .tries
+            .expires
+            .iter()
+            .filter(|(k, _)| k.net.prefix_len() == k.net.max_prefix_len())
+            .map(|(k, at)| Expiry {
+                key: AllowKey {
+                    endpoint: k.endpoint,
+                    ip: k.net.addr(),
+                    port: PortProto { port: k.port, proto: k.proto },
+                },
+                ttl: Duration::from_nanos(at.saturating_sub(now)),
+            })
+            .collect()
     }
 
     fn learned_entries(&self) -> Vec<AllowKey> {

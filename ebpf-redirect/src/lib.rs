@@ -24,8 +24,11 @@ mod tries;
 pub use error::KernelError;
 pub use events::DropEvents;
 pub use fqdn_cache::{Datapath, DatapathError, LastUsed};
-pub use kernel::{AyaConfig, AyaDatapath, Counters, DesiredEndpoint, EntryOwners, ProxyTarget, ReconcileReport};
+pub use kernel::{
+    AyaConfig, AyaDatapath, Counters, DesiredEndpoint, EntryOwners, MapFill, ProxyTarget, ReconcileReport,
+};
 pub use links::tcx_programs;
+pub use loader::MapSizes;
 pub use routing::PolicyRoute;
 pub use rules::{EndpointFlags, RuleKey, StaticRules};
 
@@ -38,13 +41,58 @@ pub enum DropReason {
     PolicyDenied,
     /// An explicit deny rule matched.
     PolicyDeny,
+    /// The source address was not the endpoint's (anti-spoofing).
+    SpoofedSource,
+}
+
+/// What a denied packet from an endpoint gets besides being dropped (`--deny-response`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DenyResponse {
+    /// Nothing: the sender times out (Cilium's behaviour).
+    #[default]
+    Drop,
+    /// A TCP RST for TCP, an ICMP / ICMPv6 port unreachable for UDP, sent back by the program:
+    /// the sender fails at once.
+    Reject,
+}
+
+impl std::str::FromStr for DenyResponse {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "drop" => Ok(DenyResponse::Drop),
+            "reject" => Ok(DenyResponse::Reject),
+            other => Err(format!("{other:?} is not a deny response; expected drop or reject")),
+        }
+    }
+}
+
+impl std::fmt::Display for DenyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DenyResponse::Drop => "drop",
+            DenyResponse::Reject => "reject",
+        })
+    }
+}
+
+/// Which way a dropped packet was going, seen from the endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    /// Sent by the endpoint.
+    #[default]
+    Egress,
+    /// Going to the endpoint (`src` is the peer, `dst` the endpoint).
+    Ingress,
 }
 
 /// One packet dropped by the tc program, read from the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropEvent {
     pub endpoint: EndpointId,
-    /// Source and destination; port 0 for protocols without ports.
+    pub direction: Direction,
+    /// Source and destination as the packet had them; port 0 for protocols without ports.
     pub src: std::net::SocketAddr,
     pub dst: std::net::SocketAddr,
     /// TCP or UDP; [`L4Proto::Any`](fqdn_cache::L4Proto::Any) for every other IP protocol.
@@ -52,6 +100,10 @@ pub struct DropEvent {
     /// TCP flags byte of the dropped segment (0 for UDP).
     pub tcp_flags: u8,
     pub reason: DropReason,
+    /// `--deny-response reject`: the program answered it (a TCP RST, an ICMP port unreachable).
+    pub rejected: bool,
+    /// Audit mode: policy would have dropped it, and it passed (the first packet of its flow).
+    pub audit: bool,
     /// Wall-clock time of the drop (the kernel's monotonic stamp, converted when read).
     pub time: std::time::SystemTime,
 }

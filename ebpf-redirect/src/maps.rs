@@ -16,12 +16,18 @@ pub(crate) const MAP_DENY4: &str = "fqdnd_deny4";
 pub(crate) const MAP_DENY6: &str = "fqdnd_deny6";
 pub(crate) const MAP_REDIR4: &str = "fqdnd_redir4";
 pub(crate) const MAP_REDIR6: &str = "fqdnd_redir6";
+pub(crate) const MAP_INGRESS4: &str = "fqdnd_ingress4";
+pub(crate) const MAP_INGRESS6: &str = "fqdnd_ingress6";
+pub(crate) const MAP_INGRESS_DENY4: &str = "fqdnd_ingress_deny4";
+pub(crate) const MAP_INGRESS_DENY6: &str = "fqdnd_ingress_deny6";
+pub(crate) const MAP_SRC4: &str = "fqdnd_src4";
+pub(crate) const MAP_SRC6: &str = "fqdnd_src6";
 pub(crate) const MAP_CT: &str = "fqdnd_ct";
 pub(crate) const MAP_DROPS: &str = "fqdnd_drops";
 pub(crate) const MAP_COUNTERS: &str = "fqdnd_counters";
 
 /// Every map of the object, by pin name.
-pub(crate) const ALL_MAPS: [&str; 11] = [
+pub(crate) const ALL_MAPS: [&str; 17] = [
     MAP_ENDPOINTS,
     MAP_PROXY,
     MAP_ALLOW4,
@@ -30,6 +36,12 @@ pub(crate) const ALL_MAPS: [&str; 11] = [
     MAP_DENY6,
     MAP_REDIR4,
     MAP_REDIR6,
+    MAP_INGRESS4,
+    MAP_INGRESS6,
+    MAP_INGRESS_DENY4,
+    MAP_INGRESS_DENY6,
+    MAP_SRC4,
+    MAP_SRC6,
     MAP_CT,
     MAP_DROPS,
     MAP_COUNTERS,
@@ -41,24 +53,47 @@ pub(crate) const PROG_TO_POD: &str = "fqdnd_to_pod";
 pub(crate) const EP_DEFAULT_DENY: u32 = 1;
 pub(crate) const EP_REDIRECT_DNS: u32 = 2;
 pub(crate) const EP_HAS_DENY: u32 = 4;
+pub(crate) const EP_INGRESS_DEFAULT_DENY: u32 = 8;
+pub(crate) const EP_HAS_INGRESS_DENY: u32 = 16;
+pub(crate) const EP_CHECK_SOURCE: u32 = 32;
+pub(crate) const EP_AUDIT: u32 = 64;
+
+/// The [`EndpointFlags`] field a flag bit stands for.
+type FlagField = fn(&mut EndpointFlags) -> &mut bool;
+
+/// Every flag bit this build knows, with its field.
+const FLAG_BITS: [(u32, FlagField); 7] = [
+    (EP_DEFAULT_DENY, |f| &mut f.default_deny),
+    (EP_REDIRECT_DNS, |f| &mut f.redirect_dns),
+    (EP_HAS_DENY, |f| &mut f.has_deny),
+    (EP_INGRESS_DEFAULT_DENY, |f| &mut f.ingress_default_deny),
+    (EP_HAS_INGRESS_DENY, |f| &mut f.has_ingress_deny),
+    (EP_CHECK_SOURCE, |f| &mut f.check_source),
+    (EP_AUDIT, |f| &mut f.audit),
+];
 
 /// The `ep_cfg.flags` bits of an endpoint's flags.
 pub(crate) fn flag_bits(flags: EndpointFlags) -> u32 {
-    (if flags.default_deny { EP_DEFAULT_DENY } else { 0 })
-        | (if flags.redirect_dns { EP_REDIRECT_DNS } else { 0 })
-        | (if flags.has_deny { EP_HAS_DENY } else { 0 })
+    let mut flags = flags;
+    FLAG_BITS.iter().filter(|(_, field)| *field(&mut flags)).map(|(bit, _)| bit).fold(0, |a, b| a | b)
 }
 
 pub(crate) fn flags_from_bits(bits: u32) -> EndpointFlags {
-    EndpointFlags {
-        default_deny: bits & EP_DEFAULT_DENY != 0,
-        redirect_dns: bits & EP_REDIRECT_DNS != 0,
-        has_deny: bits & EP_HAS_DENY != 0,
+    let mut flags = EndpointFlags::default();
+    for (bit, field) in FLAG_BITS {
+        *field(&mut flags) = bits & bit != 0;
     }
+    flags
 }
 
 pub(crate) const PROXY_HAS_V4: u32 = 1;
 pub(crate) const PROXY_HAS_V6: u32 = 2;
+pub(crate) const PROXY_REJECT: u32 = 4;
+
+/// `drop_event.verdict`: the program answered the packet (RST / ICMP) instead of only dropping it.
+pub(crate) const VF_REJECTED: u8 = 1;
+/// `drop_event.verdict`: audit mode let it through (and its flow after it).
+pub(crate) const VF_AUDIT: u8 = 2;
 
 /// Owner bits of an allow entry: a static rule (policy) and a learned FQDN IP can share a key.
 pub(crate) const OWNER_STATIC: u32 = 1;
@@ -113,6 +148,45 @@ pub(crate) struct RuleVal {
     pub last_used: u64,
     pub flags: u32,
     pub pad: u32,
+    /// Learned entries: CLOCK_MONOTONIC nanoseconds when the lookups behind it run out; 0 = not
+    /// known. Written and read by userspace only.
+    pub expires: u64,
+}
+
+/// The tries' value before expiries were kept, as pins left by an older build hold it: read
+/// once, when those pins are migrated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RuleValV1 {
+    pub last_used: u64,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+impl From<RuleValV1> for RuleVal {
+    fn from(v: RuleValV1) -> Self {
+        RuleVal { last_used: v.last_used, flags: v.flags, pad: 0, expires: 0 }
+    }
+}
+
+/// Every LPM trie of the object, by pin name (IPv4 first of each pair).
+pub(crate) const LPM_MAPS: [&str; 12] = [
+    MAP_ALLOW4,
+    MAP_ALLOW6,
+    MAP_DENY4,
+    MAP_DENY6,
+    MAP_REDIR4,
+    MAP_REDIR6,
+    MAP_INGRESS4,
+    MAP_INGRESS6,
+    MAP_INGRESS_DENY4,
+    MAP_INGRESS_DENY6,
+    MAP_SRC4,
+    MAP_SRC6,
+];
+
+pub(crate) fn is_v6_map(name: &str) -> bool {
+    name.ends_with('6')
 }
 
 #[repr(C)]
@@ -150,7 +224,14 @@ pub(crate) struct RawDropEvent {
     pub dport: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// 0: sent by the pod (egress), 1: going to the pod (ingress).
+    pub direction: u8,
+    /// `VF_*` bits.
+    pub verdict: u8,
+    pub pad: [u8; 6],
 }
+
+pub(crate) const DIR_INGRESS: u8 = 1;
 
 // SAFETY: plain `repr(C)` structs of integers and byte arrays with no padding holes that the
 // kernel could leave uninitialised (every field is explicit, sizes checked in the tests below).
@@ -159,6 +240,7 @@ unsafe impl aya::Pod for ProxyCfg {}
 unsafe impl aya::Pod for Key4 {}
 unsafe impl aya::Pod for Key6 {}
 unsafe impl aya::Pod for RuleVal {}
+unsafe impl aya::Pod for RuleValV1 {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtVal {}
 
@@ -251,10 +333,11 @@ mod tests {
             ("proxy_cfg", size_of::<ProxyCfg>(), 32),
             ("lpm_key4 data", size_of::<Key4>(), 12),
             ("lpm_key6 data", size_of::<Key6>(), 24),
-            ("rule_val", size_of::<RuleVal>(), 16),
+            ("rule_val", size_of::<RuleVal>(), 24),
+            ("rule_val before expiries", size_of::<RuleValV1>(), 16),
             ("ct_key", size_of::<CtKey>(), 44),
             ("ct_val", size_of::<CtVal>(), 16),
-            ("drop_event", size_of::<RawDropEvent>(), 56),
+            ("drop_event", size_of::<RawDropEvent>(), 64),
         ] {
             assert_eq!(got, want, "{name}");
         }
@@ -262,7 +345,7 @@ mod tests {
 
     #[test]
     fn flag_bits_round_trip() {
-        for bits in 0..8 {
+        for bits in 0..128 {
             assert_eq!(flag_bits(flags_from_bits(bits)), bits);
         }
     }

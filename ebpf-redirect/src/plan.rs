@@ -18,8 +18,8 @@ use crate::tries::Trie;
 /// What the kernel holds now.
 pub(crate) struct Current<'a> {
     pub(crate) allow: &'a BTreeMap<RuleKey, u32>,
-    pub(crate) deny: &'a BTreeSet<RuleKey>,
-    pub(crate) redirect: &'a BTreeSet<RuleKey>,
+    /// The tries without owner bits, in [`Trie::PLAIN`] order.
+    pub(crate) plain: [&'a BTreeSet<RuleKey>; 5],
     pub(crate) flags: &'a BTreeMap<EndpointId, EndpointFlags>,
     /// ifindex -> endpoint.
     pub(crate) attached: &'a BTreeMap<u32, EndpointId>,
@@ -74,14 +74,14 @@ pub(crate) enum Op {
 /// The operations that take `current` to `wanted`, learned allow entries `learned` included.
 pub(crate) fn plan(current: &Current<'_>, wanted: &[Wanted<'_>], learned: &BTreeSet<RuleKey>) -> Vec<Op> {
     let mut want_allow: BTreeMap<RuleKey, u32> = BTreeMap::new();
-    let mut want_deny = BTreeSet::new();
-    let mut want_redirect = BTreeSet::new();
+    let mut want_plain: [BTreeSet<RuleKey>; 5] = Default::default();
     for w in wanted {
         for k in &w.rules.allow {
             *want_allow.entry(*k).or_default() |= OWNER_STATIC;
         }
-        want_deny.extend(w.rules.deny.iter().copied());
-        want_redirect.extend(w.rules.redirect.iter().copied());
+        for (i, trie) in Trie::PLAIN.into_iter().enumerate() {
+            want_plain[i].extend(w.rules.plain(trie).iter().copied());
+        }
     }
     for k in learned {
         *want_allow.entry(*k).or_default() |= OWNER_LEARNED;
@@ -95,10 +95,8 @@ pub(crate) fn plan(current: &Current<'_>, wanted: &[Wanted<'_>], learned: &BTree
             ops.push(Op::WriteAllow { key: *key, want, have });
         }
     }
-    for (trie, want, have) in
-        [(Trie::Deny, &want_deny, current.deny), (Trie::Redirect, &want_redirect, current.redirect)]
-    {
-        ops.extend(want.difference(have).map(|key| Op::InsertRule { trie, key: *key }));
+    for (i, trie) in Trie::PLAIN.into_iter().enumerate() {
+        ops.extend(want_plain[i].difference(current.plain[i]).map(|key| Op::InsertRule { trie, key: *key }));
     }
     // 2. Flags, then attachments (which write the configuration with the new flags).
     for w in wanted {
@@ -124,10 +122,8 @@ pub(crate) fn plan(current: &Current<'_>, wanted: &[Wanted<'_>], learned: &BTree
             ops.push(Op::WriteAllow { key: *key, want: 0, have });
         }
     }
-    for (trie, want, have) in
-        [(Trie::Deny, &want_deny, current.deny), (Trie::Redirect, &want_redirect, current.redirect)]
-    {
-        ops.extend(have.difference(want).map(|key| Op::RemoveRule { trie, key: *key }));
+    for (i, trie) in Trie::PLAIN.into_iter().enumerate() {
+        ops.extend(current.plain[i].difference(&want_plain[i]).map(|key| Op::RemoveRule { trie, key: *key }));
     }
     ops
 }
@@ -163,16 +159,28 @@ mod tests {
             allow: allow.iter().copied().collect(),
             deny: deny.iter().copied().collect(),
             redirect: redirect.iter().copied().collect(),
+            ..Default::default()
         }
     }
 
-    const DENY: EndpointFlags = EndpointFlags { default_deny: true, redirect_dns: false, has_deny: false };
+    const DENY: EndpointFlags = EndpointFlags {
+        default_deny: true,
+        redirect_dns: false,
+        has_deny: false,
+        ingress_default_deny: false,
+        has_ingress_deny: false,
+        check_source: false,
+        audit: false,
+    };
 
     #[derive(Default)]
     struct State {
         allow: BTreeMap<RuleKey, u32>,
         deny: BTreeSet<RuleKey>,
         redirect: BTreeSet<RuleKey>,
+        ingress_allow: BTreeSet<RuleKey>,
+        ingress_deny: BTreeSet<RuleKey>,
+        source: BTreeSet<RuleKey>,
         flags: BTreeMap<EndpointId, EndpointFlags>,
         attached: BTreeMap<u32, EndpointId>,
     }
@@ -181,10 +189,20 @@ mod tests {
         fn current(&self) -> Current<'_> {
             Current {
                 allow: &self.allow,
-                deny: &self.deny,
-                redirect: &self.redirect,
+                plain: [&self.deny, &self.redirect, &self.ingress_allow, &self.ingress_deny, &self.source],
                 flags: &self.flags,
                 attached: &self.attached,
+            }
+        }
+
+        fn plain(&mut self, trie: Trie) -> &mut BTreeSet<RuleKey> {
+            match trie {
+                Trie::Deny => &mut self.deny,
+                Trie::Redirect => &mut self.redirect,
+                Trie::IngressAllow => &mut self.ingress_allow,
+                Trie::IngressDeny => &mut self.ingress_deny,
+                Trie::Source => &mut self.source,
+                Trie::Allow => unreachable!(),
             }
         }
 
@@ -194,10 +212,8 @@ mod tests {
                 match op {
                     Op::WriteAllow { key, want: 0, .. } => drop(self.allow.remove(key)),
                     Op::WriteAllow { key, want, .. } => drop(self.allow.insert(*key, *want)),
-                    Op::InsertRule { trie: Trie::Deny, key } => drop(self.deny.insert(*key)),
-                    Op::InsertRule { key, .. } => drop(self.redirect.insert(*key)),
-                    Op::RemoveRule { trie: Trie::Deny, key } => drop(self.deny.remove(key)),
-                    Op::RemoveRule { key, .. } => drop(self.redirect.remove(key)),
+                    Op::InsertRule { trie, key } => drop(self.plain(*trie).insert(*key)),
+                    Op::RemoveRule { trie, key } => drop(self.plain(*trie).remove(key)),
                     Op::SetFlags { endpoint, flags } => drop(self.flags.insert(*endpoint, *flags)),
                     Op::ForgetFlags { endpoint } => drop(self.flags.remove(endpoint)),
                     Op::Attach { endpoint, ifindex, .. } => drop(self.attached.insert(*ifindex, *endpoint)),

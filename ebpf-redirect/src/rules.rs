@@ -40,6 +40,15 @@ pub struct EndpointFlags {
     pub redirect_dns: bool,
     /// Egress deny rules exist: the deny trie is consulted first.
     pub has_deny: bool,
+    /// Ingress default deny: new connections towards the endpoint need an ingress allow entry.
+    pub ingress_default_deny: bool,
+    /// Ingress deny rules exist: the ingress deny trie is consulted for new inbound connections.
+    pub has_ingress_deny: bool,
+    /// Packets whose source is not one of the endpoint's addresses ([`StaticRules::source`]) are
+    /// dropped (anti-spoofing).
+    pub check_source: bool,
+    /// Audit mode: what policy would drop passes, and is reported as audited.
+    pub audit: bool,
 }
 
 impl EndpointFlags {
@@ -48,19 +57,42 @@ impl EndpointFlags {
             default_deny: policy.egress_default_deny,
             redirect_dns: policy.has_dns_rules(),
             has_deny: !policy.egress_denies.is_empty(),
+            ingress_default_deny: policy.ingress_default_deny,
+            has_ingress_deny: !policy.ingress_denies.is_empty(),
+            check_source: false,
+            audit: false,
         }
     }
 }
 
-/// The static (policy-derived, not learned) entries of one endpoint.
+/// The static (policy-derived, not learned) entries of one endpoint. Ingress keys hold the
+/// peer's prefix (the source of what the endpoint receives) and the endpoint's own port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StaticRules {
     pub allow: BTreeSet<RuleKey>,
     pub deny: BTreeSet<RuleKey>,
     pub redirect: BTreeSet<RuleKey>,
+    pub ingress_allow: BTreeSet<RuleKey>,
+    pub ingress_deny: BTreeSet<RuleKey>,
+    /// The endpoint's own addresses (any protocol, any port, host prefixes): the sources its
+    /// packets may carry when [`EndpointFlags::check_source`] is on.
+    pub source: BTreeSet<RuleKey>,
 }
 
 impl StaticRules {
+    /// The entries of a trie without owner bits.
+    pub(crate) fn plain(&self, trie: crate::tries::Trie) -> &BTreeSet<RuleKey> {
+        use crate::tries::Trie;
+        match trie {
+            Trie::Deny => &self.deny,
+            Trie::Redirect => &self.redirect,
+            Trie::IngressAllow => &self.ingress_allow,
+            Trie::IngressDeny => &self.ingress_deny,
+            Trie::Source => &self.source,
+            Trie::Allow => &self.allow,
+        }
+    }
+
     /// Entries for `endpoint` under `policy`. `toFQDNs` rules add nothing here: their IPs arrive as
     /// learned [`AllowKey`]s. DNS rules produce redirect entries for their servers and ports.
     pub fn from_policy(endpoint: EndpointId, policy: &EndpointPolicy) -> Self {
@@ -71,12 +103,23 @@ impl StaticRules {
         for rule in &policy.egress_denies {
             insert_peer(&mut out.deny, endpoint, &rule.peer, &rule.ports);
         }
+        for rule in &policy.ingress_allows {
+            insert_peer(&mut out.ingress_allow, endpoint, &rule.peer, &rule.ports);
+        }
+        for rule in &policy.ingress_denies {
+            insert_peer(&mut out.ingress_deny, endpoint, &rule.peer, &rule.ports);
+        }
         for rule in policy.dns.rules() {
             let ports = dns_ports(&rule.ports);
             insert_peer(&mut out.redirect, endpoint, &rule.server, &ports);
         }
         out
     }
+}
+
+/// The source entries of an endpoint that owns `ips`.
+pub fn source_rules(endpoint: EndpointId, ips: &[IpAddr]) -> BTreeSet<RuleKey> {
+    ips.iter().map(|ip| RuleKey { endpoint, proto: L4Proto::Any, port: 0, net: IpNet::from(*ip) }).collect()
 }
 
 /// DNS rules redirect exact ports only (the program does one redirect lookup per packet); a rule
@@ -266,7 +309,7 @@ mod tests {
         assert_eq!(rules.deny.len(), 1);
         assert!(rules.redirect.is_empty());
         let flags = EndpointFlags::from_policy(&policy);
-        assert_eq!(flags, EndpointFlags { default_deny: true, redirect_dns: false, has_deny: true });
+        assert_eq!(flags, EndpointFlags { default_deny: true, has_deny: true, ..Default::default() });
     }
 
     #[test]

@@ -7,98 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ebpf_redirect::{
-    AyaConfig, AyaDatapath, Datapath, DesiredEndpoint, DropEvent, DropEvents, DropReason, PolicyRoute, ProxyTarget,
-    ReconcileReport,
-};
+mod common;
+
+use common::{CONNECT, DROPPED_CONNECT, EP, Fixture, allow, default_deny, no_proxy};
+use ebpf_redirect::{AyaDatapath, Datapath, DropReason, ProxyTarget, ReconcileReport};
 use fqdn_cache::pattern::NamePattern;
 use fqdn_cache::{AllowKey, Delta, EndpointId, L4Proto, PortProto};
-use fqdnd_testkit::netns::{self, Bpffs, POD_IP4, POD_IP6, POD_VETH, TcpServer, Topology, WORLD_IP4, WORLD_IP6};
+use fqdnd_testkit::netns::{self, POD_IP4, POD_IP6, POD_VETH, TcpServer, WORLD_IP4, WORLD_IP6};
 use fqdnd_testkit::privileged;
 use policy_sync::DnsRules;
 use policy_sync::resolved::{DnsRule, EndpointPolicy, L3Rule, Peer, PolicyRef};
-
-const EP: EndpointId = EndpointId(42);
-/// Long enough for any allowed connect on a loaded machine; dropped SYNs are retried by the
-/// kernel after 1 s, so a shorter bound only decides "dropped" once the drop event confirmed it.
-const CONNECT: Duration = Duration::from_secs(5);
-const DROPPED_CONNECT: Duration = Duration::from_millis(400);
-
-struct Fixture {
-    topo: Topology,
-    bpffs: Bpffs,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        Fixture { topo: Topology::new(), bpffs: Bpffs::new(), rt }
-    }
-
-    fn config(&self, proxy: ProxyTarget) -> AyaConfig {
-        AyaConfig { bpffs_dir: self.bpffs.datapath_dir(), proxy, route: PolicyRoute::default(), install_route: true }
-    }
-
-    fn open(&self, proxy: ProxyTarget) -> AyaDatapath {
-        let config = self.config(proxy);
-        self.topo.node.run(|| AyaDatapath::open(config)).unwrap_or_else(|e| panic!("open: {}", chain(&e)))
-    }
-
-    /// The pod as the one endpoint, under `policy`: what the agent does on every snapshot.
-    fn attach(&self, dp: &AyaDatapath, policy: &EndpointPolicy) -> ReconcileReport {
-        let desired = [DesiredEndpoint::new(EP, Some(POD_VETH.into()), policy)];
-        self.topo.node.run(|| dp.sync_endpoints(&desired)).unwrap_or_else(|e| panic!("sync: {}", chain(&e)))
-    }
-
-    fn apply(&self, dp: &AyaDatapath, delta: Delta) {
-        self.rt.block_on(dp.apply(delta)).expect("apply");
-    }
-
-    fn connect(&self, dst: SocketAddr, timeout: Duration) -> (u16, std::io::Result<Vec<u8>>) {
-        let src = if dst.is_ipv4() { IpAddr::V4(POD_IP4) } else { IpAddr::V6(POD_IP6) };
-        self.topo.pod.run(|| netns::tcp_exchange(src, dst, timeout))
-    }
-
-    /// The drop event for the connection from `sport` to `dst`, skipping others (retransmits).
-    fn drop_event(&self, events: &mut DropEvents, sport: u16, dst: SocketAddr) -> DropEvent {
-        self.rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    let e = events.recv().await.expect("ring buffer");
-                    if e.src.port() == sport && e.dst == dst {
-                        return e;
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("no drop event for port {sport} -> {dst}"))
-        })
-    }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn no_proxy() -> ProxyTarget {
-    ProxyTarget { ipv4: None, ipv6: None, udp_port: 0, tcp_port: 0 }
-}
-
-fn default_deny() -> EndpointPolicy {
-    EndpointPolicy { egress_default_deny: true, ..Default::default() }
-}
-
-fn allow(ip: IpAddr, port: u16) -> AllowKey {
-    AllowKey { endpoint: EP, ip, port: PortProto { port, proto: L4Proto::Tcp } }
-}
 
 #[test]
 fn default_deny_drops_and_learned_allow_passes() {
@@ -133,7 +51,7 @@ fn default_deny_drops_and_learned_allow_passes() {
     }
 
     // Learned allow: the first connect after the ack passes, with no drop at all.
-    let delta = Delta { add: vec![allow(dst4.ip(), 80), allow(dst6.ip(), 80)], remove: vec![] };
+    let delta = Delta { add: vec![allow(dst4.ip(), 80), allow(dst6.ip(), 80)], remove: vec![], ..Delta::default() };
     fx.apply(&dp, delta.clone());
     let before = dp.counters().unwrap();
     for dst in [dst4, dst6] {
@@ -153,7 +71,7 @@ fn default_deny_drops_and_learned_allow_passes() {
     fx.drop_event(&mut events, sport, other);
 
     // Removal: dropped again.
-    fx.apply(&dp, Delta { add: vec![], remove: delta.add.clone() });
+    fx.apply(&dp, Delta { remove: delta.add.clone(), ..Delta::default() });
     let (sport, res) = fx.connect(dst4, DROPPED_CONNECT);
     assert!(res.is_err(), "connect after removal must fail");
     fx.drop_event(&mut events, sport, dst4);
@@ -422,7 +340,10 @@ fn enforcement_survives_restart_and_programs_are_swapped() {
         dp1.drop_events().expect("drop events")
     };
     fx.attach(&dp1, &default_deny());
-    fx.apply(&dp1, Delta { add: vec![allow(echo_addr.ip(), 7), allow(greet_addr.ip(), 80)], remove: vec![] });
+    fx.apply(
+        &dp1,
+        Delta { add: vec![allow(echo_addr.ip(), 7), allow(greet_addr.ip(), 80)], remove: vec![], ..Delta::default() },
+    );
     let ids1 = dp1.program_ids().unwrap();
     assert_eq!(tcx_programs(&fx), (vec![ids1.0], vec![ids1.1]));
 
@@ -463,7 +384,7 @@ fn enforcement_survives_restart_and_programs_are_swapped() {
     // Attaching again after the restart is a no-op, and the state is usable.
     fx.attach(&dp2, &default_deny());
     assert_eq!(tcx_programs(&fx), (vec![ids2.0], vec![ids2.1]));
-    fx.apply(&dp2, Delta { add: vec![], remove: vec![allow(greet_addr.ip(), 80)] });
+    fx.apply(&dp2, Delta { remove: vec![allow(greet_addr.ip(), 80)], ..Delta::default() });
     let (sport, res) = fx.connect(greet_addr, DROPPED_CONNECT);
     assert!(res.is_err());
     fx.drop_event(&mut events, sport, greet_addr);
@@ -482,7 +403,7 @@ fn last_used_moves_with_traffic() {
     let _server = TcpServer::start(&fx.topo.world, dst, b"hello");
     let dp = fx.open(no_proxy());
     fx.attach(&dp, &default_deny());
-    fx.apply(&dp, Delta { add: vec![allow(dst.ip(), 80)], remove: vec![] });
+    fx.apply(&dp, Delta { add: vec![allow(dst.ip(), 80)], remove: vec![], ..Delta::default() });
     let ago = |dp: &AyaDatapath| {
         dp.last_used().unwrap().into_iter().find(|l| l.endpoint == EP && l.ip == dst.ip()).map(|l| l.ago)
     };
@@ -566,7 +487,7 @@ fn sync_converges_and_is_idempotent() {
         &dp,
         Delta {
             add: vec![allow(a.ip(), 80), allow(b.ip(), 80), AllowKey { endpoint: stale_ep, ..allow(a.ip(), 80) }],
-            remove: vec![],
+            ..Delta::default()
         },
     );
 
@@ -587,7 +508,7 @@ fn sync_converges_and_is_idempotent() {
     let report = fx.attach(&dp, &policy);
     assert_eq!((report.entries_added, report.entries_removed), (1, 0), "{report:?}");
     // The learned entry of b goes (expiry); the static rule still allows b, not a.
-    fx.apply(&dp, Delta { add: vec![], remove: vec![allow(a.ip(), 80), allow(b.ip(), 80)] });
+    fx.apply(&dp, Delta { remove: vec![allow(a.ip(), 80), allow(b.ip(), 80)], ..Delta::default() });
     assert_eq!(fx.connect(b, CONNECT).1.expect("static allow"), b"b");
     let (sport, res) = fx.connect(a, DROPPED_CONNECT);
     assert!(res.is_err(), "a's learned entry expired");

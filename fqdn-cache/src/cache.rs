@@ -24,9 +24,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::pattern::NamePattern;
-use crate::{AllowKey, Answer, Delta, EndpointId, LastUsed, PortProto, normalized_name};
+use crate::{AllowKey, Answer, Delta, EndpointId, Expiry, LastUsed, PortProto, normalized_name};
 
 mod names;
+mod quota;
 mod selectors;
 mod snapshot;
 mod store;
@@ -35,6 +36,7 @@ pub use selectors::SelectorRule;
 pub use snapshot::{SNAPSHOT_VERSION, set_aside};
 
 use names::Names;
+use quota::Quota;
 use selectors::{EndpointRules, Selectors};
 use store::{NIL, Store};
 
@@ -84,6 +86,18 @@ pub struct CacheConfig {
     pub idle_grace: Duration,
     /// `--max-zombies`: per endpoint; never-used zombies are evicted first, then the oldest.
     pub max_zombies: usize,
+    /// `--max-learned-per-endpoint`: name/IP entries one endpoint's lookups may hold (zombies
+    /// included); at it, its own oldest idle entries make room. 0 counts as 1.
+    #[serde(default = "default_max_learned")]
+    pub max_learned_per_endpoint: usize,
+}
+
+fn default_max_learned() -> usize {
+    CacheConfig::DEFAULT_MAX_LEARNED
+}
+
+impl CacheConfig {
+    pub const DEFAULT_MAX_LEARNED: usize = 10_000;
 }
 
 impl Default for CacheConfig {
@@ -94,6 +108,7 @@ impl Default for CacheConfig {
             scope: Scope::Endpoint,
             idle_grace: Duration::ZERO,
             max_zombies: 10_000,
+            max_learned_per_endpoint: CacheConfig::DEFAULT_MAX_LEARNED,
         }
     }
 }
@@ -153,6 +168,9 @@ pub struct CacheCounters {
     pub zombie_evictions: u64,
     /// Entries removed at expiry, zombies included when their connection went idle (total).
     pub expirations: u64,
+    /// Entries an endpoint's own newer lookups evicted at its `max_learned_per_endpoint` (total).
+    #[serde(default)]
+    pub quota_evictions: u64,
 }
 
 /// The cache: per-endpoint learned names, the selector index and the allow sets they produce.
@@ -176,6 +194,8 @@ pub struct Cache {
     evictions: u64,
     zombie_evictions: u64,
     expirations: u64,
+    quota: Quota,
+    quota_evictions: u64,
 }
 
 /// Allow-set changes of one operation, netted: a key removed and re-added (or the reverse)
@@ -183,6 +203,9 @@ pub struct Cache {
 #[derive(Default)]
 struct Changes {
     net: HashMap<AllowKey, i32>,
+    /// The latest expiry (cache second) of the lookups granting a key, where this operation
+    /// granted it or made one of its lookups last longer.
+    expiry: HashMap<AllowKey, u32>,
 }
 
 impl Changes {
@@ -194,18 +217,31 @@ impl Changes {
         *self.net.entry(key).or_default() -= 1;
     }
 
-    fn finish(self) -> Delta {
+    fn expires(&mut self, key: AllowKey, second: u32) {
+        let e = self.expiry.entry(key).or_insert(second);
+        *e = (*e).max(second);
+    }
+
+    /// The delta, expiries counted from cache second `now_s`.
+    fn finish(self, now_s: u32) -> Delta {
         let mut delta = Delta::default();
-        for (key, n) in self.net {
+        for (key, n) in &self.net {
             match n {
-                1 => delta.add.push(key),
-                -1 => delta.remove.push(key),
+                1 => delta.add.push(*key),
+                -1 => delta.remove.push(*key),
                 0 => {}
                 _ => unreachable!("allow key {key:?} changed {n} times in one direction"),
             }
         }
         delta.add.sort_unstable();
         delta.remove.sort_unstable();
+        delta.expires = self
+            .expiry
+            .into_iter()
+            .filter(|(key, _)| self.net.get(key).is_none_or(|&n| n >= 0))
+            .map(|(key, second)| Expiry { key, ttl: Duration::from_secs(u64::from(second.saturating_sub(now_s))) })
+            .collect();
+        delta.expires.sort_unstable();
         delta
     }
 }
@@ -234,6 +270,8 @@ impl Cache {
             evictions: 0,
             zombie_evictions: 0,
             expirations: 0,
+            quota: Quota::default(),
+            quota_evictions: 0,
         }
     }
 
@@ -295,6 +333,7 @@ impl Cache {
             self.grants.get(&endpoint).map(|m| m.keys().copied().collect()).unwrap_or_default();
         let rules = EndpointRules::new(self.selectors.rules(endpoint));
         let mut counts: HashMap<(IpAddr, PortProto), u32> = HashMap::new();
+        let mut latest: HashMap<(IpAddr, PortProto), u32> = HashMap::new();
         if !rules.is_empty() {
             let (mut scratch, mut ports) = (Vec::new(), Vec::new());
             // In node scope the same name recurs under many owners: match it once.
@@ -319,9 +358,11 @@ impl Cache {
                     continue;
                 }
                 for idx in self.store.of_name(h.owner, h.name) {
-                    let ip = self.store.get(idx).ip;
+                    let e = self.store.get(idx);
                     for &port in ports.iter() {
-                        *counts.entry((ip, port)).or_default() += 1;
+                        *counts.entry((e.ip, port)).or_default() += 1;
+                        let t = latest.entry((e.ip, port)).or_default();
+                        *t = (*t).max(e.expires);
                     }
                 }
             }
@@ -333,10 +374,16 @@ impl Cache {
             self.grants.insert(endpoint, counts);
         }
         let key = |&(ip, port): &(IpAddr, PortProto)| AllowKey { endpoint, ip, port };
-        Delta {
-            add: after.difference(&before).map(key).collect(),
-            remove: before.difference(&after).map(key).collect(),
-        }
+        let add: Vec<AllowKey> = after.difference(&before).map(key).collect();
+        let now_s = self.last_gc;
+        let expires = add
+            .iter()
+            .map(|k| {
+                let second = latest.get(&(k.ip, k.port)).copied().unwrap_or(now_s);
+                Expiry { key: *k, ttl: Duration::from_secs(u64::from(second.saturating_sub(now_s))) }
+            })
+            .collect();
+        Delta { add, remove: before.difference(&after).map(key).collect(), expires }
     }
 
     /// Record an answer: the question name and every CNAME in its chain map to the answer's IPs
@@ -350,21 +397,33 @@ impl Cache {
         ips.sort_unstable();
         ips.dedup();
         let mut changes = Changes::default();
+        let now_s = self.secs(now);
         for name in std::iter::once(&answer.qname).chain(&answer.cnames) {
             let name = normalized_name(name);
-            self.learn_name(owner, &name, &ips, expires, &mut changes);
+            self.learn_name(owner, &name, &ips, expires, now_s, &mut changes);
         }
-        changes.finish()
+        changes.finish(now_s)
     }
 
-    fn learn_name(&mut self, owner: EndpointId, name: &str, ips: &[IpAddr], expires: u32, changes: &mut Changes) {
+    fn learn_name(
+        &mut self,
+        owner: EndpointId,
+        name: &str,
+        ips: &[IpAddr],
+        expires: u32,
+        now_s: u32,
+        changes: &mut Changes,
+    ) {
         let known = self.names.get(name);
         for &ip in ips {
             if let Some(id) = known
                 && let Some(idx) = self.store.find(owner, id, ip)
             {
                 // Never shorten: the client may hold the earlier answer for its full TTL.
+                self.quota.looked_up(owner, idx);
                 let e = self.store.get_mut(idx);
+                e.looked_up = now_s;
+                let longer = expires > e.expires;
                 e.expires = e.expires.max(expires);
                 if e.zombie {
                     e.zombie = false;
@@ -372,11 +431,17 @@ impl Cache {
                     self.zombie_count -= 1;
                     self.schedule(idx);
                 }
+                if longer {
+                    self.extend(idx, changes);
+                }
                 continue;
             }
             let id = self.names.acquire(name);
             self.make_room(owner, id, changes);
+            self.make_quota_room(owner, changes);
             let idx = self.store.insert(owner, id, ip, expires);
+            self.store.get_mut(idx).looked_up = now_s;
+            self.quota.looked_up(owner, idx);
             self.schedule(idx);
             self.grant(idx, true, changes);
         }
@@ -398,10 +463,28 @@ impl Cache {
         }
     }
 
+    /// At its quota, the owner's own oldest idle entries go to make room for one more.
+    fn make_quota_room(&mut self, owner: EndpointId, changes: &mut Changes) {
+        let quota = self.config.max_learned_per_endpoint.max(1);
+        for idx in self.quota.victims(owner, quota, &self.store) {
+            self.remove_entry(idx, changes);
+            self.quota_evictions += 1;
+        }
+    }
+
     fn schedule(&mut self, idx: u32) {
         let e = self.store.get_mut(idx);
         e.scheduled = e.expires;
         self.timers.entry(e.expires).or_default().push(idx);
+    }
+
+    /// The entry's lookup now lasts longer: so do the allows it grants.
+    fn extend(&mut self, idx: u32, changes: &mut Changes) {
+        let e = *self.store.get(idx);
+        let only = (self.config.scope == Scope::Endpoint).then_some(e.owner);
+        self.selectors.grants(self.names.text(e.name), only, |endpoint, port| {
+            changes.expires(AllowKey { endpoint, ip: e.ip, port }, e.expires);
+        });
     }
 
     /// Count (or uncount) every allow the entry grants, recording keys that appear or vanish.
@@ -414,6 +497,7 @@ impl Cache {
             if add {
                 let n = grants.entry(endpoint).or_default().entry((e.ip, port)).or_default();
                 *n += 1;
+                changes.expires(key, e.expires);
                 if *n == 1 {
                     changes.add(key);
                 }
@@ -437,6 +521,7 @@ impl Cache {
     fn remove_entry(&mut self, idx: u32, changes: &mut Changes) {
         self.grant(idx, false, changes);
         let e = self.store.remove(idx);
+        self.quota.remove(e.owner, idx);
         if e.zombie {
             self.zombie_count -= 1;
         }
@@ -479,6 +564,7 @@ impl Cache {
             let t = used.entry((u.endpoint, u.ip)).or_default();
             *t = (*t).max(at);
         }
+        self.quota.note_use(&used);
         let mut changes = Changes::default();
 
         let mut fresh_zombies = Vec::new();
@@ -532,7 +618,7 @@ impl Cache {
         self.cap_zombies(&mut zombies, &mut changes);
         self.zombies = zombies;
         self.last_gc = now_s;
-        changes.finish()
+        changes.finish(now_s)
     }
 
     fn cap_zombies(&mut self, zombies: &mut Vec<u32>, changes: &mut Changes) {
@@ -581,7 +667,7 @@ impl Cache {
         for idx in owned {
             self.remove_entry(idx, &mut changes);
         }
-        changes.finish()
+        changes.finish(self.last_gc)
     }
 
     /// The endpoint's full allow set, sorted: to reconcile the datapath at start.
@@ -656,6 +742,11 @@ impl Cache {
         rows
     }
 
+    /// Entries `endpoint`'s own lookups hold (what its quota counts).
+    pub fn held_by(&self, endpoint: EndpointId) -> usize {
+        self.quota.held(endpoint)
+    }
+
     pub fn counters(&self) -> CacheCounters {
         CacheCounters {
             entries: self.store.len() as u64,
@@ -665,6 +756,7 @@ impl Cache {
             evictions: self.evictions,
             zombie_evictions: self.zombie_evictions,
             expirations: self.expirations,
+            quota_evictions: self.quota_evictions,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use thiserror::Error;
 
-use crate::{AllowKey, Delta, LastUsed};
+use crate::{AllowKey, Delta, Expiry, LastUsed};
 
 mod memory;
 
@@ -49,4 +49,11 @@ pub trait Datapath: Send + Sync + 'static {
     /// entries newer than the cache's last snapshot; the enforcer adopts them at start so they
     /// still expire.
     fn learned_entries(&self) -> Vec<AllowKey>;
+
+    /// How long each learned entry has left, as [`Delta::expires`] stored it (`ttl` counted from
+    /// now, 0 once past). Entries stored without an expiry are left out. A datapath that keeps
+    /// none returns nothing, and the enforcer gives adopted entries a fixed grace instead.
+    fn learned_expiry(&self) -> Vec<Expiry> {
+        Vec::new()
+    }
 }

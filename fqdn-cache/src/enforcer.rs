@@ -87,7 +87,7 @@ impl Enforcer {
 
     /// Start applying `delta` (caller holds the cache lock); the future is the ack.
     fn start_apply(&self, delta: Delta) -> Option<BoxFuture<'_, Result<(), DatapathError>>> {
-        (!delta.is_empty()).then(|| self.datapath.apply(delta))
+        (!delta.is_noop()).then(|| self.datapath.apply(delta))
     }
 
     /// The toFQDNs selectors of every endpoint in force; endpoints not listed are forgotten (their
@@ -120,9 +120,11 @@ impl Enforcer {
             let add: Vec<AllowKey> = self.allows_locked(&cache).collect();
             let known: HashSet<(EndpointId, IpAddr)> = add.iter().map(|k| (k.endpoint, k.ip)).collect();
             let in_kernel = self.datapath.learned_entries();
+            let expiry = self.datapath.learned_expiry();
             let mut orphans = self.orphans.lock().unwrap_or_else(PoisonError::into_inner);
-            let adopted = orphans.adopt(in_kernel.into_iter().filter(|k| !known.contains(&(k.endpoint, k.ip))));
-            (adopted, self.start_apply(Delta { add, remove: Vec::new() }))
+            let adopted =
+                orphans.adopt(in_kernel.into_iter().filter(|k| !known.contains(&(k.endpoint, k.ip))), &expiry);
+            (adopted, self.start_apply(Delta { add, ..Delta::default() }))
         };
         if adopted > 0 {
             tracing::info!(entries = adopted, "learned entries newer than the cache snapshot kept while in use");
@@ -187,14 +189,16 @@ impl Enforcer {
 
 impl Learner for Enforcer {
     fn learn(&self, answer: &Answer) -> BoxFuture<'_, Result<bool, DatapathError>> {
-        let ack = {
+        let (ack, changes) = {
             let mut cache = self.lock();
             let delta = cache.learn(answer, Instant::now());
-            self.start_apply(delta)
+            // A delta of longer expiries alone changes nothing that passes.
+            let changes = !delta.is_empty();
+            (self.start_apply(delta), changes)
         };
         Box::pin(async move {
             match ack {
-                Some(ack) => ack.await.map(|()| true),
+                Some(ack) => ack.await.map(|()| changes),
                 None => Ok(false),
             }
         })

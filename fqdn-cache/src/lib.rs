@@ -17,5 +17,6 @@ pub use datapath::{BoxFuture, Datapath, DatapathError, MemoryDatapath};
 pub use enforcer::{Enforcer, Learner};
 pub use error::CacheError;
 pub use types::{
-    AllowKey, Answer, Delta, EndpointId, L4Proto, LastUsed, PortProto, normalize_name, normalize_owned, normalized_name,
+    AllowKey, Answer, Delta, EndpointId, Expiry, L4Proto, LastUsed, PortProto, normalize_name, normalize_owned,
+    normalized_name,
 };

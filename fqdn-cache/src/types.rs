@@ -59,17 +59,37 @@ pub struct AllowKey {
 pub struct Delta {
     pub add: Vec<AllowKey>,
     pub remove: Vec<AllowKey>,
+    /// When entries run out (added ones, and present ones whose lookups now last longer), for
+    /// the datapath to keep beside them: an agent restarted after a crash reads them back for
+    /// the entries its last cache snapshot does not know. Never shortened by the datapath.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expires: Vec<Expiry>,
 }
 
 impl Delta {
+    /// Nothing to add or remove (what passes stays the same; there may still be expiries).
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Nothing for the datapath at all, expiries included.
+    pub fn is_noop(&self) -> bool {
+        self.is_empty() && self.expires.is_empty()
     }
 
     pub fn extend(&mut self, other: Delta) {
         self.add.extend(other.add);
         self.remove.extend(other.remove);
+        self.expires.extend(other.expires);
     }
+}
+
+/// How long the lookups behind an allow entry keep it (its TTL, before zombie keeping), counted
+/// from when the delta was computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Expiry {
+    pub key: AllowKey,
+    pub ttl: std::time::Duration,
 }
 
 /// Last time the datapath saw traffic to an allow-map IP of an endpoint (for zombies).

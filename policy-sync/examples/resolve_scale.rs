@@ -51,7 +51,7 @@ fn main() {
         name: "kube-dns".into(),
         labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
         ips: vec!["10.96.0.10".parse().unwrap()],
-        interface: None,
+        ..Default::default()
     }];
     for j in 0..m {
         inventory.push(Endpoint {
@@ -59,7 +59,7 @@ fn main() {
             name: format!("pod-{j}"),
             labels: [("app".to_string(), format!("app-{}", j % 100))].into(),
             ips: vec![format!("10.{}.{}.1", j / 250, j % 250).parse().unwrap()],
-            interface: None,
+            ..Default::default()
         });
     }
     let node = NodeInfo::default();

@@ -14,7 +14,7 @@ use crate::error::PolicyError;
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 
 /// One endpoint, as listed in the endpoints file. Labels are given without the `k8s:` source prefix.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub namespace: String,
@@ -26,6 +26,11 @@ pub struct Endpoint {
     /// The node-side veth of the endpoint, used by the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// Audit mode for this endpoint alone (`policy-audit-mode: true`; the agent's
+    /// `--policy-audit-mode` sets it for all): nothing is dropped or refused, what would have been
+    /// is reported with verdict AUDIT.
+    #[serde(default, rename = "policy-audit-mode", skip_serializing_if = "std::ops::Not::not")]
+    pub policy_audit_mode: bool,
 }
 
 impl Endpoint {
@@ -157,6 +162,18 @@ mod tests {
         assert_eq!(eps.len(), 2);
         assert_eq!(eps[1].interface.as_deref(), Some("lxc-alpine"));
         assert_eq!(eps[0].effective_labels().get(NAMESPACE_LABEL).map(String::as_str), Some("kube-system"));
+        assert!(!eps[1].policy_audit_mode);
+    }
+
+    #[test]
+    fn audit_mode_per_endpoint() {
+        let text = "- {namespace: default, name: alpine, ips: [10.0.1.5], policy-audit-mode: true}\n";
+        let eps = parse_endpoints(Path::new("eps.yaml"), text).unwrap();
+        assert!(eps[0].policy_audit_mode);
+        let err = parse_endpoints(Path::new("eps.yaml"), "- {namespace: a, name: b, policy-audit-mode: maybe}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("policy-audit-mode"), "{err}");
     }
 
     /// Fault E: an IP listed for two endpoints would hand one of them the other's rules.

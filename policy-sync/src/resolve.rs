@@ -215,12 +215,18 @@ impl<'a> Resolver<'a> {
             let origin = |path: &str| Origin { policy: policy.reference.clone(), rule: path.to_string() };
             if rule.egress_default_deny {
                 out.policy.egress_default_deny = true;
+                if !out.policy.egress_default_deny_by.contains(&policy.reference) {
+                    out.policy.egress_default_deny_by.push(policy.reference.clone());
+                }
                 if trace {
                     out.egress_default_deny_from.get_or_insert_with(|| origin(&format!("{}.egress", rule.path)));
                 }
             }
             if rule.ingress_default_deny {
                 out.policy.ingress_default_deny = true;
+                if !out.policy.ingress_default_deny_by.contains(&policy.reference) {
+                    out.policy.ingress_default_deny_by.push(policy.reference.clone());
+                }
                 if trace {
                     out.ingress_default_deny_from.get_or_insert_with(|| origin(&format!("{}.ingress", rule.path)));
                 }
@@ -396,6 +402,7 @@ pub(crate) mod tests {
             labels: [("app".to_string(), "web".to_string())].into(),
             ips: vec!["10.0.2.7".parse().unwrap()],
             interface: None,
+            policy_audit_mode: false,
         });
         eps
     }
@@ -454,6 +461,8 @@ pub(crate) mod tests {
         let ep = resolve(&policies(&text), &alpine(), &inventory());
         assert!(ep.egress_default_deny);
         assert_eq!(ep.policies.len(), 2);
+        let names: Vec<String> = ep.egress_default_deny_by.iter().map(|p| p.name.clone()).collect();
+        assert_eq!(names, ["closed"], "only the policy that put it in default deny");
     }
 
     #[test]

@@ -188,6 +188,10 @@ pub struct EndpointPolicy {
     pub ingress_denies: Vec<L3Rule>,
     /// The policies that select this endpoint.
     pub policies: Vec<PolicyRef>,
+    /// The policies that put it in egress (ingress) default deny: who decided a drop no rule
+    /// names, for drop and audit flows.
+    pub egress_default_deny_by: Vec<PolicyRef>,
+    pub ingress_default_deny_by: Vec<PolicyRef>,
 }
 
 impl EndpointPolicy {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dns_proxy::ListenerInfo;
-use ebpf_redirect::{AyaConfig, AyaDatapath, DesiredEndpoint, ProxyTarget};
+use ebpf_redirect::{AyaConfig, AyaDatapath, DenyResponse, DesiredEndpoint, MapSizes, ProxyTarget};
 use fqdn_cache::{Datapath, L4Proto, MemoryDatapath};
 use policy_sync::Snapshot;
 
@@ -23,10 +23,17 @@ impl AgentDatapath {
 
     /// Open (or adopt, after a restart) the eBPF datapath under `bpffs_dir`, redirecting DNS to
     /// the transparent `listeners`.
-    pub fn kernel(bpffs_dir: PathBuf, listeners: &[ListenerInfo]) -> anyhow::Result<Self> {
+    pub fn kernel(
+        bpffs_dir: PathBuf,
+        listeners: &[ListenerInfo],
+        map_sizes: MapSizes,
+        deny_response: DenyResponse,
+    ) -> anyhow::Result<Self> {
         let target = proxy_target(listeners)?;
         let mut config = AyaConfig::new(target);
         config.bpffs_dir = bpffs_dir;
+        config.map_sizes = map_sizes;
+        config.deny_response = deny_response;
         let dp = AyaDatapath::open(config)?;
         Ok(AgentDatapath::Kernel(Arc::new(dp)))
     }
@@ -42,12 +49,19 @@ impl AgentDatapath {
     /// endpoints that remain are kept: after a crash the cache's snapshot may be older than the
     /// kernel's maps, and an entry the cache does not know may carry a live connection (the
     /// enforcer adopts those so they still expire).
-    pub fn sync(&self, snap: &Snapshot) {
+    /// `audit_all`: `--policy-audit-mode` (an endpoint may also be in audit mode on its own).
+    pub fn sync(&self, snap: &Snapshot, audit_all: bool) {
         let AgentDatapath::Kernel(dp) = self else { return };
         let endpoints: Vec<DesiredEndpoint> = snap
             .endpoints
             .iter()
-            .map(|e| DesiredEndpoint::new(e.id, e.endpoint.interface.clone(), &e.policy))
+            .map(|e| {
+                let desired = DesiredEndpoint::new(e.id, e.endpoint.interface.clone(), &e.policy)
+                    .audited(audit_all || e.endpoint.policy_audit_mode);
+                // Anti-spoofing where the endpoint has an interface: its packets may only carry
+                // its own addresses, so the policy and the proxy know whose they are.
+                if e.endpoint.interface.is_some() { desired.owning(&e.endpoint.ips) } else { desired }
+            })
             .collect();
         match dp.sync_endpoints(&endpoints) {
             Ok(report) => tracing::info!(?report, generation = snap.generation, "datapath converged"),

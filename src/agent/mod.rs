@@ -70,7 +70,7 @@ impl Parts {
         if let Err(e) = self.enforcer.set_endpoints(snap.selector_rules()).await {
             tracing::warn!(error = %e, "datapath update after a policy change failed");
         }
-        self.datapath.sync(&snap);
+        self.datapath.sync(&snap, self.proxy.config().policy_audit_mode);
         if first && let Err(e) = self.enforcer.restore_into_datapath().await {
             tracing::warn!(error = %e, "restoring learned entries into the datapath");
         }
@@ -96,8 +96,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let sockets = Sockets::bind(&config.proxy)?;
     let listeners = sockets.listeners();
     let datapath = if transparent {
-        AgentDatapath::kernel(config.bpffs_dir.clone(), &listeners)
-            .context("opening the eBPF datapath (transparent mode needs root)")?
+        AgentDatapath::kernel(
+            config.bpffs_dir.clone(),
+            &listeners,
+            ebpf_redirect::MapSizes { allow: config.allow_map_size },
+            config.deny_response,
+        )
+        .context("opening the eBPF datapath (transparent mode needs root)")?
     } else {
         AgentDatapath::memory()
     };

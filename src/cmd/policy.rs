@@ -217,6 +217,7 @@ fn explain_cmd(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             labels,
             ips: Vec::new(),
             interface: None,
+            ..Endpoint::default()
         },
     };
     let node = if args.host_ips.is_empty() {

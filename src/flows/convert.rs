@@ -5,13 +5,14 @@ use std::net::{IpAddr, SocketAddr};
 
 use arc_swap::ArcSwap;
 use dns_proxy::{DnsFlow, DnsFlowKind};
-use ebpf_redirect::DropEvent;
+use ebpf_redirect::{Direction, DropEvent};
 use fqdn_cache::{EndpointId, Enforcer, L4Proto};
-use policy_sync::{ResolvedEndpoint, Snapshot};
+use policy_sync::resolved::ports_allow;
+use policy_sync::{PolicyRef, ResolvedEndpoint, Snapshot};
 
 use super::model::{
     CiliumEventType, Dns, DropReason, EVENT_TYPE_ACCESS_LOG, EVENT_TYPE_DROP, Endpoint, Flow, FlowType, Ip, IpVersion,
-    L7FlowType, Layer4, Layer7, Tcp, TcpFlags, TrafficDirection, Udp, Verdict,
+    L7FlowType, Layer4, Layer7, Policy, Tcp, TcpFlags, TrafficDirection, Udp, Verdict,
 };
 
 /// Where the DNS flows come from, as Hubble's `observation_source` (Cilium's proxy says the same).
@@ -61,6 +62,12 @@ fn peer(ep: Option<EndpointInfo>, ip: IpAddr) -> Endpoint {
 pub trait EndpointLookup: Send + Sync {
     fn by_id(&self, id: EndpointId) -> Option<EndpointInfo>;
     fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo>;
+
+    /// The policies that decided a drop (or would have: audit): the deny rules matching it, or
+    /// those that put the endpoint in default deny.
+    fn denied_by(&self, _ev: &DropEvent) -> Vec<PolicyRef> {
+        Vec::new()
+    }
 }
 
 impl EndpointLookup for Snapshot {
@@ -70,6 +77,31 @@ impl EndpointLookup for Snapshot {
 
     fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo> {
         Snapshot::by_ip(self, ip).map(|e| EndpointInfo::from_resolved(e))
+    }
+
+    fn denied_by(&self, ev: &DropEvent) -> Vec<PolicyRef> {
+        let Some(ep) = Snapshot::by_id(self, ev.endpoint) else { return Vec::new() };
+        let p = &ep.policy;
+        let (rules, defaults, peer) = match ev.direction {
+            Direction::Egress => (&p.egress_denies, &p.egress_default_deny_by, ev.dst.ip()),
+            Direction::Ingress => (&p.ingress_denies, &p.ingress_default_deny_by, ev.src.ip()),
+        };
+        match ev.reason {
+            ebpf_redirect::DropReason::PolicyDeny => {
+                let mut out: Vec<PolicyRef> = Vec::new();
+                for r in rules {
+                    if r.peer.contains(peer)
+                        && ports_allow(&r.ports, ev.dst.port(), ev.proto)
+                        && !out.contains(&r.policy)
+                    {
+                        out.push(r.policy.clone());
+                    }
+                }
+                out
+            }
+            ebpf_redirect::DropReason::PolicyDenied => defaults.clone(),
+            ebpf_redirect::DropReason::SpoofedSource => Vec::new(),
+        }
     }
 }
 
@@ -81,6 +113,10 @@ impl EndpointLookup for ArcSwap<Snapshot> {
 
     fn by_ip(&self, ip: IpAddr) -> Option<EndpointInfo> {
         EndpointLookup::by_ip(self.load().as_ref(), ip)
+    }
+
+    fn denied_by(&self, ev: &DropEvent) -> Vec<PolicyRef> {
+        EndpointLookup::denied_by(self.load().as_ref(), ev)
     }
 }
 
@@ -124,6 +160,21 @@ pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Fl
         rrtypes: f.rrtypes.clone(),
     };
     let summary = dns_summary(f, &dns);
+    // The policy whose DNS rules refused the query (or would have: audit).
+    let egress_denied_by = match f.verdict {
+        dns_proxy::Verdict::Dropped | dns_proxy::Verdict::Audit => f
+            .policy
+            .as_deref()
+            .map(|p| {
+                let policy = match p.split_once('/') {
+                    Some((ns, name)) => PolicyRef { namespace: Some(ns.into()), name: name.into() },
+                    None => PolicyRef { namespace: None, name: p.into() },
+                };
+                vec![Policy::of(&policy)]
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     Flow {
         time: f.time,
         verdict: f.verdict.into(),
@@ -134,6 +185,7 @@ pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Fl
         destination: Some(peer(dst_ep, dst.ip())),
         flow_type: FlowType::L7,
         node_name: node_name.to_string(),
+        source_names: Vec::new(),
         destination_names: Vec::new(),
         l7: Some(Layer7 {
             l7_type: if is_reply { L7FlowType::Response } else { L7FlowType::Request },
@@ -144,29 +196,53 @@ pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Fl
         traffic_direction: TrafficDirection::Egress,
         drop_reason_desc: None,
         is_reply: Some(is_reply),
+        egress_denied_by,
+        ingress_denied_by: Vec::new(),
         summary,
     }
 }
 
-/// A packet the datapath dropped. `names` are the names this endpoint resolved to the destination.
+/// A packet the datapath dropped. `names` are the names this endpoint resolved to the peer: the
+/// destination of what it sent (egress), the source of what was sent to it (ingress).
 pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesLookup, node_name: &str) -> Flow {
     let reason = DropReason::from(ev.reason);
     let flags = TcpFlags::from_byte(ev.tcp_flags);
-    let src_ep = lookup.by_id(ev.endpoint).or_else(|| lookup.by_ip(ev.src.ip()));
-    let dst_ep = lookup.by_ip(ev.dst.ip());
-    let destination_names =
-        names.names_for_ip(ev.endpoint, ev.dst.ip()).into_iter().map(|n| display_name(&n).to_string()).collect();
-    let summary = match ev.proto {
+    let (peer_ip, ours) = match ev.direction {
+        Direction::Egress => (ev.dst.ip(), ev.src.ip()),
+        Direction::Ingress => (ev.src.ip(), ev.dst.ip()),
+    };
+    let ours_ep = lookup.by_id(ev.endpoint).or_else(|| lookup.by_ip(ours));
+    let peer_ep = lookup.by_ip(peer_ip);
+    let peer_names: Vec<String> =
+        names.names_for_ip(ev.endpoint, peer_ip).into_iter().map(|n| display_name(&n).to_string()).collect();
+    let (src_ep, dst_ep, source_names, destination_names, traffic_direction) = match ev.direction {
+        Direction::Egress => (ours_ep, peer_ep, Vec::new(), peer_names, TrafficDirection::Egress),
+        Direction::Ingress => (peer_ep, ours_ep, peer_names, Vec::new(), TrafficDirection::Ingress),
+    };
+    let mut summary = match ev.proto {
         L4Proto::Tcp => format!("TCP Flags: {}", flags.names().join(", ")),
         L4Proto::Udp => "UDP".to_string(),
         L4Proto::Any => if ev.dst.is_ipv4() { "IPv4" } else { "IPv6" }.to_string(),
     };
+    // `--deny-response reject`: Hubble's flow has no field for it; the summary says what was sent.
+    if ev.rejected {
+        summary.push_str(match ev.proto {
+            L4Proto::Tcp => " (rejected: TCP RST sent)",
+            _ if ev.dst.is_ipv4() => " (rejected: ICMP port unreachable sent)",
+            _ => " (rejected: ICMPv6 port unreachable sent)",
+        });
+    }
     // A bare SYN opens a connection, so it cannot be a reply; for anything else the datapath does
     // not say (Hubble leaves is_reply out for drops for the same reason).
     let is_reply = (ev.proto == L4Proto::Tcp && flags.syn && !flags.ack).then_some(false);
+    let denied_by: Vec<Policy> = lookup.denied_by(ev).iter().map(Policy::of).collect();
+    let (egress_denied_by, ingress_denied_by) = match ev.direction {
+        Direction::Egress => (denied_by, Vec::new()),
+        Direction::Ingress => (Vec::new(), denied_by),
+    };
     Flow {
         time: ev.time,
-        verdict: Verdict::Dropped,
+        verdict: if ev.audit { Verdict::Audit } else { Verdict::Dropped },
         drop_reason: reason.code(),
         ip: Some(ip_of(ev.src, ev.dst)),
         l4: l4_of(ev.proto, ev.src, ev.dst, Some(flags)),
@@ -174,12 +250,15 @@ pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesL
         destination: Some(peer(dst_ep, ev.dst.ip())),
         flow_type: FlowType::L3L4,
         node_name: node_name.to_string(),
+        source_names,
         destination_names,
         l7: None,
         event_type: Some(CiliumEventType { event_type: EVENT_TYPE_DROP, sub_type: reason.code() as i32 }),
-        traffic_direction: TrafficDirection::Egress,
+        traffic_direction,
         drop_reason_desc: Some(reason),
         is_reply,
+        egress_denied_by,
+        ingress_denied_by,
         summary,
     }
 }
@@ -278,6 +357,7 @@ pub(crate) mod tests {
             labels: BTreeMap::from([("app".to_string(), "alpine".to_string())]),
             ips: vec!["10.0.1.5".parse().unwrap()],
             interface: None,
+            policy_audit_mode: false,
         };
         let dns = policy_sync::endpoint::Endpoint {
             namespace: "kube-system".into(),
@@ -285,6 +365,7 @@ pub(crate) mod tests {
             labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
             ips: vec!["10.96.0.10".parse().unwrap()],
             interface: None,
+            policy_audit_mode: false,
         };
         Snapshot::unpoliced([(EndpointId(7), alpine), (EndpointId(9), dns)])
     }
@@ -325,11 +406,14 @@ pub(crate) mod tests {
     pub(crate) fn drop_event() -> DropEvent {
         DropEvent {
             endpoint: EndpointId(7),
+            direction: Direction::Egress,
             src: "10.0.1.5:43344".parse().unwrap(),
             dst: "13.107.1.1:443".parse().unwrap(),
             proto: L4Proto::Tcp,
             tcp_flags: 0x02,
             reason: ebpf_redirect::DropReason::PolicyDenied,
+            rejected: false,
+            audit: false,
             time: SystemTime::UNIX_EPOCH + Duration::new(1_701_079_202, 0),
         }
     }
@@ -425,6 +509,39 @@ pub(crate) mod tests {
         let f = drop_flow(&udp, &table(), &NoNames, "");
         assert_eq!((f.summary.as_str(), f.is_reply), ("UDP", None));
         assert!(f.destination_names.is_empty());
+        assert_eq!(f.traffic_direction, TrafficDirection::Egress);
+    }
+
+    #[test]
+    fn rejected_drops_say_what_was_sent() {
+        let tcp = drop_flow(&DropEvent { rejected: true, ..drop_event() }, &table(), &NoNames, "");
+        assert_eq!((tcp.verdict, tcp.summary.as_str()), (Verdict::Dropped, "TCP Flags: SYN (rejected: TCP RST sent)"));
+        let udp = DropEvent { rejected: true, proto: L4Proto::Udp, tcp_flags: 0, ..drop_event() };
+        assert_eq!(drop_flow(&udp, &table(), &NoNames, "").summary, "UDP (rejected: ICMP port unreachable sent)");
+    }
+
+    #[test]
+    fn ingress_drop_names_the_peer_as_source() {
+        // 13.107.1.1 connecting to the pod's port 8080.
+        let ev = DropEvent {
+            direction: Direction::Ingress,
+            src: "13.107.1.1:51000".parse().unwrap(),
+            dst: "10.0.1.5:8080".parse().unwrap(),
+            ..drop_event()
+        };
+        let f = drop_flow(&ev, &table(), &Names, "node1");
+        assert_eq!(f.traffic_direction, TrafficDirection::Ingress);
+        assert_eq!(f.ip.as_ref().unwrap().source, "13.107.1.1");
+        assert_eq!(f.source.as_ref().unwrap().labels, ["reserved:world"]);
+        assert_eq!(f.destination.as_ref().unwrap().pod_name, "alpine");
+        assert_eq!(f.source_names, ["www.microsoft.com"]);
+        assert!(f.destination_names.is_empty());
+        assert_eq!(
+            f.l4,
+            Some(Layer4::Tcp(Tcp { source_port: 51000, destination_port: 8080, flags: Some(TcpFlags::from_byte(2)) }))
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["traffic_direction"], "INGRESS");
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub fn compact(f: &Flow, color: Color) -> String {
         ip.map(|i| i.source.as_str()).unwrap_or(""),
         src_port,
         f.source.as_ref().map(|e| (e.namespace.as_str(), e.pod_name.as_str())),
-        &[],
+        &f.source_names,
     );
     let mut dst = host(
         ip.map(|i| i.destination.as_str()).unwrap_or(""),
@@ -83,6 +83,7 @@ pub fn compact(f: &Flow, color: Color) -> String {
     let verdict = match f.verdict {
         Verdict::Forwarded => color.paint("32", f.verdict.as_str()),
         Verdict::Dropped | Verdict::Error => color.paint("31", f.verdict.as_str()),
+        Verdict::Audit => color.paint("33", f.verdict.as_str()),
         Verdict::Unknown => f.verdict.as_str().to_string(),
     };
     let mut line = String::with_capacity(160);

@@ -145,9 +145,21 @@ impl FlowHub {
 
     pub fn ingest_drop(&self, ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesLookup) {
         let flow = drop_flow(ev, lookup, names, &self.config.node_name);
-        match flow.drop_reason_desc {
-            Some(DropReason::PolicyDeny) => self.metrics.policy_drops_deny.inc(),
-            _ => self.metrics.policy_drops_denied.inc(),
+        let ingress = ev.direction == ebpf_redirect::Direction::Ingress;
+        if ev.audit {
+            let counter =
+                if ingress { &self.metrics.policy_audits_ingress } else { &self.metrics.policy_audits_egress };
+            counter.inc();
+            self.publish(flow);
+            return;
+        }
+        match (flow.drop_reason_desc, ingress) {
+            // Not a policy verdict: counted by the datapath (`fqdnd_datapath_drops_total`).
+            (Some(DropReason::InvalidSourceIp), _) => 0,
+            (Some(DropReason::PolicyDeny), false) => self.metrics.policy_drops_deny.inc(),
+            (_, false) => self.metrics.policy_drops_denied.inc(),
+            (Some(DropReason::PolicyDeny), true) => self.metrics.policy_drops_ingress_deny.inc(),
+            (_, true) => self.metrics.policy_drops_ingress_denied.inc(),
         };
         self.publish(flow);
     }

@@ -36,6 +36,9 @@ pub struct Flow {
     pub flow_type: FlowType,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
+    /// Names the endpoint resolved to the source IP (ingress drops from learned IPs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_names: Vec<String>,
     /// Names the querying endpoint resolved to the destination IP (drops to learned IPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destination_names: Vec<String>,
@@ -50,6 +53,11 @@ pub struct Flow {
     /// Absent when the direction is unknown (Hubble prints `<>` then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_reply: Option<bool>,
+    /// The policies whose rules (or default deny) refused or dropped it, or would have (AUDIT).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_denied_by: Vec<Policy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_denied_by: Vec<Policy>,
     #[serde(rename = "Summary", default, skip_serializing_if = "String::is_empty")]
     pub summary: String,
 }
@@ -97,6 +105,9 @@ pub enum Verdict {
     Dropped,
     #[serde(rename = "ERROR")]
     Error,
+    /// Audit mode: policy would have dropped (or refused) it, and it passed.
+    #[serde(rename = "AUDIT")]
+    Audit,
 }
 
 impl Verdict {
@@ -110,6 +121,7 @@ impl Verdict {
             Verdict::Forwarded => "FORWARDED",
             Verdict::Dropped => "DROPPED",
             Verdict::Error => "ERROR",
+            Verdict::Audit => "AUDIT",
         }
     }
 }
@@ -128,7 +140,8 @@ impl FromStr for Verdict {
             "FORWARDED" => Ok(Verdict::Forwarded),
             "DROPPED" => Ok(Verdict::Dropped),
             "ERROR" => Ok(Verdict::Error),
-            _ => Err(format!("unknown verdict {s:?}: expected FORWARDED, DROPPED or ERROR")),
+            "AUDIT" => Ok(Verdict::Audit),
+            _ => Err(format!("unknown verdict {s:?}: expected FORWARDED, DROPPED, ERROR or AUDIT")),
         }
     }
 }
@@ -139,6 +152,7 @@ impl From<dns_proxy::Verdict> for Verdict {
             dns_proxy::Verdict::Forwarded => Verdict::Forwarded,
             dns_proxy::Verdict::Dropped => Verdict::Dropped,
             dns_proxy::Verdict::Error => Verdict::Error,
+            dns_proxy::Verdict::Audit => Verdict::Audit,
         }
     }
 }
@@ -274,6 +288,28 @@ impl TcpFlags {
     }
 }
 
+/// Hubble's `flow.Policy`: which policy decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// `CiliumNetworkPolicy` or `CiliumClusterwideNetworkPolicy`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+}
+
+impl Policy {
+    pub fn of(p: &policy_sync::PolicyRef) -> Self {
+        Policy {
+            name: p.name.clone(),
+            namespace: p.namespace.clone().unwrap_or_default(),
+            kind: if p.namespace.is_some() { "CiliumNetworkPolicy" } else { "CiliumClusterwideNetworkPolicy" }.into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// The node-local endpoint id (fqdnd's `EndpointId`), like Cilium's endpoint ID.
@@ -370,6 +406,9 @@ pub enum DropReason {
     PolicyDenied,
     #[serde(rename = "POLICY_DENY")]
     PolicyDeny,
+    /// Anti-spoofing: the source was not the endpoint's address.
+    #[serde(rename = "INVALID_SOURCE_IP")]
+    InvalidSourceIp,
 }
 
 impl DropReason {
@@ -377,6 +416,7 @@ impl DropReason {
         match self {
             DropReason::PolicyDenied => 133,
             DropReason::PolicyDeny => 181,
+            DropReason::InvalidSourceIp => 132,
         }
     }
 
@@ -385,6 +425,7 @@ impl DropReason {
         match self {
             DropReason::PolicyDenied => "Policy denied",
             DropReason::PolicyDeny => "Policy denied by denylist",
+            DropReason::InvalidSourceIp => "Invalid source ip",
         }
     }
 
@@ -392,6 +433,7 @@ impl DropReason {
         match code {
             133 => Some(DropReason::PolicyDenied),
             181 => Some(DropReason::PolicyDeny),
+            132 => Some(DropReason::InvalidSourceIp),
             _ => None,
         }
     }
@@ -402,6 +444,7 @@ impl From<ebpf_redirect::DropReason> for DropReason {
         match r {
             ebpf_redirect::DropReason::PolicyDenied => DropReason::PolicyDenied,
             ebpf_redirect::DropReason::PolicyDeny => DropReason::PolicyDeny,
+            ebpf_redirect::DropReason::SpoofedSource => DropReason::InvalidSourceIp,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::proto::flow as pb;
 use super::proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 use crate::flows::model::{
     CiliumEventType, Dns, DropReason, Endpoint, Flow, FlowResponse, FlowType, Ip, IpVersion, L7FlowType, Layer4,
-    Layer7, Tcp, TcpFlags, TrafficDirection, Udp, Verdict,
+    Layer7, Policy, Tcp, TcpFlags, TrafficDirection, Udp, Verdict,
 };
 
 pub fn timestamp(t: SystemTime) -> Timestamp {
@@ -33,15 +33,17 @@ pub fn verdict_to_proto(v: Verdict) -> pb::Verdict {
         Verdict::Forwarded => pb::Verdict::Forwarded,
         Verdict::Dropped => pb::Verdict::Dropped,
         Verdict::Error => pb::Verdict::Error,
+        Verdict::Audit => pb::Verdict::Audit,
     }
 }
 
-/// Hubble's other verdicts (AUDIT, REDIRECTED, ...) have no place in fqdnd's model.
+/// Hubble's other verdicts (REDIRECTED, TRACED, ...) have no place in fqdnd's model.
 pub fn verdict_from_proto(v: i32) -> Verdict {
     match pb::Verdict::try_from(v) {
         Ok(pb::Verdict::Forwarded) => Verdict::Forwarded,
         Ok(pb::Verdict::Dropped) => Verdict::Dropped,
         Ok(pb::Verdict::Error) => Verdict::Error,
+        Ok(pb::Verdict::Audit) => Verdict::Audit,
         _ => Verdict::Unknown,
     }
 }
@@ -50,7 +52,22 @@ pub fn drop_reason_to_proto(r: DropReason) -> pb::DropReason {
     match r {
         DropReason::PolicyDenied => pb::DropReason::PolicyDenied,
         DropReason::PolicyDeny => pb::DropReason::PolicyDeny,
+        DropReason::InvalidSourceIp => pb::DropReason::InvalidSourceIp,
     }
+}
+
+fn policy_to_proto(p: &Policy) -> pb::Policy {
+    pb::Policy {
+        name: p.name.clone(),
+        namespace: p.namespace.clone(),
+        labels: Vec::new(),
+        revision: 0,
+        kind: p.kind.clone(),
+    }
+}
+
+fn policy_from_proto(p: &pb::Policy) -> Policy {
+    Policy { name: p.name.clone(), namespace: p.namespace.clone(), kind: p.kind.clone() }
 }
 
 pub fn direction_to_proto(d: TrafficDirection) -> pb::TrafficDirection {
@@ -199,7 +216,7 @@ pub fn flow_to_proto(f: &Flow) -> pb::Flow {
         destination: f.destination.as_ref().map(endpoint_to_proto),
         r#type: flow_type as i32,
         node_name: f.node_name.clone(),
-        source_names: Vec::new(),
+        source_names: f.source_names.clone(),
         destination_names: f.destination_names.clone(),
         l7: f.l7.as_ref().map(l7_to_proto),
         event_type: f.event_type.map(|e| pb::CiliumEventType { r#type: e.event_type, sub_type: e.sub_type }),
@@ -207,6 +224,8 @@ pub fn flow_to_proto(f: &Flow) -> pb::Flow {
         drop_reason_desc: f.drop_reason_desc.map(|r| drop_reason_to_proto(r) as i32).unwrap_or(0),
         is_reply: f.is_reply,
         summary: f.summary.clone(),
+        egress_denied_by: f.egress_denied_by.iter().map(policy_to_proto).collect(),
+        ingress_denied_by: f.ingress_denied_by.iter().map(policy_to_proto).collect(),
     }
 }
 
@@ -241,6 +260,7 @@ pub fn flow_from_proto(f: &pb::Flow) -> Flow {
         destination: f.destination.as_ref().map(endpoint_from_proto),
         flow_type,
         node_name: f.node_name.clone(),
+        source_names: f.source_names.clone(),
         destination_names: f.destination_names.clone(),
         l7: f.l7.as_ref().map(l7_from_proto),
         event_type: f.event_type.as_ref().map(|e| CiliumEventType { event_type: e.r#type, sub_type: e.sub_type }),
@@ -248,6 +268,8 @@ pub fn flow_from_proto(f: &pb::Flow) -> Flow {
         drop_reason_desc: u32::try_from(f.drop_reason_desc).ok().and_then(DropReason::from_code),
         is_reply: f.is_reply,
         summary: f.summary.clone(),
+        egress_denied_by: f.egress_denied_by.iter().map(policy_from_proto).collect(),
+        ingress_denied_by: f.ingress_denied_by.iter().map(policy_from_proto).collect(),
     }
 }
 
@@ -401,8 +423,13 @@ pub(crate) mod tests {
     }
 
     fn any_flow() -> impl Strategy<Value = Flow> {
-        let verdict =
-            prop::sample::select(vec![Verdict::Unknown, Verdict::Forwarded, Verdict::Dropped, Verdict::Error]);
+        let verdict = prop::sample::select(vec![
+            Verdict::Unknown,
+            Verdict::Forwarded,
+            Verdict::Dropped,
+            Verdict::Error,
+            Verdict::Audit,
+        ]);
         let flow_type = prop::sample::select(vec![FlowType::Unknown, FlowType::L3L4, FlowType::L7]);
         let ip = prop::option::of(
             (text(), text(), prop::sample::select(vec![IpVersion::NotUsed, IpVersion::IPv4, IpVersion::IPv6]))
@@ -450,19 +477,29 @@ pub(crate) mod tests {
         );
         let direction =
             prop::sample::select(vec![TrafficDirection::Unknown, TrafficDirection::Ingress, TrafficDirection::Egress]);
-        let reason = prop::option::of(prop::sample::select(vec![DropReason::PolicyDenied, DropReason::PolicyDeny]));
+        let reason = prop::option::of(prop::sample::select(vec![
+            DropReason::PolicyDenied,
+            DropReason::PolicyDeny,
+            DropReason::InvalidSourceIp,
+        ]));
+        let policies = || {
+            prop::collection::vec(
+                (text(), text(), text()).prop_map(|(name, namespace, kind)| Policy { name, namespace, kind }),
+                0..2,
+            )
+        };
         // Up to the year 9999 (the RFC 3339 range), at any nanosecond.
         let time = (0u64..253_402_300_799, 0u32..1_000_000_000).prop_map(|(s, n)| UNIX_EPOCH + Duration::new(s, n));
         (
             (time, verdict, any::<u32>(), ip, l4, prop::option::of(endpoint()), prop::option::of(endpoint())),
             (flow_type, text(), prop::collection::vec(text(), 0..3), l7, event, direction, reason),
-            (prop::option::of(any::<bool>()), text()),
+            (prop::option::of(any::<bool>()), text(), prop::collection::vec(text(), 0..2), policies(), policies()),
         )
             .prop_map(
                 |(
                     (time, verdict, drop_reason, ip, l4, source, destination),
                     (flow_type, node_name, destination_names, l7, event_type, traffic_direction, drop_reason_desc),
-                    (is_reply, summary),
+                    (is_reply, summary, source_names, egress_denied_by, ingress_denied_by),
                 )| Flow {
                     time,
                     verdict,
@@ -473,6 +510,7 @@ pub(crate) mod tests {
                     destination,
                     flow_type,
                     node_name,
+                    source_names,
                     destination_names,
                     l7,
                     event_type,
@@ -480,6 +518,8 @@ pub(crate) mod tests {
                     drop_reason_desc,
                     is_reply,
                     summary,
+                    egress_denied_by,
+                    ingress_denied_by,
                 },
             )
     }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod convert;
 pub mod filter;
 pub mod json;
+mod labels;
 pub mod listen;
 pub mod metrics;
 pub mod proto;

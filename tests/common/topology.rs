@@ -43,9 +43,9 @@ pub const POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5);
 pub const POD_GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 pub const KUBE_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const KUBE_DNS_GW: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
-const WORLD_IP4: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+pub const WORLD_IP4: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 const WORLD_GW4: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
-const WORLD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 2);
+pub const WORLD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 2);
 const WORLD_GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 1);
 /// What the world namespace answers for (the test zones' addresses).
 const WORLD_PREFIXES: [&str; 5] = ["10.200.0.0/16", "10.201.0.0/16", "10.210.0.0/16", "fd00:200::/32", "fd00:201::/32"];

@@ -83,6 +83,9 @@ impl Proxy {
     /// Enforce `snapshot` (who is who, their DNS rules) from now on; queries already in flight
     /// finish with the one they started with.
     pub fn set_snapshot(&self, snapshot: Arc<Snapshot>) {
+        if self.shared.config.mode == Mode::Transparent {
+            self.shared.interfaces.store(Arc::new(crate::origin::Interfaces::of(&snapshot)));
+        }
         self.shared.snapshot.store(snapshot);
     }
 

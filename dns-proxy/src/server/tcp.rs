@@ -2,6 +2,7 @@
 //! answered as they complete (possibly out of order), idle connections closed.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -40,8 +41,11 @@ pub(crate) async fn serve(
         // Transparent: the accepted socket is bound to the address the client dialled.
         let server = if transparent { stream.local_addr().ok() } else { shared.config.upstream };
         let Some(server) = server else { continue };
+        // The interface the handshake came in on: the endpoint of every query on the connection.
+        let ifindex =
+            if transparent { crate::origin::tcp_ingress_ifindex(stream.as_raw_fd(), server.is_ipv6()) } else { None };
         let _ = stream.set_nodelay(true);
-        tracker.spawn(connection(shared.clone(), stream, client, server, tracker.clone(), shutdown.clone()));
+        tracker.spawn(connection(shared.clone(), stream, client, server, ifindex, tracker.clone(), shutdown.clone()));
     }
 }
 
@@ -50,6 +54,7 @@ async fn connection(
     stream: TcpStream,
     client: SocketAddr,
     server: SocketAddr,
+    ifindex: Option<u32>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -87,7 +92,7 @@ async fn connection(
             _ => break,
         }
         let Ok(permit) = depth.clone().acquire_owned().await else { break };
-        let meta = QueryMeta { client, server, proto: L4Proto::Tcp, received: Instant::now() };
+        let meta = QueryMeta { client, server, proto: L4Proto::Tcp, received: Instant::now(), ifindex };
         let (shared, tx, in_flight) = (shared.clone(), tx.clone(), in_flight.clone());
         in_flight.fetch_add(1, Ordering::AcqRel);
         tracker.spawn(async move {

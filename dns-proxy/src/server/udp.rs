@@ -67,7 +67,7 @@ impl UdpServer {
                     tracing::debug!(client = %d.source, "datagram without original destination; dropped");
                     continue;
                 };
-                self.handle(packet, d.source, server, local, &mut outbox);
+                self.handle(packet, d.source, server, d.ifindex, local, &mut outbox);
             }
             // Answers made on the spot (refusals, FORMERR) leave together.
             for (client, reply) in outbox.flush(fd) {
@@ -76,6 +76,7 @@ impl UdpServer {
                     server: upstream.unwrap_or(client),
                     proto: L4Proto::Udp,
                     received: Instant::now(),
+                    ifindex: None,
                 };
                 ReplyVia::Listener(self.socket.clone()).send_now(&self.shared, reply, meta, &self.tracker);
             }
@@ -87,10 +88,11 @@ impl UdpServer {
         packet: &[u8],
         client: SocketAddr,
         server: SocketAddr,
+        ifindex: Option<u32>,
         local: Option<SocketAddr>,
         outbox: &mut SendBatch,
     ) {
-        let meta = QueryMeta { client, server, proto: L4Proto::Udp, received: Instant::now() };
+        let meta = QueryMeta { client, server, proto: L4Proto::Udp, received: Instant::now(), ifindex };
         // A reply socket answers what reaches it from itself: it is bound to the server address.
         let reply_via = if self.transparent && local != Some(server) {
             ReplyVia::Original(

@@ -186,7 +186,9 @@ impl Cache {
             return;
         }
         self.make_room(owner, id, changes);
+        self.make_quota_room(owner, changes);
         let idx = self.store.insert(owner, id, ip, expires);
+        self.quota.looked_up(owner, idx);
         if zombie {
             let e = self.store.get_mut(idx);
             e.zombie = true;

@@ -29,6 +29,8 @@ pub(crate) struct Entry {
     pub(crate) scheduled: u32,
     /// Zombies: last use seen at or after expiry (`NIL`: none, kept by the grace period alone).
     pub(crate) last_used: u32,
+    /// Second of the latest lookup that returned it (0 for entries restored from a snapshot).
+    pub(crate) looked_up: u32,
     next_of_name: u32,
     prev_of_ip: u32,
     next_of_ip: u32,
@@ -142,6 +144,7 @@ impl Store {
             expires,
             scheduled: NIL,
             last_used: NIL,
+            looked_up: 0,
             next_of_name: NIL,
             prev_of_ip: NIL,
             next_of_ip: NIL,

@@ -38,11 +38,16 @@ fn any(endpoint: EndpointId, addr: &str) -> AllowKey {
 }
 
 fn adds(keys: &[AllowKey]) -> Delta {
-    Delta { add: keys.to_vec(), remove: Vec::new() }
+    Delta { add: keys.to_vec(), ..Delta::default() }
 }
 
 fn removes(keys: &[AllowKey]) -> Delta {
-    Delta { add: Vec::new(), remove: keys.to_vec() }
+    Delta { remove: keys.to_vec(), ..Delta::default() }
+}
+
+/// What passes changes: the delta without its expiries (tested on their own).
+fn moves(d: Delta) -> Delta {
+    Delta { expires: Vec::new(), ..d }
 }
 
 fn used(endpoint: EndpointId, addr: &str, ago: f64) -> LastUsed {
@@ -73,7 +78,7 @@ fn ttl_floor_and_rounding() {
         let t0 = Instant::now();
         let mut c = cache(CacheConfig { min_ttl, ..CacheConfig::default() }, t0);
         let d = c.learn(&answer(ep(1), "www.example.com", &[], &["192.0.2.1"], ttl), at(t0, learned));
-        assert_eq!(d, adds(&[any(ep(1), "192.0.2.1")]), "ttl {ttl} min {min_ttl}");
+        assert_eq!(moves(d), adds(&[any(ep(1), "192.0.2.1")]), "ttl {ttl} min {min_ttl}");
         let before = expiry as f64 - 0.001;
         if before >= learned {
             let d = c.gc(at(t0, before), &[]);
@@ -97,14 +102,14 @@ fn cname_chain_records_every_name_with_the_chain_ttl() {
     // The proxy hands in the chain's lowest TTL; only a CNAME target matches the selector.
     let a = answer(ep(1), "WWW.Example.COM.", &["edge.cdn.net", "e1.cdn.net"], &["192.0.2.1", "2001:db8::1"], 7);
     let d = c.learn(&a, t0);
-    assert_eq!(d, adds(&[any(ep(1), "192.0.2.1"), any(ep(1), "2001:db8::1")]));
+    assert_eq!(moves(d), adds(&[any(ep(1), "192.0.2.1"), any(ep(1), "2001:db8::1")]));
     for name in ["www.example.com", "edge.cdn.net.", "E1.CDN.NET"] {
         assert_eq!(c.ips_for_name(ep(1), name), [ip("192.0.2.1"), ip("2001:db8::1")], "{name}");
     }
     assert_eq!(c.names_for_ip(ep(1), ip("192.0.2.1")), ["e1.cdn.net.", "edge.cdn.net.", "www.example.com."]);
     assert_eq!(c.counters().entries, 6);
     assert!(c.gc(at(t0, 6.5), &[]).is_empty());
-    assert_eq!(c.gc(at(t0, 7.0), &[]), removes(&[any(ep(1), "192.0.2.1"), any(ep(1), "2001:db8::1")]));
+    assert_eq!(moves(c.gc(at(t0, 7.0), &[])), removes(&[any(ep(1), "192.0.2.1"), any(ep(1), "2001:db8::1")]));
     assert_eq!((c.counters().entries, c.counters().names), (0, 0));
 }
 
@@ -112,11 +117,14 @@ fn cname_chain_records_every_name_with_the_chain_ttl() {
 fn shared_ip_stays_until_every_name_expires() {
     let t0 = Instant::now();
     let mut c = cache(CacheConfig::default(), t0);
-    assert_eq!(c.learn(&answer(ep(1), "a.example.com", &[], &["192.0.2.9"], 10), t0), adds(&[any(ep(1), "192.0.2.9")]));
+    assert_eq!(
+        moves(c.learn(&answer(ep(1), "a.example.com", &[], &["192.0.2.9"], 10), t0)),
+        adds(&[any(ep(1), "192.0.2.9")])
+    );
     assert!(c.learn(&answer(ep(1), "b.example.com", &[], &["192.0.2.9"], 20), t0).is_empty(), "already allowed");
     assert!(c.gc(at(t0, 10.0), &[]).is_empty(), "b still maps to it");
     assert_eq!(c.names_for_ip(ep(1), ip("192.0.2.9")), ["b.example.com."]);
-    assert_eq!(c.gc(at(t0, 20.0), &[]), removes(&[any(ep(1), "192.0.2.9")]));
+    assert_eq!(moves(c.gc(at(t0, 20.0), &[])), removes(&[any(ep(1), "192.0.2.9")]));
     assert!(c.names_for_ip(ep(1), ip("192.0.2.9")).is_empty());
 }
 
@@ -168,7 +176,7 @@ fn scope_endpoint_versus_node() {
         if shared {
             want.push(any(ep(2), "192.0.2.1"));
         }
-        assert_eq!(d, adds(&want), "{scope}");
+        assert_eq!(moves(d), adds(&want), "{scope}");
         assert_eq!(c.allows(ep(2)).len(), usize::from(shared), "{scope}");
         assert!(c.allows(ep(3)).is_empty(), "{scope}: selector does not match");
         // A selector set later sees the same view.
@@ -212,17 +220,17 @@ fn selector_changes_rederive_from_the_cache() {
     let https = SelectorRule { pattern: NamePattern::match_name("api.example.com").unwrap(), ports: vec![tcp443] };
     let d = c.set_selectors(ep(1), vec![https.clone()]);
     let key = |a: &str| AllowKey { endpoint: ep(1), ip: ip(a), port: tcp443 };
-    assert_eq!(d, adds(&[key("192.0.2.1"), key("192.0.2.2")]));
+    assert_eq!(moves(d), adds(&[key("192.0.2.1"), key("192.0.2.2")]));
     assert_eq!(c.allows(ep(1)), [key("192.0.2.1"), key("192.0.2.2")]);
     // Adding a wider rule adds the any-port keys; the 443 ones stay.
     let d = c.set_selectors(ep(1), vec![https.clone(), rule("*.example.com")]);
-    assert_eq!(d, adds(&[any(ep(1), "192.0.2.1"), any(ep(1), "192.0.2.2")]));
+    assert_eq!(moves(d), adds(&[any(ep(1), "192.0.2.1"), any(ep(1), "192.0.2.2")]));
     // Dropping the narrow one removes only its keys.
     let d = c.set_selectors(ep(1), vec![rule("*.example.com")]);
-    assert_eq!(d, removes(&[key("192.0.2.1"), key("192.0.2.2")]));
+    assert_eq!(moves(d), removes(&[key("192.0.2.1"), key("192.0.2.2")]));
     // Same pattern twice merges; expiry still cleans up fully.
     c.set_selectors(ep(1), vec![rule("*.example.com"), rule("*.example.com"), rule("api.*.com")]);
-    assert_eq!(c.gc(at(t0, 60.0), &[]), removes(&[any(ep(1), "192.0.2.1"), any(ep(1), "192.0.2.2")]));
+    assert_eq!(moves(c.gc(at(t0, 60.0), &[])), removes(&[any(ep(1), "192.0.2.1"), any(ep(1), "192.0.2.2")]));
     assert!(c.allows(ep(1)).is_empty());
     let d = c.set_selectors(ep(1), Vec::new());
     assert!(d.is_empty());
@@ -238,11 +246,14 @@ fn selectors_for_many_endpoints_at_once() {
         (ep(1), vec![rule("a.example.com"), rule("**.com")]),
         (ep(3), vec![rule("*.other.org")]),
     ]);
-    assert_eq!(d, adds(&[any(ep(1), "192.0.2.1"), any(ep(2), "192.0.2.1")]));
+    assert_eq!(moves(d), adds(&[any(ep(1), "192.0.2.1"), any(ep(2), "192.0.2.1")]));
     assert_eq!(c.counters().selectors, 4);
     // Re-setting the same patterns on another endpoint reuses the compiled set.
     let d = c.set_selectors_many([(ep(4), vec![rule("**.com")]), (ep(2), Vec::new())]);
-    assert_eq!(d, Delta { add: vec![any(ep(4), "192.0.2.1")], remove: vec![any(ep(2), "192.0.2.1")] });
+    assert_eq!(
+        moves(d),
+        Delta { add: vec![any(ep(4), "192.0.2.1")], remove: vec![any(ep(2), "192.0.2.1")], ..Delta::default() }
+    );
     assert_eq!(c.counters().selectors, 3);
     assert_eq!(c.gc(at(t0, 60.0), &[]).remove.len(), 2);
 }
@@ -261,7 +272,7 @@ fn zombie_kept_while_used_then_dropped() {
     // Used again since the previous pass: kept.
     assert!(c.gc(at(t0, 11.5), &[used(ep(1), "192.0.2.5", 0.2)]).is_empty());
     // Used only before the previous pass (second 11): dropped.
-    assert_eq!(c.gc(at(t0, 12.5), &[used(ep(1), "192.0.2.5", 2.3)]), removes(&[any(ep(1), "192.0.2.5")]));
+    assert_eq!(moves(c.gc(at(t0, 12.5), &[used(ep(1), "192.0.2.5", 2.3)])), removes(&[any(ep(1), "192.0.2.5")]));
     assert_eq!((c.counters().zombies, c.counters().entries), (0, 0));
 }
 
@@ -322,7 +333,7 @@ fn max_zombies_evicts_never_used_then_oldest() {
         used(ep(1), "192.0.2.4", now - 12.0), // used at 12
     ];
     let d = c.gc(at(t0, now), &usage);
-    assert_eq!(d, removes(&[any(ep(1), "192.0.2.2"), any(ep(1), "192.0.2.3")]));
+    assert_eq!(moves(d), removes(&[any(ep(1), "192.0.2.2"), any(ep(1), "192.0.2.3")]));
     let c2 = c.counters();
     assert_eq!((c2.zombies, c2.zombie_evictions, c2.entries), (2, 2, 2));
     // Another endpoint's zombies are counted on their own.
@@ -348,7 +359,7 @@ fn remove_endpoint_drops_its_allows_and_lookups() {
     c.learn(&answer(ep(2), "b.example.com", &[], &["192.0.2.2"], 10), t0);
     let d = c.remove_endpoint(ep(1));
     // Endpoint 1's allows go; endpoint 2 loses the IP only endpoint 1 had looked up.
-    assert_eq!(d, removes(&[any(ep(1), "192.0.2.1"), any(ep(1), "192.0.2.2"), any(ep(2), "192.0.2.1")]));
+    assert_eq!(moves(d), removes(&[any(ep(1), "192.0.2.1"), any(ep(1), "192.0.2.2"), any(ep(2), "192.0.2.1")]));
     assert_eq!(c.allows(ep(2)), [any(ep(2), "192.0.2.2")]);
     assert_eq!(c.counters().entries, 1);
 }
@@ -548,10 +559,10 @@ mod snapshots {
             assert_eq!(db.source, Source::Connection);
             // Selectors are set again by the agent and pick up the restored entries.
             let d = r.set_selectors(ep(1), vec![rule("*.example.com")]);
-            assert_eq!(d, adds(&[any(ep(1), "192.0.2.1"), any(ep(1), "192.0.2.3"), any(ep(1), "2001:db8::1")]));
+            assert_eq!(moves(d), adds(&[any(ep(1), "192.0.2.1"), any(ep(1), "192.0.2.3"), any(ep(1), "2001:db8::1")]));
             // The zombie is re-checked at the next pass: still used, kept; idle, gone.
             assert!(r.gc(at(t1, 1.0), &[used(ep(1), "192.0.2.3", 0.5)]).is_empty());
-            assert_eq!(r.gc(at(t1, 3.0), &[]), removes(&[any(ep(1), "192.0.2.3")]));
+            assert_eq!(moves(r.gc(at(t1, 3.0), &[])), removes(&[any(ep(1), "192.0.2.3")]));
         }
     }
 
@@ -621,4 +632,80 @@ mod snapshots {
         let err = Cache::restore(&path, CacheConfig::default(), wall(1), Instant::now()).unwrap_err();
         assert!(err.is_not_found() && !err.is_unusable_file(), "{err:?}");
     }
+}
+
+#[test]
+fn deltas_carry_when_their_entries_run_out() {
+    let t0 = Instant::now();
+    let mut c = cache(CacheConfig::default(), t0);
+    let k = any(ep(1), "192.0.2.1");
+    let ttl = |d: &Delta| d.expires.iter().map(|e| (e.key, e.ttl.as_secs())).collect::<Vec<_>>();
+    // Learned: added, with its TTL.
+    let d = c.learn(&answer(ep(1), "a.example.com", &[], &["192.0.2.1"], 30), t0);
+    assert_eq!((d.add.clone(), ttl(&d)), (vec![k], vec![(k, 30)]));
+    // The same answer at the same time: nothing at all for the datapath.
+    assert!(c.learn(&answer(ep(1), "a.example.com", &[], &["192.0.2.1"], 30), t0).is_noop());
+    // Ten seconds on, a fresh answer: nothing added, the entry lasts until 40 s.
+    let d = c.learn(&answer(ep(1), "a.example.com", &[], &["192.0.2.1"], 30), at(t0, 10.0));
+    assert!(d.is_empty() && !d.is_noop(), "{d:?}");
+    assert_eq!(ttl(&d), [(k, 30)]);
+    // A shorter answer never shortens it.
+    assert!(c.learn(&answer(ep(1), "a.example.com", &[], &["192.0.2.1"], 5), at(t0, 11.0)).is_noop());
+    // Another name for the same IP that lasts longer: the latest expiry of the two.
+    let d = c.learn(&answer(ep(1), "b.example.com", &[], &["192.0.2.1"], 100), at(t0, 12.0));
+    assert_eq!((d.add.len(), ttl(&d)), (0, vec![(k, 100)]));
+    // A name no selector matches grants nothing, so it has no expiry to tell.
+    assert!(c.learn(&answer(ep(1), "www.other.org", &[], &["192.0.2.1"], 500), at(t0, 13.0)).is_noop());
+    // A selector granted from the cache: the cached entries' expiry, counted from the last pass.
+    c.gc(at(t0, 20.0), &[]);
+    let d = c.set_selectors(ep(2), vec![rule("b.example.com")]);
+    let k2 = any(ep(2), "192.0.2.1");
+    assert_eq!(c.config().scope, Scope::Endpoint);
+    assert!(d.is_noop(), "endpoint scope: ep2 did not look it up: {d:?}");
+    let mut node = Cache::new(CacheConfig { scope: Scope::Node, ..CacheConfig::default() }, t0);
+    node.learn(&answer(ep(1), "b.example.com", &[], &["192.0.2.1"], 100), t0);
+    node.gc(at(t0, 20.0), &[]);
+    let d = node.set_selectors(ep(2), vec![rule("b.example.com")]);
+    assert_eq!((d.add.clone(), ttl(&d)), (vec![k2], vec![(k2, 80)]));
+}
+
+#[test]
+fn an_endpoint_over_its_quota_loses_its_own_oldest_idle_entries() {
+    let t0 = Instant::now();
+    let config = CacheConfig { max_learned_per_endpoint: 4, ..CacheConfig::default() };
+    let mut c = Cache::new(config, t0);
+    c.set_selectors_many([(ep(1), vec![rule("*.example.com")]), (ep(2), vec![rule("*.example.com")])]);
+    let name = |i: u32| format!("n{i}.example.com");
+    let addr = |i: u32| format!("192.0.2.{i}");
+    // Endpoint 2 holds three entries, well within its quota.
+    for i in 100..103 {
+        c.learn(&answer(ep(2), &name(i), &[], &[&addr(i)], 300), t0);
+    }
+    // Endpoint 1 learns 1..=4 at seconds 1..=4, then uses entry 1 (the oldest lookup) at 5.
+    for i in 1..=4 {
+        c.learn(&answer(ep(1), &name(i), &[], &[&addr(i)], 300), at(t0, f64::from(i)));
+    }
+    assert_eq!(c.held_by(ep(1)), 4);
+    c.gc(at(t0, 5.0), &[used(ep(1), &addr(1), 0.0)]);
+    // A fifth name: the oldest idle one (2, looked up at 2 and never used) goes, not the used 1.
+    let d = c.learn(&answer(ep(1), &name(5), &[], &[&addr(5)], 300), at(t0, 6.0));
+    assert_eq!(d.add, [any(ep(1), &addr(5))]);
+    assert_eq!(d.remove, [any(ep(1), &addr(2))]);
+    assert_eq!(c.held_by(ep(1)), 4);
+    // Then 3, then 4: each new name of endpoint 1 still gets in, at its own expense.
+    for (new, gone) in [(6, 3), (7, 4)] {
+        let d = c.learn(&answer(ep(1), &name(new), &[], &[&addr(new)], 300), at(t0, 6.0 + f64::from(new)));
+        assert_eq!((d.add, d.remove), (vec![any(ep(1), &addr(new))], vec![any(ep(1), &addr(gone))]), "{new}");
+    }
+    // Endpoint 2 lost nothing and its new names still get through.
+    assert_eq!(c.held_by(ep(2)), 3);
+    let d = c.learn(&answer(ep(2), &name(103), &[], &[&addr(103)], 300), at(t0, 20.0));
+    assert_eq!((d.add, d.remove), (vec![any(ep(2), &addr(103))], vec![]));
+    assert_eq!(c.allows(ep(2)).len(), 4);
+    assert_eq!(c.counters().quota_evictions, 3);
+    // A re-learned entry is active again: refreshing 1 and 5 leaves 6 the oldest.
+    c.learn(&answer(ep(1), &name(1), &[], &[&addr(1)], 300), at(t0, 30.0));
+    c.learn(&answer(ep(1), &name(5), &[], &[&addr(5)], 300), at(t0, 30.0));
+    let d = c.learn(&answer(ep(1), &name(8), &[], &[&addr(8)], 300), at(t0, 31.0));
+    assert_eq!(d.remove, [any(ep(1), &addr(6))]);
 }

@@ -8,11 +8,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, Datapath, DatapathError};
-use crate::{AllowKey, Delta, EndpointId, LastUsed};
+use crate::{AllowKey, Delta, EndpointId, Expiry, LastUsed};
 
 #[derive(Debug, Default)]
 pub struct MemoryDatapath {
     entries: Mutex<BTreeSet<AllowKey>>,
+    /// When each entry runs out, as the deltas said (never shortened).
+    expiry: Mutex<HashMap<AllowKey, Instant>>,
     used: Mutex<HashMap<(EndpointId, IpAddr), Instant>>,
     ack_delay: Mutex<Duration>,
     applied: Mutex<u64>,
@@ -54,12 +56,19 @@ impl Datapath for MemoryDatapath {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let now = Instant::now();
             {
                 let mut entries = self.entries.lock().unwrap();
+                let mut expiry = self.expiry.lock().unwrap();
                 for key in &delta.remove {
                     entries.remove(key);
+                    expiry.remove(key);
                 }
                 entries.extend(delta.add.iter().copied());
+                for e in delta.expires.iter().filter(|e| entries.contains(&e.key)) {
+                    let at = expiry.entry(e.key).or_insert(now + e.ttl);
+                    *at = (*at).max(now + e.ttl);
+                }
             }
             *self.applied.lock().unwrap() += 1;
             Ok(())
@@ -79,5 +88,18 @@ impl Datapath for MemoryDatapath {
 
     fn learned_entries(&self) -> Vec<AllowKey> {
         self.entries().into_iter().collect()
+    }
+
+    fn learned_expiry(&self) -> Vec<Expiry> {
+        let now = Instant::now();
+        let mut out: Vec<Expiry> = self
+            .expiry
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, at)| Expiry { key: *key, ttl: at.saturating_duration_since(now) })
+            .collect();
+        out.sort_unstable();
+        out
     }
 }

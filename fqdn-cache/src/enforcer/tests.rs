@@ -16,7 +16,7 @@ async fn orphans_expire_when_idle_after_the_grace() {
     let state = tempfile::tempdir().unwrap();
     let dp = Arc::new(MemoryDatapath::new());
     let (used, idle) = (key("192.0.2.1"), key("192.0.2.2"));
-    dp.apply(Delta { add: vec![used, idle], remove: vec![] }).await.unwrap();
+    dp.apply(Delta { add: vec![used, idle], ..Delta::default() }).await.unwrap();
     let enforcer = Enforcer::open(CacheConfig::default(), state.path(), dp.clone());
     assert_eq!(enforcer.restore_into_datapath().await.unwrap(), 2);
 
@@ -41,7 +41,7 @@ async fn relearned_orphan_is_handed_back_to_the_cache() {
     let state = tempfile::tempdir().unwrap();
     let dp = Arc::new(MemoryDatapath::new());
     let k = key("192.0.2.9");
-    dp.apply(Delta { add: vec![k], remove: vec![] }).await.unwrap();
+    dp.apply(Delta { add: vec![k], ..Delta::default() }).await.unwrap();
     let enforcer = Enforcer::open(CacheConfig::default(), state.path(), dp.clone());
     let rule = SelectorRule { pattern: NamePattern::match_pattern("*.example").unwrap(), ports: vec![] };
     enforcer.set_endpoints(vec![(k.endpoint, vec![rule])]).await.unwrap();
@@ -77,4 +77,26 @@ async fn learn_resolves_after_the_entries_are_in_the_datapath() {
     // An endpoint gone from the list loses its allow set.
     enforcer.set_endpoints(vec![]).await.unwrap();
     assert!(!dp.contains(ep, ip));
+}
+
+/// An orphan whose expiry the datapath kept lives until then, used or not, past the fixed grace;
+/// then it goes at the first idle pass. One the datapath kept no expiry for gets the grace.
+#[tokio::test]
+async fn orphans_keep_their_stored_expiry() {
+    let state = tempfile::tempdir().unwrap();
+    let dp = Arc::new(MemoryDatapath::new());
+    let (timed, untimed) = (key("192.0.2.30"), key("192.0.2.31"));
+    let expires = vec![crate::Expiry { key: timed, ttl: Duration::from_secs(30) }];
+    dp.apply(Delta { add: vec![timed, untimed], expires, ..Delta::default() }).await.unwrap();
+    let enforcer = Enforcer::open(CacheConfig::default(), state.path(), dp.clone());
+    assert_eq!(enforcer.restore_into_datapath().await.unwrap(), 2);
+
+    let mut orphans = enforcer.orphans.lock().unwrap();
+    let start = orphans.adopted_at();
+    let cache = enforcer.lock();
+    // Past the grace, both idle: only the one without an expiry goes.
+    let after_grace = start + ORPHAN_GRACE + Duration::from_secs(1);
+    assert_eq!(orphans.expire(&cache, after_grace, &[]), vec![untimed]);
+    assert!(orphans.expire(&cache, start + Duration::from_secs(29), &[]).is_empty(), "its TTL is 30 s");
+    assert_eq!(orphans.expire(&cache, start + Duration::from_secs(31), &[]), vec![timed]);
 }

@@ -51,7 +51,14 @@ mod tests {
     use super::*;
 
     fn ep(ns: &str, name: &str) -> Endpoint {
-        Endpoint { namespace: ns.into(), name: name.into(), labels: Default::default(), ips: vec![], interface: None }
+        Endpoint {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: Default::default(),
+            ips: vec![],
+            interface: None,
+            policy_audit_mode: false,
+        }
     }
 
     #[test]

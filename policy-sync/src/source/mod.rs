@@ -146,6 +146,7 @@ mod tests {
                 labels: Default::default(),
                 ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
                 interface: None,
+                policy_audit_mode: false,
             },
             policy: Arc::default(),
         }

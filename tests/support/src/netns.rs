@@ -293,6 +293,55 @@ impl Drop for TcpServer {
     }
 }
 
+/// A UDP socket in `ns` bound to `addr` that sends every datagram back to its sender, until the
+/// returned guard drops.
+pub struct UdpEcho {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> UdpEcho {
+        let sock = ns.run(|| std::net::UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        UdpEcho { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Send `payload` from `src` (port chosen by the kernel, returned) to `dst` inside `ns` and wait
+/// up to `timeout` for the echo.
+pub fn udp_roundtrip(ns: &Netns, src: IpAddr, dst: SocketAddr, timeout: Duration) -> (u16, io::Result<Vec<u8>>) {
+    let sock = ns.run(|| std::net::UdpSocket::bind(SocketAddr::new(src, 0))).expect("bind");
+    let port = sock.local_addr().unwrap().port();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let res = sock.send_to(b"ping", dst).and_then(|_| {
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    });
+    (port, res)
+}
+
 /// A datagram with the destination the sender used (IP_ORIGDSTADDR), as a transparent proxy
 /// sees it.
 pub struct Intercepted {
@@ -357,4 +406,38 @@ pub fn dns_answer(query: &[u8], ip: IpAddr) -> Vec<u8> {
     out.extend_from_slice(&(data.len() as u16).to_be_bytes());
     out.extend_from_slice(&data);
     out
+}
+
+/// A DNS query for `name` (A) with `id`, recursion desired: what a hostile pod would craft.
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut out = id.to_be_bytes().to_vec();
+    out.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.trim_end_matches('.').split('.') {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.extend_from_slice(&[0, 0, 1, 0, 1]); // root, A, IN
+    out
+}
+
+/// Send one UDP datagram with any source address through a raw socket (`IPPROTO_RAW`, the IP
+/// header ours): how a pod forges another's address. Call inside the sender's namespace.
+pub fn send_raw_udp4(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, payload: &[u8]) -> io::Result<()> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+    )?;
+    let total = 20 + 8 + payload.len();
+    let mut pkt = Vec::with_capacity(total);
+    pkt.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    pkt.extend_from_slice(&src.ip().octets());
+    pkt.extend_from_slice(&dst.ip().octets());
+    let udp_len = (8 + payload.len()) as u16;
+    pkt.extend_from_slice(&src.port().to_be_bytes());
+    pkt.extend_from_slice(&dst.port().to_be_bytes());
+    pkt.extend_from_slice(&udp_len.to_be_bytes());
+    pkt.extend_from_slice(&[0, 0]); // no UDP checksum (optional over IPv4); the kernel fills the IP one
+    pkt.extend_from_slice(payload);
+    sock.send_to(&pkt, &SocketAddr::V4(dst).into()).map(drop)
 }
