@@ -25,7 +25,10 @@
 //! max-zombies: 10000
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
-//! node-name: ""                    # in every flow; default: the host name
+//! node-name: ""                    # in every flow, and the node whose pods are local (Kubernetes);
+//!                                  # default: $NODE_NAME, then the host name
+//! source: files                    # files | kubernetes (default in a pod: kubernetes)
+//! kubeconfig: ~/.kube/config       # kubernetes: default $KUBECONFIG, ~/.kube/config, in-cluster
 //! ```
 
 use std::fmt;
@@ -72,6 +75,8 @@ pub struct FileConfig {
     pub cache_snapshot_interval: Option<String>,
     pub flow_ring_size: Option<usize>,
     pub node_name: Option<String>,
+    pub source: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Flags of `fqdnd run`; each overrides the file's value.
@@ -135,6 +140,28 @@ pub struct Flags {
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
+    /// Where policies and endpoints come from: files (--policies, --endpoints) or kubernetes
+    /// (the API server). Default: kubernetes in a pod (KUBERNETES_SERVICE_HOST set), else files.
+    #[arg(long, value_name = "files|kubernetes")]
+    pub source: Option<String>,
+    /// Kubernetes: the kubeconfig to use. Default: $KUBECONFIG, ~/.kube/config, then the pod's
+    /// ServiceAccount (in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: its pods are the local endpoints (Kubernetes), and flows carry it.
+    /// Default: $NODE_NAME (the DaemonSet sets it from spec.nodeName), then the host name.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+/// Where policies and endpoints come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// The policy directory and the endpoints file.
+    Files,
+    /// The API server (CNP, CCNP, Pods, Namespaces, this Node).
+    Kubernetes,
 }
 
 /// The effective configuration.
@@ -156,6 +183,8 @@ pub struct Config {
     pub bpffs_dir: PathBuf,
     pub flow_ring_size: usize,
     pub node_name: String,
+    pub source: SourceKind,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -207,6 +236,8 @@ pub struct Environment {
     pub resolv_conf: PathBuf,
     pub cwd: PathBuf,
     pub default_state_dir: PathBuf,
+    /// Running in a pod (KUBERNETES_SERVICE_HOST is set): Kubernetes is the default source.
+    pub in_cluster: bool,
 }
 
 impl Environment {
@@ -215,6 +246,7 @@ impl Environment {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             default_state_dir: fqdnd::admin::default_state_dir(),
+            in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()),
         }
     }
 }
@@ -425,7 +457,43 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
     };
     let flow_ring_size =
         flags.flow_ring_size.or(file.flow_ring_size).unwrap_or(fqdnd::flows::hub::DEFAULT_RING_CAPACITY);
-    let node_name = file.node_name.clone().unwrap_or_else(hostname);
+    let node_name =
+        flags.node_name.clone().or(file.node_name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(hostname);
+    let source = match pick!(flags.source.clone(), file.source.clone(), "source") {
+        None if env.in_cluster => SourceKind::Kubernetes,
+        None => SourceKind::Files,
+        Some((v, from)) => match v.as_str() {
+            "files" => SourceKind::Files,
+            "kubernetes" => SourceKind::Kubernetes,
+            other => {
+                problems.push(format!("{from}: {other:?} is not a source; expected files or kubernetes"));
+                SourceKind::Files
+            }
+        },
+    };
+    let kubeconfig = flags.kubeconfig.clone().or(file.kubeconfig.clone());
+    if source == SourceKind::Kubernetes {
+        for (given, flag, key) in [
+            (flags.policies.is_some() || file.policies.is_some(), flags.policies.is_some(), "policies"),
+            (flags.endpoints.is_some() || file.endpoints.is_some(), flags.endpoints.is_some(), "endpoints"),
+        ] {
+            if given {
+                problems
+                    .push(format!("{}: only for --source files; Kubernetes mode reads the API server", src(flag, key)));
+            }
+        }
+        if node_name.is_empty() {
+            problems
+                .push("node-name: unknown (no --node-name, NODE_NAME or host name); Kubernetes mode needs it".into());
+        }
+        if let Some(k) = &kubeconfig
+            && !k.is_file()
+        {
+            problems.push(format!("{}: {} is not a file", src(flags.kubeconfig.is_some(), "kubeconfig"), k.display()));
+        }
+    } else if kubeconfig.is_some() {
+        problems.push(format!("{}: only for --source kubernetes", src(flags.kubeconfig.is_some(), "kubeconfig")));
+    }
 
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
@@ -444,7 +512,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             upstream_sockets: 4,
             udp_workers: file.udp_workers.unwrap_or(0),
         },
-        policies,
+        // The default ./policies directory is for the files source only.
+        policies: policies.filter(|_| source == SourceKind::Files),
         endpoints,
         state_dir,
         cache,
@@ -458,6 +527,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
         flow_ring_size,
         node_name,
+        source,
+        kubeconfig,
     })
 }
 
@@ -492,7 +563,12 @@ mod tests {
     fn env(dir: &Path) -> Environment {
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, "# comment\nsearch example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n").unwrap();
-        Environment { resolv_conf: resolv, cwd: dir.to_path_buf(), default_state_dir: dir.join("state") }
+        Environment {
+            resolv_conf: resolv,
+            cwd: dir.to_path_buf(),
+            default_state_dir: dir.join("state"),
+            in_cluster: false,
+        }
     }
 
     #[test]
@@ -570,6 +646,59 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
         assert_eq!(errs.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn source_defaults_and_kubernetes_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.source, SourceKind::Files, "off-cluster default");
+        let in_pod = Environment { in_cluster: true, ..env(dir.path()) };
+        let c = resolve(&FileConfig::default(), &Flags::default(), &in_pod).unwrap();
+        assert_eq!(c.source, SourceKind::Kubernetes, "in a pod, Kubernetes is the default");
+        assert_eq!(c.policies, None, "./policies is not read in Kubernetes mode");
+        let c = resolve(&FileConfig::default(), &Flags { source: Some("files".into()), ..Flags::default() }, &in_pod)
+            .unwrap();
+        assert_eq!(c.source, SourceKind::Files, "the flag wins");
+
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
+        let flags = Flags {
+            source: Some("kubernetes".into()),
+            kubeconfig: Some(kubeconfig.clone()),
+            node_name: Some("node-a".into()),
+            ..Flags::default()
+        };
+        let c = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap();
+        assert_eq!(
+            (c.source, c.kubeconfig.as_deref(), c.node_name.as_str()),
+            (SourceKind::Kubernetes, Some(kubeconfig.as_path()), "node-a")
+        );
+        let file = parse_file(Path::new("f.yaml"), "source: kubernetes\nnode-name: from-file\n").unwrap();
+        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().node_name, "from-file");
+
+        let bad = Flags { source: Some("k8s".into()), ..Flags::default() };
+        let err = resolve(&FileConfig::default(), &bad, &env(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("--source: \"k8s\" is not a source"), "{err}");
+        let mixed = Flags {
+            source: Some("kubernetes".into()),
+            policies: Some(dir.path().join("policies")),
+            kubeconfig: Some(dir.path().join("missing")),
+            ..Flags::default()
+        };
+        let err = resolve(&FileConfig::default(), &mixed, &env(dir.path())).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].starts_with("--policies: only for --source files"), "{err}");
+        assert!(err.0[1].starts_with("--kubeconfig:"), "{err}");
+        let err = resolve(
+            &FileConfig::default(),
+            &Flags { kubeconfig: Some(kubeconfig), ..Flags::default() },
+            &env(dir.path()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--kubeconfig: only for --source kubernetes"), "{err}");
     }
 
     #[test]

@@ -3,4 +3,6 @@
 
 pub mod admin;
 pub mod flows;
+pub mod kube_metrics;
 pub mod metrics;
+pub mod pod_interface;
