@@ -163,11 +163,15 @@ fn bridge_cni_pod_is_found_through_neighbour_and_fdb() {
         return;
     }
     let mut c = KubeCluster::start(PodNet::Bridge);
+    c.apply_file(&seed_stage(1));
+    reaches_www_microsoft(&c, "alpine", Libc::Musl);
     deny_all(&mut c);
     let attached = c.attached_interfaces();
     assert!(attached.contains(&"lxcalpine".to_string()), "the bridge port, not br0: {attached:?}\n{}", c.log());
     assert!(!attached.contains(&"br0".to_string()), "{attached:?}");
     assert_dropped(&c, "alpine", GOOGLE80, "stage 2 on a bridge");
+    c.apply_file(&seed_stage(3));
+    assert_eq!(dig_www(&c, "alpine").expect("stage 3 on a bridge: dig"), [WWW_MICROSOFT4.to_string()]);
     c.apply_file(&seed_stage(4));
     reaches_www_microsoft(&c, "alpine", Libc::Musl);
     assert_dropped(&c, "alpine", SocketAddr::new(WWW_GOOGLE4, 443), "stage 4 on a bridge, www.google.com");
@@ -319,9 +323,7 @@ fn invalid_cnp_keeps_the_previous_version_and_records_an_event() {
     c.apply_file(&seed_stage(4));
     assert_eq!(metric_sum(&c.metrics(), "fqdnd_policy_load_errors_total"), 0.0);
 
-    let broken = std::fs::read_to_string(seed_stage(4))
-        .unwrap()
-        .replace("matchPattern: \"*.microsoft.com\"", "matchPatern: \"*.microsoft.com\"");
+    let broken = std::fs::read_to_string(seed_stage(4)).unwrap().replace("- toFQDNs:", "- toFQDN:");
     let file = c.dir.path().join("broken.yaml");
     std::fs::write(&file, &broken).unwrap();
     // What `fqdnd policy check` says about it: the agent must say the same.
@@ -329,7 +331,7 @@ fn invalid_cnp_keeps_the_previous_version_and_records_an_event() {
         std::process::Command::new(env!("CARGO_BIN_EXE_fqdnd")).args(["policy", "check"]).arg(&file).output().unwrap();
     assert!(!check.status.success());
     let check = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
-    let field = "spec.egress[1].toFQDNs[0].matchPatern";
+    let field = "spec.egress[1].toFQDN";
     let line = check.lines().find(|l| l.contains(field)).unwrap_or_else(|| panic!("policy check output: {check}"));
     let message = line.split_once(&format!("{field}: ")).map(|(_, m)| m.to_string()).expect("field: message");
 
