@@ -295,6 +295,13 @@ fn api_server_outage_keeps_enforcement_and_watches_resume() {
     c.apply_file(&seed_stage(4));
     reaches_www_microsoft(&c, "alpine", Libc::Musl);
 
+    let lists_done = |page: &str, resource: &str| {
+        series(page, &format!("fqdnd_k8s_events_total{{resource=\"{resource}\",kind=\"init_done\"}}"))
+    };
+    const RESOURCES: [&str; 5] =
+        ["ciliumnetworkpolicies", "ciliumclusterwidenetworkpolicies", "pods", "namespaces", "nodes"];
+    let before = c.metrics();
+    let offset = c.log().len();
     c.kube.stop_apiserver().unwrap();
     // The watches fail (connections reset, then refused): nothing in force changes.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -308,6 +315,21 @@ fn api_server_outage_keeps_enforcement_and_watches_resume() {
     assert_eq!(c.readyz().0, 200, "still ready: the last snapshot is enforced");
 
     c.kube.start_apiserver().unwrap();
+    // Every watch relists (its old resourceVersion is unknown to the new server's cache), and
+    // a relist of what is unchanged changes nothing: no snapshot at all, so no rule was removed
+    // and re-added on the way.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let page = c.metrics();
+        if RESOURCES.iter().all(|r| lists_done(&page, r) > lists_done(&before, r)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every watch relisted after the restart:\n{page}\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let since = c.log()[offset..].to_string();
+    assert!(!since.contains("kubernetes snapshot"), "the relist made a snapshot:\n{since}");
+    assert!(since.contains("Kubernetes watch working again"), "{since}");
     // The watches resume: a change made after the restart is enforced.
     deny_all(&mut c);
     assert!(c.dig("alpine", "www.microsoft.com", "A", &[]).is_err(), "stage 2 after the restart");
