@@ -79,3 +79,35 @@ impl Collector for KubeCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use policy_sync::source::kubernetes::stats::{EventKind, Resource};
+
+    use super::*;
+
+    #[test]
+    fn series_names_and_labels() {
+        let stats = Arc::new(KubeStats::default());
+        let mut registry = crate::metrics::new_registry();
+        register(&mut registry, stats.clone());
+        stats.event(Resource::Pods, EventKind::InitApply);
+        stats.event(Resource::Pods, EventKind::InitDone);
+        stats.restart(Resource::CiliumNetworkPolicies);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for want in [
+            "fqdnd_k8s_events_total{resource=\"pods\",kind=\"init_apply\"} 1",
+            "fqdnd_k8s_events_total{resource=\"pods\",kind=\"init_done\"} 1",
+            "fqdnd_k8s_events_total{resource=\"nodes\",kind=\"apply\"} 0",
+            "fqdnd_k8s_watch_restarts_total{resource=\"ciliumnetworkpolicies\"} 1",
+            "fqdnd_k8s_synced{resource=\"pods\"} 1",
+            "fqdnd_k8s_synced{resource=\"nodes\"} 0",
+            "fqdnd_k8s_last_sync_age_seconds{resource=\"pods\"} ",
+            "fqdnd_k8s_state_restored 0",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains("fqdnd_k8s_last_sync_age_seconds{resource=\"nodes\"}"), "no age before any event");
+    }
+}

@@ -98,7 +98,8 @@ pub struct ResourceStats {
 }
 
 impl KubeStats {
-    pub(crate) fn event(&self, r: Resource, kind: EventKind) {
+    /// Count what a watcher of `r` delivered (the source calls this; public for collectors' tests).
+    pub fn event(&self, r: Resource, kind: EventKind) {
         let res = &self.resources[r.index()];
         res.events[EventKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)].fetch_add(1, Ordering::Relaxed);
         if kind == EventKind::InitDone {
@@ -107,7 +108,8 @@ impl KubeStats {
         *res.last_sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
     }
 
-    pub(crate) fn restart(&self, r: Resource) {
+    /// Count a watch failure of `r`.
+    pub fn restart(&self, r: Resource) {
         self.resources[r.index()].restarts.fetch_add(1, Ordering::Relaxed);
     }
 
