@@ -147,6 +147,7 @@ impl KubeSource {
                 })
                 .reflect(w),
         );
+        let (persist_tx, persist_rx) = watch::channel(None);
         let updates =
             futures::stream::select_all([cnp_stream, ccnp_stream, pod_stream, ns_stream, node_stream]).boxed();
         let syncer = Syncer {
@@ -166,11 +167,15 @@ impl KubeSource {
             generation: 0,
             tx,
             events: events_tx,
+            persist: persist_tx,
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(syncer.run(updates)),
             tokio::spawn(report_rejections(client, options.node_name.clone(), events_rx)),
         ];
+        if let Some(dir) = options.state_dir.clone() {
+            tasks.push(tokio::spawn(save_state(dir, options.node_name.clone(), persist_rx)));
+        }
         KubeSource { rx, stats, tasks }
     }
 
@@ -258,7 +263,7 @@ impl Stores {
 #[derive(PartialEq)]
 struct Inputs {
     policies: Vec<(records::PolicyKey, String)>,
-    peers: Vec<Endpoint>,
+    peers: Arc<Vec<Endpoint>>,
     local: Vec<usize>,
     host: Vec<IpAddr>,
 }
@@ -276,6 +281,7 @@ struct Syncer {
     generation: u64,
     tx: watch::Sender<Option<Snapshot>>,
     events: mpsc::UnboundedSender<Rejection>,
+    persist: watch::Sender<Option<Records>>,
 }
 
 impl Syncer {
@@ -290,7 +296,7 @@ impl Syncer {
                         "enforcing the last Kubernetes state seen until every watch has listed"
                     );
                     self.stats.set_restored();
-                    self.rebuild(records, false).await;
+                    self.rebuild(records, false, std::time::Instant::now()).await;
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -324,8 +330,9 @@ impl Syncer {
                 tracing::info!(node = %self.options.node_name, "every Kubernetes watch has listed; enforcing the API server's state");
             }
             if dirty {
+                let started = std::time::Instant::now();
                 let records = self.stores.records();
-                self.rebuild(records, true).await;
+                self.rebuild(records, true, started).await;
             }
         }
     }
@@ -395,7 +402,7 @@ impl Syncer {
 
     /// Make and hand out the snapshot of `records`, if it differs from the last one (or a
     /// policy version was rejected: that is counted by whoever applies it).
-    async fn rebuild(&mut self, records: Records, live: bool) {
+    async fn rebuild(&mut self, records: Records, live: bool, started: std::time::Instant) {
         let rejections = self.book.update(&records.policies);
         for r in &rejections {
             let consequence =
@@ -420,10 +427,11 @@ impl Syncer {
             all[i].interface = iface;
         }
         let host: Vec<IpAddr> = records.node.as_ref().map(|n| n.addresses.clone()).unwrap_or_default();
-        let inputs = Inputs { policies: self.book.versions(), peers: all, local, host };
+        let inputs = Inputs { policies: self.book.versions(), peers: Arc::new(all), local, host };
         if self.last_inputs.as_ref() == Some(&inputs) && rejections.is_empty() {
             return;
         }
+        let prepared = started.elapsed();
         let policies = self.book.policies();
         let refs = policies.iter().map(|p| p.reference.clone()).collect();
         let mut node = NodeInfo::default();
@@ -431,18 +439,7 @@ impl Syncer {
         let peers = inputs.peers.clone();
         let local = inputs.local.clone();
         // Resolution compiles every local endpoint's DNS rules: off the async workers.
-        let resolved = tokio::task::spawn_blocking(move || {
-            let eps: Vec<Endpoint> = local.iter().map(|&i| peers[i].clone()).collect();
-            let ids = assign_ids(&eps);
-            eps.into_iter()
-                .zip(ids)
-                .map(|(endpoint, id)| {
-                    let policy = Arc::new(resolve_on(&policies, &endpoint, &peers, &node));
-                    ResolvedEndpoint { id, endpoint, policy }
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
+        let resolved = tokio::task::spawn_blocking(move || resolve_local(&policies, &peers, &local, &node)).await;
         let resolved = match resolved {
             Ok(r) => r,
             Err(e) => {
@@ -459,18 +456,54 @@ impl Syncer {
             attachable = resolved.iter().filter(|e| e.endpoint.interface.is_some()).count(),
             rejected = rejections.len(),
             from = if live { "api-server" } else { "state-dir" },
+            prepare_ms = prepared.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
             "kubernetes snapshot"
         );
         let snap = Snapshot::new(self.generation, resolved, refs, rejections.len());
         self.last_inputs = Some(inputs);
         self.tx.send_replace(Some(snap));
-        if live && let Some(dir) = self.options.state_dir.clone() {
-            let saved = Records { policies: self.book.enforced_objects(), ..records };
-            let node_name = self.options.node_name.clone();
-            let written = tokio::task::spawn_blocking(move || persist::save(&dir, &node_name, &saved)).await;
-            if let Ok(Err(e)) = written {
-                tracing::warn!(error = %e, "saving the Kubernetes state for the next start");
-            }
+        if live && self.options.state_dir.is_some() {
+            // Written by its own task, the latest only: a burst of changes is not held up by
+            // writing (and syncing) every intermediate state.
+            self.persist.send_replace(Some(Records { policies: self.book.enforced_objects(), ..records }));
+        }
+    }
+}
+
+/// Resolve every local endpoint (`local` indexes `peers`). Resolution reads only an endpoint's
+/// effective labels (policy-sync/src/resolve.rs; `same_labels_resolve_alike` pins it), so
+/// endpoints with the same labels (a Deployment's replicas) share one resolution.
+fn resolve_local(
+    policies: &[crate::Policy],
+    peers: &[Endpoint],
+    local: &[usize],
+    node: &NodeInfo,
+) -> Vec<ResolvedEndpoint> {
+    let eps: Vec<Endpoint> = local.iter().map(|&i| peers[i].clone()).collect();
+    let ids = assign_ids(&eps);
+    let mut by_labels: HashMap<std::collections::BTreeMap<String, String>, Arc<crate::EndpointPolicy>> = HashMap::new();
+    eps.into_iter()
+        .zip(ids)
+        .map(|(endpoint, id)| {
+            let policy = by_labels
+                .entry(endpoint.effective_labels())
+                .or_insert_with(|| Arc::new(resolve_on(policies, &endpoint, peers, node)))
+                .clone();
+            ResolvedEndpoint { id, endpoint, policy }
+        })
+        .collect()
+}
+
+/// Write the latest saved state whenever it changes.
+async fn save_state(dir: PathBuf, node_name: String, mut rx: watch::Receiver<Option<Records>>) {
+    while rx.changed().await.is_ok() {
+        let Some(records) = rx.borrow_and_update().clone() else { continue };
+        let (dir, node_name) = (dir.clone(), node_name.clone());
+        match tokio::task::spawn_blocking(move || persist::save(&dir, &node_name, &records)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "saving the Kubernetes state for the next start"),
+            Err(e) => tracing::warn!(error = %e, "saving the Kubernetes state panicked"),
         }
     }
 }
@@ -547,5 +580,40 @@ async fn report_rejections(client: kube::Client, node: String, mut rx: mpsc::Unb
         if let Err(e) = recorder.publish(&event, &reference).await {
             tracing::warn!(policy = %r.key, error = %e, "reporting the invalid policy as an Event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::parse_file;
+
+    /// [`resolve_local`] shares one resolution among endpoints with the same labels: that is
+    /// only right while resolution reads nothing else of an endpoint (name, IPs, interface).
+    #[test]
+    fn same_labels_resolve_alike() {
+        let (policies, problems) = parse_file(
+            std::path::Path::new("t.yaml"),
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: db}}]\n  - toFQDNs: [{matchPattern: '*.example.com'}]\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let ep = |name: &str, app: &str, ip: &str| Endpoint {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec![ip.parse().unwrap()],
+            interface: Some(format!("lxc{name}")),
+        };
+        let peers = vec![ep("web-1", "web", "10.0.0.1"), ep("web-2", "web", "10.0.0.2"), ep("db", "db", "10.0.0.3")];
+        let node = NodeInfo::default();
+        let a = resolve_on(&policies, &peers[0], &peers, &node);
+        let b = resolve_on(&policies, &peers[1], &peers, &node);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let resolved = resolve_local(&policies, &peers, &[0, 1, 2], &node);
+        assert!(Arc::ptr_eq(&resolved[0].policy, &resolved[1].policy), "replicas share one resolution");
+        assert_eq!(format!("{:?}", resolved[0].policy), format!("{a:?}"));
+        assert!(resolved[2].policy.policies.is_empty(), "db is not selected");
+        assert_ne!(resolved[0].id, resolved[1].id);
+        assert_eq!(resolved[1].endpoint.name, "web-2");
     }
 }
