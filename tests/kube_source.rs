@@ -391,6 +391,12 @@ fn unreachable_api_server_at_start_enforces_the_saved_state() {
     let mut c = KubeCluster::start(PodNet::Routed);
     c.apply_file(&seed_stage(4));
     let state = c.state_dir().join("kubernetes-state.json");
+    // The state is written by its own task just after each snapshot: wait for this one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&state).is_ok_and(|t| t.contains("locking-down-alpine")) {
+        assert!(Instant::now() < deadline, "{} never held the policy:\n{}", state.display(), c.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).expect("the saved state").permissions());
     assert_eq!(mode & 0o777, 0o600, "{}", state.display());

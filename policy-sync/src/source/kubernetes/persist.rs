@@ -2,7 +2,9 @@
 //! server is unreachable enforces what it last saw instead of nothing. The file holds the raw
 //! policy objects in force (re-validated on restore, through the same checks) and the pods,
 //! namespaces and node as [`Records`]. Written atomically (a temporary file renamed over it),
-//! mode 0600: it lists every pod of the cluster.
+//! mode 0600: it lists every pod of the cluster. It is written just after each snapshot is
+//! handed out (by a task of its own, the latest state only), so an agent killed within that
+//! write starts from the state before: older, but one that was enforced.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
