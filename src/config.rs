@@ -30,10 +30,13 @@
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
 //! flow-follower-queue: 1024        # flows queued per live follower before it loses them
-//! node-name: ""                    # in every flow; default: the host name
 //! hubble-listen: unix:/run/fqdnd/hubble.sock  # Hubble's Observer API (gRPC): unix:PATH or HOST:PORT;
 //!                                  # default <state-dir>/hubble.sock; "none" turns it off
 //! hubble-metrics: [dns, drop, flow] # Hubble's metrics on /metrics (Hubble's --metrics syntax); default none
+//! node-name: ""                    # in every flow, and the node whose pods are local (Kubernetes);
+//!                                  # default: $NODE_NAME, then the host name
+//! source: files                    # files | kubernetes (default in a pod: kubernetes)
+//! kubeconfig: ~/.kube/config       # kubernetes: default $KUBECONFIG, ~/.kube/config, in-cluster
 //! ```
 
 use std::fmt;
@@ -89,6 +92,8 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     pub hubble_listen: Option<String>,
     pub hubble_metrics: Option<fqdnd::hubble::MetricsSetting>,
+    pub source: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Flags of `fqdnd run`; each overrides the file's value.
@@ -180,6 +185,28 @@ pub struct Flags {
     /// as dns:sourceContext=namespace;ignoreAAAA (default: none).
     #[arg(long, value_name = "LIST")]
     pub hubble_metrics: Option<String>,
+    /// Where policies and endpoints come from: files (--policies, --endpoints) or kubernetes
+    /// (the API server). Default: kubernetes in a pod (KUBERNETES_SERVICE_HOST set), else files.
+    #[arg(long, value_name = "files|kubernetes")]
+    pub source: Option<String>,
+    /// Kubernetes: the kubeconfig to use. Default: $KUBECONFIG, ~/.kube/config, then the pod's
+    /// ServiceAccount (in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: its pods are the local endpoints (Kubernetes), and flows carry it.
+    /// Default: $NODE_NAME (the DaemonSet sets it from spec.nodeName), then the host name.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+/// Where policies and endpoints come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// The policy directory and the endpoints file.
+    Files,
+    /// The API server (CNP, CCNP, Pods, Namespaces, this Node).
+    Kubernetes,
 }
 
 /// The effective configuration.
@@ -207,6 +234,8 @@ pub struct Config {
     pub node_name: String,
     pub hubble_listen: Option<fqdnd::hubble::ListenAddr>,
     pub hubble_metrics: fqdnd::hubble::MetricsConfig,
+    pub source: SourceKind,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 fn display_value<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -264,6 +293,8 @@ pub struct Environment {
     pub resolv_conf: PathBuf,
     pub cwd: PathBuf,
     pub default_state_dir: PathBuf,
+    /// Running in a pod (KUBERNETES_SERVICE_HOST is set): Kubernetes is the default source.
+    pub in_cluster: bool,
 }
 
 impl Environment {
@@ -272,6 +303,7 @@ impl Environment {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             default_state_dir: fqdnd::admin::default_state_dir(),
+            in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()),
         }
     }
 }
@@ -515,7 +547,43 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         problems
             .push(format!("{}: must be at least 1", src(flags.flow_follower_queue.is_some(), "flow-follower-queue")));
     }
-    let node_name = file.node_name.clone().unwrap_or_else(hostname);
+    let node_name =
+        flags.node_name.clone().or(file.node_name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(hostname);
+    let source = match pick!(flags.source.clone(), file.source.clone(), "source") {
+        None if env.in_cluster => SourceKind::Kubernetes,
+        None => SourceKind::Files,
+        Some((v, from)) => match v.as_str() {
+            "files" => SourceKind::Files,
+            "kubernetes" => SourceKind::Kubernetes,
+            other => {
+                problems.push(format!("{from}: {other:?} is not a source; expected files or kubernetes"));
+                SourceKind::Files
+            }
+        },
+    };
+    let kubeconfig = flags.kubeconfig.clone().or(file.kubeconfig.clone());
+    if source == SourceKind::Kubernetes {
+        for (given, flag, key) in [
+            (flags.policies.is_some() || file.policies.is_some(), flags.policies.is_some(), "policies"),
+            (flags.endpoints.is_some() || file.endpoints.is_some(), flags.endpoints.is_some(), "endpoints"),
+        ] {
+            if given {
+                problems
+                    .push(format!("{}: only for --source files; Kubernetes mode reads the API server", src(flag, key)));
+            }
+        }
+        if node_name.is_empty() {
+            problems
+                .push("node-name: unknown (no --node-name, NODE_NAME or host name); Kubernetes mode needs it".into());
+        }
+        if let Some(k) = &kubeconfig
+            && !k.is_file()
+        {
+            problems.push(format!("{}: {} is not a file", src(flags.kubeconfig.is_some(), "kubeconfig"), k.display()));
+        }
+    } else if kubeconfig.is_some() {
+        problems.push(format!("{}: only for --source kubernetes", src(flags.kubeconfig.is_some(), "kubeconfig")));
+    }
 
     let hubble_listen = match pick!(flags.hubble_listen.clone(), file.hubble_listen.clone(), "hubble-listen") {
         None => Some(fqdnd::hubble::ListenAddr::default_in(&state_dir)),
@@ -569,7 +637,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             udp_workers: file.udp_workers.unwrap_or(0),
             policy_audit_mode: flags.policy_audit_mode || file.policy_audit_mode.unwrap_or(false),
         },
-        policies,
+        // The default ./policies directory is for the files source only.
+        policies: policies.filter(|_| source == SourceKind::Files),
         endpoints,
         state_dir,
         cache,
@@ -588,6 +657,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         node_name,
         hubble_listen,
         hubble_metrics,
+        source,
+        kubeconfig,
     })
 }
 
@@ -622,7 +693,12 @@ mod tests {
     fn env(dir: &Path) -> Environment {
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, "# comment\nsearch example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n").unwrap();
-        Environment { resolv_conf: resolv, cwd: dir.to_path_buf(), default_state_dir: dir.join("state") }
+        Environment {
+            resolv_conf: resolv,
+            cwd: dir.to_path_buf(),
+            default_state_dir: dir.join("state"),
+            in_cluster: false,
+        }
     }
 
     #[test]
@@ -806,6 +882,59 @@ mod tests {
         let flags = Flags { deny_response: Some("RST".into()), ..Flags::default() };
         let errs = resolve(&file, &flags, &env(dir.path())).unwrap_err();
         assert_eq!(errs.0, ["--deny-response: \"RST\" is not a deny response; expected drop or reject"]);
+    }
+
+    #[test]
+    fn source_defaults_and_kubernetes_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.source, SourceKind::Files, "off-cluster default");
+        let in_pod = Environment { in_cluster: true, ..env(dir.path()) };
+        let c = resolve(&FileConfig::default(), &Flags::default(), &in_pod).unwrap();
+        assert_eq!(c.source, SourceKind::Kubernetes, "in a pod, Kubernetes is the default");
+        assert_eq!(c.policies, None, "./policies is not read in Kubernetes mode");
+        let c = resolve(&FileConfig::default(), &Flags { source: Some("files".into()), ..Flags::default() }, &in_pod)
+            .unwrap();
+        assert_eq!(c.source, SourceKind::Files, "the flag wins");
+
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
+        let flags = Flags {
+            source: Some("kubernetes".into()),
+            kubeconfig: Some(kubeconfig.clone()),
+            node_name: Some("node-a".into()),
+            ..Flags::default()
+        };
+        let c = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap();
+        assert_eq!(
+            (c.source, c.kubeconfig.as_deref(), c.node_name.as_str()),
+            (SourceKind::Kubernetes, Some(kubeconfig.as_path()), "node-a")
+        );
+        let file = parse_file(Path::new("f.yaml"), "source: kubernetes\nnode-name: from-file\n").unwrap();
+        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().node_name, "from-file");
+
+        let bad = Flags { source: Some("k8s".into()), ..Flags::default() };
+        let err = resolve(&FileConfig::default(), &bad, &env(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("--source: \"k8s\" is not a source"), "{err}");
+        let mixed = Flags {
+            source: Some("kubernetes".into()),
+            policies: Some(dir.path().join("policies")),
+            kubeconfig: Some(dir.path().join("missing")),
+            ..Flags::default()
+        };
+        let err = resolve(&FileConfig::default(), &mixed, &env(dir.path())).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].starts_with("--policies: only for --source files"), "{err}");
+        assert!(err.0[1].starts_with("--kubeconfig:"), "{err}");
+        let err = resolve(
+            &FileConfig::default(),
+            &Flags { kubeconfig: Some(kubeconfig), ..Flags::default() },
+            &env(dir.path()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--kubeconfig: only for --source kubernetes"), "{err}");
     }
 
     #[test]

@@ -4,4 +4,6 @@
 pub mod admin;
 pub mod flows;
 pub mod hubble;
+pub mod kube_metrics;
 pub mod metrics;
+pub mod pod_interface;

@@ -19,6 +19,7 @@
 //! continues while the agent is away.
 
 pub mod datapath;
+pub mod kubernetes;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use fqdnd::metrics::{self as agent_metrics, AgentMetrics, Readiness};
 use policy_sync::{FilesSource, Snapshot, Source};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
 use datapath::AgentDatapath;
 
 /// The file in the state directory listing the bound DNS listeners (JSON), written once every
@@ -143,10 +144,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         current: current.clone(),
         metrics,
     });
-    let mut source = FilesSource::new(config.policies.clone(), config.endpoints.clone(), config.policy_poll_interval);
-    parts.apply(source.next().await, true).await;
-    readiness.set_policies_loaded(true);
-    readiness.set_datapath_loaded(true);
+    let mut source: Box<dyn Source> = match config.source {
+        SourceKind::Files => {
+            Box::new(FilesSource::new(config.policies.clone(), config.endpoints.clone(), config.policy_poll_interval))
+        }
+        SourceKind::Kubernetes => Box::new(kubernetes::source(&config, &mut registry).await?),
+    };
 
     let mut tasks = Vec::new();
     if let AgentDatapath::Kernel(dp) = &parts.datapath {
@@ -194,6 +197,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ),
         None => None,
     };
+
+    // After the admin socket and /healthz are up: the Kubernetes source's first snapshot waits
+    // for every watch to list (or for the saved state), and the API server may be away.
+    let first = tokio::select! {
+        s = source.next() => s,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    parts.apply(first, true).await;
+    readiness.set_policies_loaded(true);
+    readiness.set_datapath_loaded(true);
 
     // Later snapshots, cache expiry and cache snapshots.
     {

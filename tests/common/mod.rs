@@ -5,4 +5,5 @@
 
 pub use fqdnd_testkit::{clients, dig, dns_server, fqdnd, kube, netns, paths, privileged, wait};
 pub mod hubble;
+pub mod kube_cluster;
 pub mod topology;

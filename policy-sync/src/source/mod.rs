@@ -1,13 +1,14 @@
 //! Policy sources: where policies and endpoints come from, turned into the one [`Snapshot`] type
 //! that the proxy, the enforcer, the datapath and flows consume. [`files::FilesSource`] reads a
-//! policy directory and an endpoints file (no cluster); a Kubernetes source is its sibling behind
-//! the same [`Source`] trait.
+//! policy directory and an endpoints file (no cluster); [`kubernetes::KubeSource`] watches the API
+//! server; both behind the same [`Source`] trait.
 //!
 //! A source never weakens what is enforced on bad input: the last good version of each policy
 //! object (and of the endpoint inventory) stays in the snapshot until a good one replaces it.
 
 pub mod files;
 pub mod ids;
+pub mod kubernetes;
 mod watch;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use crate::endpoint::{Endpoint, canonical};
 use crate::resolved::{EndpointPolicy, PolicyRef};
 
 pub use files::FilesSource;
+pub use kubernetes::KubeSource;
 
 /// One policed endpoint with its resolved policy.
 #[derive(Clone, Debug)]
