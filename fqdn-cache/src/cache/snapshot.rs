@@ -106,7 +106,19 @@ impl Cache {
     /// [`Cache::set_selectors`] then returns what the restored entries allow.
     pub fn restore(path: &Path, config: CacheConfig, now_wall: SystemTime, now: Instant) -> Result<Cache, CacheError> {
         let bytes = fs::read(path).map_err(io_err(path, "read"))?;
-        let mut r = Reader { path, bytes: &bytes, pos: 0 };
+        Cache::from_snapshot_bytes(path, &bytes, config, now_wall, now)
+    }
+
+    /// [`Cache::restore`] from a snapshot's bytes already read; `path` only names the file in
+    /// errors. Every problem is an error, never a panic (the fuzz target `snapshot` drives this).
+    pub fn from_snapshot_bytes(
+        path: &Path,
+        bytes: &[u8],
+        config: CacheConfig,
+        now_wall: SystemTime,
+        now: Instant,
+    ) -> Result<Cache, CacheError> {
+        let mut r = Reader { path, bytes, pos: 0 };
         let magic = r.take(MAGIC.len(), "magic")?;
         if magic != MAGIC {
             return Err(CacheError::Foreign { path: path.to_path_buf(), found: magic.to_vec() });
@@ -164,7 +176,13 @@ impl Cache {
             } else {
                 IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(r.take(4, "IPv4 address")?).expect("4 bytes")))
             };
-            let expires = r.i64("expiry")? - now_unix;
+            let expiry_at = r.pos;
+            let expiry = r.i64("expiry")?;
+            // Checked: an expiry near i64::MIN wrapped to one 136 years ahead (a release build
+            // restored an expired entry as valid until 2163; a debug build panicked).
+            let expires = expiry
+                .checked_sub(now_unix)
+                .ok_or_else(|| r.malformed_at(expiry_at, format!("expiry {expiry} is out of range")))?;
             let last_used = r.i64("last use")?;
             let zombie = flags & FLAG_ZOMBIE != 0;
             if !zombie && expires <= 0 {

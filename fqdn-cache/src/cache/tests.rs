@@ -481,6 +481,7 @@ proptest! {
 
 mod snapshots {
     use std::fs;
+    use std::path::Path;
 
     use super::*;
     use crate::CacheError;
@@ -527,6 +528,58 @@ mod snapshots {
             assert!(r.gc(at(t1, 1.0), &[used(ep(1), "192.0.2.3", 0.5)]).is_empty());
             assert_eq!(r.gc(at(t1, 3.0), &[]), removes(&[any(ep(1), "192.0.2.3")]));
         }
+    }
+
+    /// A snapshot file holding one name (`a.example.com.`) and `entries` of (flags, expiry,
+    /// last use) for endpoint 1 and 192.0.2.1, with a valid checksum.
+    fn crafted(entries: &[(u8, i64, i64)]) -> Vec<u8> {
+        let name = b"a.example.com.";
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        payload.extend_from_slice(name);
+        payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for &(flags, expiry, last) in entries {
+            payload.extend_from_slice(&1u32.to_le_bytes());
+            payload.extend_from_slice(&0u32.to_le_bytes());
+            payload.push(flags);
+            payload.extend_from_slice(&[192, 0, 2, 1]);
+            payload.extend_from_slice(&expiry.to_le_bytes());
+            payload.extend_from_slice(&last.to_le_bytes());
+        }
+        let mut file = b"FQDNDSNP".to_vec();
+        file.extend_from_slice(&1u32.to_le_bytes());
+        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        file.extend_from_slice(&payload);
+        file
+    }
+
+    /// Offset of the first entry's expiry in a [`crafted`] file.
+    const FIRST_EXPIRY: u64 = 24 + 4 + 2 + 14 + 4 + 4 + 4 + 1 + 4;
+
+    #[test]
+    fn expiry_that_overflows_is_malformed_not_valid_for_a_century() {
+        // i64::MIN - now overflowed: a debug build panicked, a release build wrapped to a time
+        // 136 years ahead and restored the long-expired entry as valid until 2163.
+        let now = wall(1_700_000_000);
+        for (flags, expiry) in [(0u8, i64::MIN), (1, i64::MIN), (0, i64::MIN + 1_000)] {
+            let bytes = crafted(&[(flags, expiry, i64::MIN)]);
+            let err = Cache::from_snapshot_bytes(Path::new("s"), &bytes, CacheConfig::default(), now, Instant::now())
+                .unwrap_err();
+            match &err {
+                CacheError::Malformed { offset, what, .. } => {
+                    assert_eq!(*offset, FIRST_EXPIRY, "{err}");
+                    assert!(what.contains("expiry") && what.contains("out of range"), "{err}");
+                }
+                other => panic!("flags {flags} expiry {expiry}: {other:?}"),
+            }
+            assert!(err.is_unusable_file());
+        }
+        // The far future does not overflow.
+        let ok = crafted(&[(0, i64::MAX, i64::MIN)]);
+        let c = Cache::from_snapshot_bytes(Path::new("s"), &ok, CacheConfig::default(), now, Instant::now()).unwrap();
+        assert_eq!(c.counters().entries, 1);
     }
 
     #[test]
