@@ -13,6 +13,7 @@
 //! upstream-timeout: 2s
 //! tcp-idle-timeout: 10s
 //! min-ttl: 0                       # seconds
+//! max-ttl: 86400                   # seconds: longer TTLs are cut to this (learning and restore)
 //! max-inflight: 4096
 //! max-inflight-per-endpoint: 1024
 //! policy-poll-interval: 1s
@@ -58,6 +59,7 @@ pub struct FileConfig {
     pub upstream_timeout: Option<String>,
     pub tcp_idle_timeout: Option<String>,
     pub min_ttl: Option<u32>,
+    pub max_ttl: Option<u32>,
     pub max_inflight: Option<usize>,
     pub max_inflight_per_endpoint: Option<usize>,
     pub policy_poll_interval: Option<String>,
@@ -108,6 +110,9 @@ pub struct Flags {
     /// Lowest TTL (seconds) learned IPs are kept for.
     #[arg(long, value_name = "SECONDS")]
     pub min_ttl: Option<u32>,
+    /// Highest TTL (seconds) learned IPs are kept for, also for restored snapshots (default 86400).
+    #[arg(long, value_name = "SECONDS")]
+    pub max_ttl: Option<u32>,
     /// Queries in flight at once (all endpoints).
     #[arg(long, value_name = "N")]
     pub max_inflight: Option<usize>,
@@ -169,6 +174,7 @@ fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Res
     #[serde(rename_all = "kebab-case")]
     struct View {
         min_ttl: u32,
+        max_ttl: u32,
         max_ips_per_name: usize,
         fqdn_scope: fqdn_cache::Scope,
         #[serde(serialize_with = "display_duration")]
@@ -177,6 +183,7 @@ fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Res
     }
     View {
         min_ttl: c.min_ttl,
+        max_ttl: c.max_ttl,
         max_ips_per_name: c.max_ips_per_name,
         fqdn_scope: c.scope,
         idle_connection_grace_period: c.idle_grace,
@@ -416,8 +423,18 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         }),
     };
     let defaults = fqdn_cache::CacheConfig::default();
+    let min_ttl = flags.min_ttl.or(file.min_ttl).unwrap_or(0);
+    let max_ttl = flags.max_ttl.or(file.max_ttl).unwrap_or(defaults.max_ttl);
+    let max_ttl_src = src(flags.max_ttl.is_some(), "max-ttl");
+    if max_ttl == 0 {
+        problems.push(format!("{max_ttl_src}: must be at least 1 second"));
+    } else if min_ttl > max_ttl {
+        let min_src = src(flags.min_ttl.is_some(), "min-ttl");
+        problems.push(format!("{max_ttl_src}: {max_ttl} is below {min_src} ({min_ttl})"));
+    }
     let cache = fqdn_cache::CacheConfig {
-        min_ttl: flags.min_ttl.or(file.min_ttl).unwrap_or(0),
+        min_ttl,
+        max_ttl,
         max_ips_per_name: flags.max_ips_per_name.or(file.max_ips_per_name).unwrap_or(defaults.max_ips_per_name),
         scope: fqdn_scope,
         idle_grace,
@@ -570,6 +587,27 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
         assert_eq!(errs.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn max_ttl_default_flag_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.cache.max_ttl, 86_400, "one day by default");
+        let file = parse_file(Path::new("f.yaml"), "max-ttl: 600\nmin-ttl: 30\n").unwrap();
+        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().cache.max_ttl, 600);
+        let flags = Flags { max_ttl: Some(3600), ..Flags::default() };
+        assert_eq!(resolve(&file, &flags, &env(dir.path())).unwrap().cache.max_ttl, 3600, "the flag wins");
+        for (file, flags, needle) in [
+            ("max-ttl: 0\n", Flags::default(), "config max-ttl: must be at least 1 second"),
+            ("min-ttl: 100\n", Flags { max_ttl: Some(50), ..Flags::default() }, "--max-ttl: 50 is below config min-ttl (100)"),
+        ] {
+            let file = parse_file(Path::new("f.yaml"), file).unwrap();
+            let err = resolve(&file, &flags, &env(dir.path())).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+        let logged = serde_json::to_string(&c).unwrap();
+        assert!(logged.contains("\"max-ttl\":86400"), "{logged}");
     }
 
     #[test]

@@ -190,7 +190,10 @@ impl Cache {
             }
             let clamp = |rel: i64| rel.clamp(0, i64::from(MAX_SECS)) as u32;
             let last_used = if last_used == NO_USE { NIL } else { clamp(last_used.saturating_sub(now_unix)) };
-            cache.restore_entry(owner, name, ip, clamp(expires), zombie, last_used);
+            // What a snapshot promises is capped as a fresh answer would be (--max-ttl): a file
+            // written by a build without the cap, or by hand, cannot keep an IP for a century.
+            let expires = clamp(expires).min(cache.config.max_ttl.max(1));
+            cache.restore_entry(owner, name, ip, expires, zombie, last_used);
         }
         Ok(cache)
     }

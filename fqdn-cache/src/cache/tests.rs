@@ -90,6 +90,28 @@ fn ttl_floor_and_rounding() {
 }
 
 #[test]
+fn ttl_ceiling() {
+    // (answer TTL, min TTL, max TTL, second of expiry): the ceiling applies after the floor.
+    let cases: &[(u32, u32, u32, u64)] = &[
+        (u32::MAX, 0, DEFAULT_MAX_TTL, u64::from(DEFAULT_MAX_TTL)),
+        (1 << 31, 0, DEFAULT_MAX_TTL, u64::from(DEFAULT_MAX_TTL)),
+        (300, 0, 60, 60),
+        (10, 120, 60, 60),
+        (30, 0, 60, 30),
+        (30, 0, 0, 1),
+    ];
+    for &(ttl, min_ttl, max_ttl, expiry) in cases {
+        let t0 = Instant::now();
+        let mut c = cache(CacheConfig { min_ttl, max_ttl, ..CacheConfig::default() }, t0);
+        c.learn(&answer(ep(1), "www.example.com", &[], &["192.0.2.1"], ttl), t0);
+        let rows = c.list(&ListFilter::default(), t0, SystemTime::UNIX_EPOCH);
+        assert_eq!(rows[0].ttl as u64, expiry, "ttl {ttl} min {min_ttl} max {max_ttl}");
+        assert!(c.gc(at(t0, expiry as f64 - 0.5), &[]).is_empty(), "ttl {ttl}: alive before {expiry}s");
+        assert_eq!(c.gc(at(t0, expiry as f64), &[]), removes(&[any(ep(1), "192.0.2.1")]), "ttl {ttl}");
+    }
+}
+
+#[test]
 fn cname_chain_records_every_name_with_the_chain_ttl() {
     let t0 = Instant::now();
     let mut c = Cache::new(CacheConfig::default(), t0);
@@ -576,10 +598,42 @@ mod snapshots {
             }
             assert!(err.is_unusable_file());
         }
-        // The far future does not overflow.
+        // The far future does not overflow; it is capped like any answer (below).
         let ok = crafted(&[(0, i64::MAX, i64::MIN)]);
         let c = Cache::from_snapshot_bytes(Path::new("s"), &ok, CacheConfig::default(), now, Instant::now()).unwrap();
         assert_eq!(c.counters().entries, 1);
+    }
+
+    #[test]
+    fn restored_ttls_are_capped_by_max_ttl() {
+        let now_unix = 1_700_000_000i64;
+        let t0 = Instant::now();
+        for (expiry, want_ttl) in [
+            (now_unix + i64::from(u32::MAX), DEFAULT_MAX_TTL),
+            (now_unix + (1 << 31), DEFAULT_MAX_TTL),
+            (now_unix + 100, 100),
+        ] {
+            let bytes = crafted(&[(0, expiry, i64::MIN)]);
+            let c = Cache::from_snapshot_bytes(
+                Path::new("s"),
+                &bytes,
+                CacheConfig::default(),
+                wall(now_unix as u64),
+                t0,
+            )
+            .unwrap();
+            let rows = c.list(&ListFilter::default(), t0, wall(now_unix as u64));
+            assert_eq!(rows[0].ttl, want_ttl, "expiry {expiry}");
+        }
+        // A snapshot written under a larger cap is held to the cap in force at restore.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.snapshot");
+        let loose = CacheConfig { max_ttl: u32::MAX, ..CacheConfig::default() };
+        let mut c = cache(loose, t0);
+        c.learn(&answer(ep(1), "www.example.com", &[], &["192.0.2.1"], u32::MAX - 10), t0);
+        c.write_snapshot(&path, wall(now_unix as u64), t0).unwrap();
+        let r = Cache::restore(&path, CacheConfig::default(), wall(now_unix as u64), t0).unwrap();
+        assert_eq!(r.list(&ListFilter::default(), t0, wall(now_unix as u64))[0].ttl, DEFAULT_MAX_TTL);
     }
 
     #[test]
