@@ -149,6 +149,12 @@ impl Shared {
             let err = ProxyError::Refused { qname: query.qname.clone(), policy };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
+        if query.question_compressed() {
+            // Forwarded, the pointer would be read against the header with the proxy's ID.
+            inc(&self.stats.malformed);
+            let err = ProxyError::CompressedQuestion { client: meta.client, qname: query.qname.clone() };
+            return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
+        }
 
         let permit = if meta.proto == L4Proto::Tcp {
             None

@@ -452,3 +452,33 @@ async fn shutdown_lets_queries_in_flight_finish() {
     h.task.await.unwrap();
     fake.await.unwrap();
 }
+
+/// A query for `a.` whose question is only a compression pointer to offset 0, the header: its ID
+/// bytes 0x01 'a' read as the label "a", and the first flags byte (0, a plain query) ends it.
+fn pointer_into_header_query() -> Vec<u8> {
+    let mut q = vec![0x01, b'a', 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    q.extend_from_slice(&[0xc0, 0x00, 0, 1, 0, 1]);
+    q
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_question_gets_a_decodable_reply() {
+    let nsd = nsd();
+    // Refused: the refusal echoes the question written out, so it decodes (a copied pointer
+    // would point into the reply's header, where QR is set, and the reply would not).
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |_| {}).await;
+    let reply = ask(h.addr, &pointer_into_header_query()).await;
+    assert_eq!(reply.metadata.id, 0x0161);
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(reply.queries.len(), 1);
+    assert_eq!(reply.queries[0].name().to_ascii(), "a.");
+    h.stop().await;
+
+    // Allowed: not forwarded (the proxy's own ID would change what the pointer names), FORMERR.
+    let h = Harness::start(nsd.addr, &["*"], |_| {}).await;
+    let reply = ask(h.addr, &pointer_into_header_query()).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(reply.queries[0].name().to_ascii(), "a.");
+    assert_eq!(h.proxy.stats().forwarded, 0);
+    h.stop().await;
+}
