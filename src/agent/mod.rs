@@ -18,6 +18,7 @@
 //! continues while the agent is away.
 
 pub mod datapath;
+pub mod state_dir;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,8 +76,8 @@ impl Parts {
 
 /// Run until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+    state_dir::prepare(&config.state_dir)?;
+    let transparent = config.proxy.mode == Mode::Transparent;
 
     let mut registry = agent_metrics::new_registry();
     let metrics = AgentMetrics::register(&mut registry);
@@ -84,7 +85,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let readiness = Arc::new(Readiness::default());
 
     // The proxy's sockets first: the transparent datapath redirects to their ports.
-    let transparent = config.proxy.mode == Mode::Transparent;
     let sockets = Sockets::bind(&config.proxy)?;
     let listeners = sockets.listeners();
     let datapath = if transparent {
@@ -210,9 +210,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 fn write_listeners(state_dir: &Path, listeners: &[ListenerInfo]) -> anyhow::Result<()> {
     let path = state_dir.join(LISTENERS_FILE);
-    let tmp = state_dir.join(format!(".{LISTENERS_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(listeners)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    state_dir::write_private(&path, &serde_json::to_vec_pretty(listeners)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -11,9 +11,10 @@
 //! Times are wall-clock so that TTLs keep running while the agent is down.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,7 +88,16 @@ impl Cache {
 
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-        let mut file = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
+        // 0600: the snapshot names every host every pod resolved. The mode is set on the open
+        // file too, since a temporary file left by a crash keeps its old mode when reopened.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp, "create"))?;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp, "set mode 0600 on"))?;
         file.write_all(&file_bytes).map_err(io_err(&tmp, "write"))?;
         file.sync_all().map_err(io_err(&tmp, "fsync"))?;
         drop(file);

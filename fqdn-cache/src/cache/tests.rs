@@ -637,6 +637,25 @@ mod snapshots {
     }
 
     #[test]
+    fn snapshot_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.snapshot");
+        // A temporary file left by a crash, world-readable, must not keep its mode.
+        let tmp = dir.path().join(".cache.snapshot.tmp");
+        fs::write(&tmp, b"old").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        let t0 = Instant::now();
+        sample(t0).write_snapshot(&path, wall(1_000_010), t0).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "cache.snapshot has mode {mode:o}");
+        // And a snapshot that already exists world-readable is replaced by a private one.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        sample(t0).write_snapshot(&path, wall(1_000_010), t0).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
     fn empty_cache_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty");
