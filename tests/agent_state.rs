@@ -1,4 +1,6 @@
-//! The agent's state directory: private to the agent's user.
+//! The agent's state and bpffs directories: private to the agent's user, and one agent each. A
+//! second agent on the same state or bpffs directory exits at once, naming the first one's pid,
+//! and changes nothing of the first's (in transparent mode: pods' DNS keeps working after it).
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use common::dns_server::DnsServer;
 use common::fqdnd::{Fqdnd, PolicyFixture, binary};
+use common::topology::{Cluster, WWW_MICROSOFT4, seed_stage};
 use common::{privileged, wait};
 
 fn nsd() -> DnsServer {
@@ -117,4 +120,75 @@ fn unsafe_default_state_dir_is_refused() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
+}
+
+#[test]
+fn second_agent_on_a_state_dir_names_the_first() {
+    let nsd = nsd();
+    let fx = PolicyFixture::new(nsd.addr.ip(), nsd.addr.port(), &["*.microsoft.com"]).unwrap();
+    let mut args = fx.args();
+    args.extend(["--upstream".into(), nsd.addr.to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = Fqdnd::start(&refs).unwrap();
+    let state = first.dir.path().join("state");
+    let before = fs::read(state.join("listeners.json")).unwrap();
+
+    let second = Command::new(binary())
+        .args(["run", "--listen", "127.0.0.1:0", "--metrics-addr", "none"])
+        .args(&args)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = exit_of(second, "the second agent to exit");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("state directory {} is in use", state.display())), "{err}");
+    assert!(err.contains(&format!("pid {}", first.pid())), "the holder's pid: {err}");
+    // Nothing of the first agent's was touched.
+    assert_eq!(fs::read(state.join("listeners.json")).unwrap(), before);
+    let r = common::dig::query(common::dig::Client::Dig, first.addr, "www.microsoft.com", "A", &[]).unwrap();
+    assert_eq!(r.data("A"), ["10.200.0.1"], "{}", r.raw);
+}
+
+#[test]
+fn second_agent_on_a_bpffs_dir_exits_and_dns_keeps_working() {
+    if !privileged::available("second_agent_on_a_bpffs_dir_exits_and_dns_keeps_working") {
+        return;
+    }
+    let mut c = Cluster::start();
+    c.set_policy("seed.yaml", &seed_stage(4));
+    let dig = |c: &Cluster| c.dig("www.microsoft.com", "A", &[]).map(|r| r.data("A"));
+    assert_eq!(dig(&c).expect("DNS through the first agent"), [WWW_MICROSOFT4.to_string()]);
+
+    // Another port and state directory, the same bpffs directory: it used to take the redirect
+    // over, and once it exited every pod's DNS went unanswered.
+    let other_state = c.dir.path().join("state2");
+    let mut cmd = Command::new(binary());
+    cmd.args(["run", "--mode", "transparent", "--listen", "127.0.0.1:10054", "--listen", "[::1]:10054"])
+        .arg("--policies")
+        .arg(c.policies_dir())
+        .arg("--endpoints")
+        .arg(c.dir.path().join("endpoints.yaml"))
+        .arg("--state-dir")
+        .arg(&other_state)
+        .arg("--bpffs-dir")
+        .arg(c.bpffs_dir())
+        .args(["--metrics-addr", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let second = c.spawn_in_node(&mut cmd);
+    let (code, err) = exit_of(second, "the second agent to exit");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("bpffs directory {} is in use", c.bpffs_dir().display())), "{err}");
+    assert!(err.contains(&format!("pid {}", c.agent_pid())), "the holder's pid: {err}");
+
+    assert_eq!(dig(&c).expect("DNS after the second agent gave up"), [WWW_MICROSOFT4.to_string()]);
+    // And the first agent still serves after a restart of its own (the lock died with it).
+    c.kill_agent();
+    c.start_agent();
+    assert_eq!(dig(&c).expect("DNS after restarting the first agent"), [WWW_MICROSOFT4.to_string()]);
 }

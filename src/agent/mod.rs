@@ -18,6 +18,7 @@
 //! continues while the agent is away.
 
 pub mod datapath;
+pub mod lock;
 pub mod state_dir;
 
 use std::path::Path;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use datapath::AgentDatapath;
+use lock::DirLock;
 
 /// The file in the state directory listing the bound listeners (JSON), written once they are
 /// bound: lets scripts and tests that asked for port 0 find the port.
@@ -77,7 +79,10 @@ impl Parts {
 /// Run until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     state_dir::prepare(&config.state_dir)?;
+    // Before any socket or map is touched: a second agent must change nothing of the first's.
+    let state_lock = DirLock::try_lock(&config.state_dir, "state directory")?;
     let transparent = config.proxy.mode == Mode::Transparent;
+    let mut bpffs_lock = if transparent { lock_bpffs_early(&config.bpffs_dir)? } else { None };
 
     let mut registry = agent_metrics::new_registry();
     let metrics = AgentMetrics::register(&mut registry);
@@ -93,6 +98,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     } else {
         AgentDatapath::memory()
     };
+    if transparent && bpffs_lock.is_none() {
+        // The directory did not exist before the datapath mounted a bpffs and made it.
+        bpffs_lock = Some(DirLock::try_lock(&config.bpffs_dir, BPFFS_DIR)?);
+    }
     if let AgentDatapath::Kernel(dp) = &datapath {
         agent_metrics::register_datapath_counters(&mut registry, dp.clone());
     }
@@ -205,7 +214,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     enforcer.save();
     let _ = std::fs::remove_file(config.state_dir.join(LISTENERS_FILE));
     tracing::info!(stats = ?proxy.stats(), "fqdnd stopped");
+    // Held to the end: the next agent may start once this one wrote its snapshot.
+    drop((state_lock, bpffs_lock));
     Ok(())
+}
+
+const BPFFS_DIR: &str = "bpffs directory";
+
+/// Lock the bpffs directory before the datapath opens it: it exists, or its nearest existing
+/// ancestor is a bpffs (then it is made here). `None` when no bpffs is mounted yet (the datapath
+/// mounts one; the directory is locked right after, before anything else runs).
+fn lock_bpffs_early(dir: &Path) -> anyhow::Result<Option<DirLock>> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => return Ok(None),
+        }
+    }
+    if probe != dir {
+        if !ebpf_redirect::bpffs::is_bpffs(probe).unwrap_or(false) {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the bpffs directory {}", dir.display()))?;
+    }
+    Ok(Some(DirLock::try_lock(dir, BPFFS_DIR)?))
 }
 
 fn write_listeners(state_dir: &Path, listeners: &[ListenerInfo]) -> anyhow::Result<()> {

@@ -254,7 +254,6 @@ impl Cluster {
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "the agent is already running");
         let log = File::options().create(true).append(true).open(self.log_path()).expect("agent log");
-        let ns = File::open(self.node.path()).expect("node netns");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fqdnd"));
         cmd.arg("run")
             .args(["--mode", "transparent"])
@@ -276,6 +275,14 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        let child = self.spawn_in_node(&mut cmd);
+        self.agent = Some(Agent { child });
+        self.wait_ready();
+    }
+
+    /// Spawn `cmd` in the node namespace (entered with `setns`, so the test's bpffs stays visible).
+    pub fn spawn_in_node(&self, cmd: &mut Command) -> Child {
+        let ns = File::open(self.node.path()).expect("node netns");
         let ns_fd = ns.as_raw_fd();
         // SAFETY: setns(2) is async-signal-safe; the fd stays open in the parent until spawn returns.
         unsafe {
@@ -286,10 +293,14 @@ impl Cluster {
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("starting fqdnd");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?} in the node namespace: {e}"));
         drop(ns);
-        self.agent = Some(Agent { child });
-        self.wait_ready();
+        child
+    }
+
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("the agent is running").child.id()
     }
 
     /// SIGKILL the agent (no shutdown path runs) and reap it.
