@@ -12,6 +12,8 @@
 //! response-max-delay: 100ms
 //! upstream-timeout: 2s
 //! tcp-idle-timeout: 10s
+//! max-tcp-connections: 2048        # all clients; the oldest idle is closed for a new one
+//! max-tcp-connections-per-endpoint: 64
 //! min-ttl: 0                       # seconds
 //! max-ttl: 86400                   # seconds: longer TTLs are cut to this (learning and restore)
 //! max-inflight: 4096
@@ -58,6 +60,8 @@ pub struct FileConfig {
     pub response_max_delay: Option<String>,
     pub upstream_timeout: Option<String>,
     pub tcp_idle_timeout: Option<String>,
+    pub max_tcp_connections: Option<usize>,
+    pub max_tcp_connections_per_endpoint: Option<usize>,
     pub min_ttl: Option<u32>,
     pub max_ttl: Option<u32>,
     pub max_inflight: Option<usize>,
@@ -116,6 +120,13 @@ pub struct Flags {
     /// Queries in flight at once (all endpoints).
     #[arg(long, value_name = "N")]
     pub max_inflight: Option<usize>,
+    /// TCP connections held at once (default 2048, and below the descriptor limit); at the cap
+    /// the oldest idle one is closed for a new one.
+    #[arg(long, value_name = "N")]
+    pub max_tcp_connections: Option<usize>,
+    /// TCP connections one endpoint may hold at once (default 64).
+    #[arg(long, value_name = "N")]
+    pub max_tcp_connections_per_endpoint: Option<usize>,
     /// Upstream answer timeout; SERVFAIL after it (default 2s).
     #[arg(long, value_name = "DURATION")]
     pub upstream_timeout: Option<String>,
@@ -369,6 +380,23 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         ));
     }
 
+    let max_tcp = flags.max_tcp_connections.or(file.max_tcp_connections);
+    let max_tcp_src = src(flags.max_tcp_connections.is_some(), "max-tcp-connections");
+    let tcp_max_connections = max_tcp.unwrap_or(dns_proxy::config::DEFAULT_TCP_MAX_CONNECTIONS);
+    let max_tcp_ep = flags.max_tcp_connections_per_endpoint.or(file.max_tcp_connections_per_endpoint);
+    let max_tcp_ep_src = src(flags.max_tcp_connections_per_endpoint.is_some(), "max-tcp-connections-per-endpoint");
+    let tcp_max_connections_per_endpoint = max_tcp_ep
+        .unwrap_or(dns_proxy::config::DEFAULT_TCP_MAX_CONNECTIONS_PER_ENDPOINT.min(tcp_max_connections.max(1)));
+    if tcp_max_connections == 0 {
+        problems.push(format!("{max_tcp_src}: must be at least 1"));
+    }
+    if tcp_max_connections_per_endpoint == 0 || tcp_max_connections_per_endpoint > tcp_max_connections.max(1) {
+        problems.push(format!(
+            "{max_tcp_ep_src}: {tcp_max_connections_per_endpoint} must be between 1 and max-tcp-connections \
+             ({tcp_max_connections})"
+        ));
+    }
+
     let policies = match (&flags.policies, &file.policies) {
         (Some(p), _) | (None, Some(p)) => {
             if !p.exists() {
@@ -458,6 +486,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             max_inflight,
             max_inflight_per_endpoint,
             tcp_idle_timeout,
+            tcp_max_connections,
+            tcp_max_connections_per_endpoint,
             upstream_sockets: 4,
             udp_workers: file.udp_workers.unwrap_or(0),
         },
@@ -600,7 +630,11 @@ mod tests {
         assert_eq!(resolve(&file, &flags, &env(dir.path())).unwrap().cache.max_ttl, 3600, "the flag wins");
         for (file, flags, needle) in [
             ("max-ttl: 0\n", Flags::default(), "config max-ttl: must be at least 1 second"),
-            ("min-ttl: 100\n", Flags { max_ttl: Some(50), ..Flags::default() }, "--max-ttl: 50 is below config min-ttl (100)"),
+            (
+                "min-ttl: 100\n",
+                Flags { max_ttl: Some(50), ..Flags::default() },
+                "--max-ttl: 50 is below config min-ttl (100)",
+            ),
         ] {
             let file = parse_file(Path::new("f.yaml"), file).unwrap();
             let err = resolve(&file, &flags, &env(dir.path())).unwrap_err().to_string();
@@ -608,6 +642,25 @@ mod tests {
         }
         let logged = serde_json::to_string(&c).unwrap();
         assert!(logged.contains("\"max-ttl\":86400"), "{logged}");
+    }
+
+    #[test]
+    fn tcp_connection_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!((c.proxy.tcp_max_connections, c.proxy.tcp_max_connections_per_endpoint), (2048, 64));
+        let file = parse_file(Path::new("f.yaml"), "max-tcp-connections: 100\n").unwrap();
+        let flags = Flags { max_tcp_connections_per_endpoint: Some(8), ..Flags::default() };
+        let c = resolve(&file, &flags, &env(dir.path())).unwrap();
+        assert_eq!((c.proxy.tcp_max_connections, c.proxy.tcp_max_connections_per_endpoint), (100, 8));
+        let small = parse_file(Path::new("f.yaml"), "max-tcp-connections: 10\n").unwrap();
+        let c = resolve(&small, &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.proxy.tcp_max_connections_per_endpoint, 10, "the default share never exceeds the total");
+        let flags =
+            Flags { max_tcp_connections: Some(0), max_tcp_connections_per_endpoint: Some(5), ..Flags::default() };
+        let err = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("--max-tcp-connections: must be at least 1"), "{err}");
+        assert!(err.contains("--max-tcp-connections-per-endpoint: 5 must be between 1 and"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub enum RejectCode {
     Refused,
 }
 
+/// Default `tcp_max_connections`.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 2048;
+/// Default `tcp_max_connections_per_endpoint`: a resolver needs one or two; RFC 7766 clients
+/// reuse their connection.
+pub const DEFAULT_TCP_MAX_CONNECTIONS_PER_ENDPOINT: usize = 64;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProxyConfig {
     pub mode: Mode,
@@ -46,6 +52,11 @@ pub struct ProxyConfig {
     /// A TCP connection without a query for this long is closed (RFC 7766 6.2.3).
     #[serde(with = "humantime_serde_compat")]
     pub tcp_idle_timeout: Duration,
+    /// TCP connections held at once, all clients together; at the cap the oldest idle one is
+    /// closed for a new one (RFC 7766 6.2.2). Keep it below the descriptor limit.
+    pub tcp_max_connections: usize,
+    /// TCP connections held at once by one endpoint (or one address that is no endpoint).
+    pub tcp_max_connections_per_endpoint: usize,
     /// Random-port UDP sockets per address family used towards upstreams (per receive thread).
     pub upstream_sockets: usize,
     /// Plain mode: UDP receive threads (sockets sharing each listen address); 0 = half the CPUs
@@ -67,6 +78,8 @@ impl ProxyConfig {
             max_inflight: 4096,
             max_inflight_per_endpoint: 1024,
             tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_connections: DEFAULT_TCP_MAX_CONNECTIONS,
+            tcp_max_connections_per_endpoint: DEFAULT_TCP_MAX_CONNECTIONS_PER_ENDPOINT,
             upstream_sockets: 4,
             udp_workers: 0,
         }

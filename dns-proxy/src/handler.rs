@@ -20,6 +20,7 @@ use crate::error::ProxyError;
 use crate::flow::{DnsFlow, DnsFlowKind, FlowSink, Verdict};
 use crate::forwarder::{ForwardError, Forwarder, Outgoing};
 use crate::limits::{Limiter, Permit};
+use crate::log_limit::LogLimit;
 use crate::metrics::ProxyMetrics;
 use crate::name_lock::NameLocks;
 use crate::refusal;
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) limiter: Limiter,
     pub(crate) names: NameLocks,
     pub(crate) metrics: ProxyMetrics,
+    /// Datapath failures and ack timeouts repeat per answer under load: logged once per interval.
+    datapath_log: LogLimit,
 }
 
 /// Who asked and what the rules said, owned so it can travel with the query into a task.
@@ -99,6 +102,7 @@ impl Shared {
             limiter: Limiter::new(config.max_inflight, config.max_inflight_per_endpoint),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             names: NameLocks::default(),
+            datapath_log: LogLimit::new(std::time::Duration::from_secs(10)),
             metrics,
             config,
             learner,
@@ -283,15 +287,22 @@ impl Shared {
             Ok(Ok(true)) => self.metrics.datapath_ack_latency(started.elapsed()),
             Ok(Err(e)) => {
                 inc(&self.stats.datapath_errors);
-                tracing::warn!(dns.qname = %query.qname, endpoint = %endpoint, error = %e, "datapath update failed; answer released");
+                if let Some(suppressed) = self.datapath_log.check(Instant::now()) {
+                    tracing::warn!(
+                        dns.qname = %query.qname, endpoint = %endpoint, error = %e, suppressed,
+                        "datapath update failed; answer released"
+                    );
+                }
             }
             Err(_) => {
                 inc(&self.stats.datapath_timeouts);
                 self.metrics.datapath_ack_timeout();
-                tracing::warn!(
-                    dns.qname = %query.qname, endpoint = %endpoint, max_delay = ?max,
-                    "datapath did not acknowledge within --response-max-delay; answer released"
-                );
+                if let Some(suppressed) = self.datapath_log.check(Instant::now()) {
+                    tracing::warn!(
+                        dns.qname = %query.qname, endpoint = %endpoint, max_delay = ?max, suppressed,
+                        "datapath did not acknowledge within --response-max-delay; answer released"
+                    );
+                }
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod flow;
 pub mod forwarder;
 mod handler;
 pub mod limits;
+pub mod log_limit;
 pub mod metrics;
 pub mod name_lock;
 pub mod refusal;

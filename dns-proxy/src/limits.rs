@@ -3,11 +3,29 @@
 //! of the pool to the others. Unknown sources (plain mode) share one bucket.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fqdn_cache::EndpointId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Whose share a query or a connection counts against: a known endpoint, or, for a source that
+/// is no endpoint, its address (so one unknown client cannot use up what the others share).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Endpoint(EndpointId),
+    Address(IpAddr),
+}
+
+impl Owner {
+    pub fn of(endpoint: Option<EndpointId>, client: IpAddr) -> Owner {
+        match endpoint {
+            Some(id) => Owner::Endpoint(id),
+            None => Owner::Address(client),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Limiter {

@@ -156,7 +156,8 @@ impl ProxyMetrics {
 /// `fqdnd_dns_upstream_replies_dropped_total{reason}` (forged or stray upstream replies),
 /// `fqdnd_dns_upstream_failures_total{reason}`, `fqdnd_dns_malformed_queries_total`,
 /// `fqdnd_dns_truncated_answers_total`, `fqdnd_dns_shed_queries_total`,
-/// `fqdnd_dns_reply_send_errors_total`, `fqdnd_dns_answers_learned_total`,
+/// `fqdnd_dns_reply_send_errors_total`, `fqdnd_dns_tcp_connections_closed_total{reason}`,
+/// `fqdnd_dns_tcp_accept_errors_total`, `fqdnd_dns_answers_learned_total`,
 /// `fqdnd_datapath_update_errors_total`.
 pub fn register_stats(registry: &mut Registry, stats: Arc<ProxyStats>) {
     registry.register_collector(Box::new(StatsCollector(stats)));
@@ -173,7 +174,7 @@ impl fmt::Debug for StatsCollector {
 /// One counter of the collector: name, help, and its series (labels, value).
 type Series = (&'static str, &'static str, Vec<(Option<(&'static str, &'static str)>, u64)>);
 
-fn stats_series(s: &StatsSnapshot) -> [Series; 8] {
+fn stats_series(s: &StatsSnapshot) -> [Series; 10] {
     [
         (
             "dns_upstream_replies_dropped",
@@ -205,6 +206,17 @@ fn stats_series(s: &StatsSnapshot) -> [Series; 8] {
             vec![(None, s.overloaded)],
         ),
         ("dns_reply_send_errors", "Replies that could not be sent to the client", vec![(None, s.send_errors)]),
+        (
+            "dns_tcp_connections_closed",
+            "TCP connections closed at a connection cap: the oldest idle to make room (evicted), or the new one \
+             when every held one was busy (refused)",
+            vec![(Some(("reason", "evicted")), s.tcp_evicted), (Some(("reason", "refused")), s.tcp_refused)],
+        ),
+        (
+            "dns_tcp_accept_errors",
+            "TCP accepts that failed for want of file descriptors or memory",
+            vec![(None, s.tcp_accept_errors)],
+        ),
         ("dns_answers_learned", "Allowed answers handed to the cache and the datapath", vec![(None, s.learned)]),
         (
             "datapath_update_errors",

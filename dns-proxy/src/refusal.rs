@@ -13,9 +13,9 @@ use crate::wire::HEADER_LEN;
 pub fn response_code(err: &ProxyError, reject: RejectCode) -> Option<ResponseCode> {
     match err {
         ProxyError::Refused { .. } => Some(reject.into()),
-        ProxyError::MalformedQuery { .. } | ProxyError::QuestionCount { .. } | ProxyError::CompressedQuestion { .. } => {
-            Some(ResponseCode::FormErr)
-        }
+        ProxyError::MalformedQuery { .. }
+        | ProxyError::QuestionCount { .. }
+        | ProxyError::CompressedQuestion { .. } => Some(ResponseCode::FormErr),
         ProxyError::UnsupportedOpcode { .. } => Some(ResponseCode::NotImp),
         ProxyError::UpstreamTimeout { .. }
         | ProxyError::UpstreamIo { .. }

@@ -56,6 +56,12 @@ counters! {
     overloaded,
     /// Replies that could not be sent to the client.
     send_errors,
+    /// TCP connections closed to make room for a new one (the oldest idle, at a cap).
+    tcp_evicted,
+    /// TCP connections closed at once: the endpoint's (or the proxy's) cap held only busy ones.
+    tcp_refused,
+    /// TCP accepts that failed for want of descriptors or memory (the loop backs off).
+    tcp_accept_errors,
 }
 
 pub(crate) fn inc(counter: &AtomicU64) {

@@ -482,3 +482,111 @@ async fn compressed_question_gets_a_decodable_reply() {
     assert_eq!(h.proxy.stats().forwarded, 0);
     h.stop().await;
 }
+
+/// One query over `conn`, its answer's first address.
+async fn tcp_ask(conn: &mut TcpStream, id: u16) -> std::io::Result<Vec<IpAddr>> {
+    let q = query(id, "www.microsoft.com.", RecordType::A, None);
+    conn.write_all(&(q.len() as u16).to_be_bytes()).await?;
+    conn.write_all(&q).await?;
+    let len = conn.read_u16().await? as usize;
+    let mut buf = vec![0u8; len];
+    conn.read_exact(&mut buf).await?;
+    Ok(ips(&Message::from_vec(&buf).unwrap()))
+}
+
+/// Connect from `source` (any 127/8 address; only 127.0.0.1 is the endpoint alpine).
+async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// The connection was closed by the proxy: EOF (or a reset) on read, bounded by 10 s.
+async fn closed(conn: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_capped_per_endpoint_oldest_idle_closed_first() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |c| c.tcp_max_connections_per_endpoint = 3).await;
+    let www: Vec<IpAddr> = vec!["10.200.0.1".parse().unwrap()];
+    let mut held = Vec::new();
+    for i in 0..3u16 {
+        let mut c = connect_from("127.0.0.1", h.addr).await;
+        assert_eq!(tcp_ask(&mut c, i).await.unwrap(), www);
+        held.push(c);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first is now the least recently active: a fourth from the same endpoint closes it.
+    assert_eq!(tcp_ask(&mut held[0], 10).await.unwrap(), www);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut fourth = connect_from("127.0.0.1", h.addr).await;
+    assert_eq!(tcp_ask(&mut fourth, 11).await.unwrap(), www);
+    assert!(closed(&mut held[1]).await, "the oldest idle connection of the endpoint is closed");
+    for (i, id) in [(0usize, 12u16), (2, 13)] {
+        assert_eq!(tcp_ask(&mut held[i], id).await.unwrap(), www, "connection {i} stays");
+    }
+    // Another client is not this endpoint's share: it connects without closing anything.
+    let mut other = connect_from("127.0.0.3", h.addr).await;
+    assert_eq!(tcp_ask(&mut other, 14).await.unwrap(), www);
+    let s = h.proxy.stats();
+    assert_eq!((s.tcp_evicted, s.tcp_refused), (1, 0), "{s:?}");
+    h.stop().await;
+}
+
+/// A TCP upstream that answers its first query only when told to.
+async fn held_tcp_upstream() -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.8:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let len = conn.read_u16().await.unwrap() as usize;
+        let mut buf = vec![0u8; len];
+        conn.read_exact(&mut buf).await.unwrap();
+        let q = Message::from_vec(&buf).unwrap();
+        let _ = go_rx.await;
+        let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        m.add_query(q.queries[0].clone());
+        m.add_answer(Record::from_rdata(q.queries[0].name().clone(), 60, RData::A(A::new(10, 200, 0, 77))));
+        let out = m.to_vec().unwrap();
+        conn.write_all(&(out.len() as u16).to_be_bytes()).await.unwrap();
+        conn.write_all(&out).await.unwrap();
+    });
+    (addr, go_tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connection_with_a_query_in_flight_is_never_closed_for_a_new_one() {
+    let (upstream, go, fake) = held_tcp_upstream().await;
+    let h = Harness::start(upstream, &["*.microsoft.com"], |c| {
+        c.tcp_max_connections = 1;
+        c.upstream_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut busy = connect_from("127.0.0.1", h.addr).await;
+    let q = query(0x6161, "www.microsoft.com.", RecordType::A, None);
+    busy.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+    busy.write_all(&q).await.unwrap();
+    wait::until_async("the query to be forwarded", Duration::from_secs(10), || {
+        (h.proxy.stats().forwarded > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    // At the total cap with the only connection busy: the newcomer is the one closed.
+    let mut late = connect_from("127.0.0.3", h.addr).await;
+    assert!(closed(&mut late).await, "the new connection is refused");
+    go.send(()).unwrap();
+    let len = busy.read_u16().await.unwrap() as usize;
+    let mut buf = vec![0u8; len];
+    busy.read_exact(&mut buf).await.unwrap();
+    assert_eq!(ips(&Message::from_vec(&buf).unwrap()), ["10.200.0.77".parse::<IpAddr>().unwrap()]);
+    assert_eq!(h.proxy.stats().tcp_refused, 1);
+    h.stop().await;
+    fake.await.unwrap();
+}

@@ -23,8 +23,17 @@ pub struct DirLock {
 #[derive(Debug)]
 pub enum LockError {
     /// Another process holds the lock.
-    Held { what: &'static str, dir: PathBuf, holders: Vec<u32> },
-    Io { what: &'static str, dir: PathBuf, op: &'static str, source: io::Error },
+    Held {
+        what: &'static str,
+        dir: PathBuf,
+        holders: Vec<u32>,
+    },
+    Io {
+        what: &'static str,
+        dir: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
 }
 
 impl std::fmt::Display for LockError {
@@ -95,8 +104,9 @@ fn holders(file: &File) -> Vec<u32> {
         }
         let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else { continue };
         let holds = fds.flatten().any(|fd| {
-            std::fs::read_to_string(fd.path())
-                .is_ok_and(|info| info.lines().any(|l| l.starts_with("lock:") && l.contains("FLOCK") && l.contains(&key)))
+            std::fs::read_to_string(fd.path()).is_ok_and(|info| {
+                info.lines().any(|l| l.starts_with("lock:") && l.contains("FLOCK") && l.contains(&key))
+            })
         });
         if holds {
             pids.push(pid);

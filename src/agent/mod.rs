@@ -19,6 +19,7 @@
 
 pub mod datapath;
 pub mod lock;
+pub mod rlimit;
 pub mod state_dir;
 
 use std::path::Path;
@@ -77,8 +78,25 @@ impl Parts {
 }
 
 /// Run until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     state_dir::prepare(&config.state_dir)?;
+    match rlimit::raise_nofile() {
+        Ok((before, after)) => {
+            let cap = rlimit::tcp_cap_for(after, config.proxy.tcp_max_connections);
+            if cap < config.proxy.tcp_max_connections {
+                tracing::warn!(
+                    nofile = after,
+                    configured = config.proxy.tcp_max_connections,
+                    cap,
+                    "descriptor limit too low for max-tcp-connections; capping TCP connections lower"
+                );
+                config.proxy.tcp_max_connections = cap;
+                config.proxy.tcp_max_connections_per_endpoint = config.proxy.tcp_max_connections_per_endpoint.min(cap);
+            }
+            tracing::debug!(before, after, "RLIMIT_NOFILE soft limit raised to the hard limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "raising RLIMIT_NOFILE"),
+    }
     // Before any socket or map is touched: a second agent must change nothing of the first's.
     let state_lock = DirLock::try_lock(&config.state_dir, "state directory")?;
     let transparent = config.proxy.mode == Mode::Transparent;

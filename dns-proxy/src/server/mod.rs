@@ -1,6 +1,7 @@
 //! The proxy as a whole: bind its sockets, serve until shut down, swap endpoint tables, hand out
 //! flow subscriptions and counters.
 
+mod conns;
 mod tcp;
 mod udp;
 
@@ -204,6 +205,10 @@ impl Bound {
                 .map_err(|source| ProxyError::Bind { proto: L4Proto::Udp, addr, source })?;
             threads.push(done_rx);
         }
+        let conns = Arc::new(conns::Connections::new(
+            self.shared.config.tcp_max_connections,
+            self.shared.config.tcp_max_connections_per_endpoint,
+        ));
         for listener in self.sockets.tcp {
             let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
                 proto: L4Proto::Tcp,
@@ -215,7 +220,14 @@ impl Bound {
                 addr,
                 source,
             })?;
-            tracker.spawn(tcp::serve(self.shared.clone(), listener, transparent, tracker.clone(), shutdown.clone()));
+            tracker.spawn(tcp::serve(
+                self.shared.clone(),
+                listener,
+                transparent,
+                conns.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
         }
         shutdown.cancelled().await;
         tracker.close();
