@@ -614,14 +614,9 @@ mod snapshots {
             (now_unix + 100, 100),
         ] {
             let bytes = crafted(&[(0, expiry, i64::MIN)]);
-            let c = Cache::from_snapshot_bytes(
-                Path::new("s"),
-                &bytes,
-                CacheConfig::default(),
-                wall(now_unix as u64),
-                t0,
-            )
-            .unwrap();
+            let c =
+                Cache::from_snapshot_bytes(Path::new("s"), &bytes, CacheConfig::default(), wall(now_unix as u64), t0)
+                    .unwrap();
             let rows = c.list(&ListFilter::default(), t0, wall(now_unix as u64));
             assert_eq!(rows[0].ttl, want_ttl, "expiry {expiry}");
         }
