@@ -18,6 +18,8 @@
 //! max-ttl: 86400                   # seconds: longer TTLs are cut to this (learning and restore)
 //! max-inflight: 4096
 //! max-inflight-per-endpoint: 1024
+//! max-qps-per-endpoint: 1000       # queries/s per endpoint; beyond: shed (0: no limit)
+//! qps-burst-per-endpoint: 200      # what an endpoint may send at once above its rate
 //! policy-poll-interval: 1s
 //! udp-workers: 0                  # plain mode: UDP receive threads (0 = half the CPUs)
 //! metrics-addr: 127.0.0.1:9967     # /metrics, /healthz, /readyz; "none" turns it off
@@ -66,6 +68,8 @@ pub struct FileConfig {
     pub max_ttl: Option<u32>,
     pub max_inflight: Option<usize>,
     pub max_inflight_per_endpoint: Option<usize>,
+    pub max_qps_per_endpoint: Option<u32>,
+    pub qps_burst_per_endpoint: Option<u32>,
     pub policy_poll_interval: Option<String>,
     /// Plain mode: UDP receive threads per listen address (0 = half the CPUs, at least one).
     pub udp_workers: Option<usize>,
@@ -127,6 +131,13 @@ pub struct Flags {
     /// TCP connections one endpoint may hold at once (default 64).
     #[arg(long, value_name = "N")]
     pub max_tcp_connections_per_endpoint: Option<usize>,
+    /// Queries per second one endpoint may send (default 1000; 0: no limit); beyond it they are
+    /// shed before they take anything the other endpoints need.
+    #[arg(long, value_name = "N")]
+    pub max_qps_per_endpoint: Option<u32>,
+    /// Queries an endpoint may send at once above its rate (default 200).
+    #[arg(long, value_name = "N")]
+    pub qps_burst_per_endpoint: Option<u32>,
     /// Upstream answer timeout; SERVFAIL after it (default 2s).
     #[arg(long, value_name = "DURATION")]
     pub upstream_timeout: Option<String>,
@@ -380,6 +391,20 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         ));
     }
 
+    let max_qps_per_endpoint = flags
+        .max_qps_per_endpoint
+        .or(file.max_qps_per_endpoint)
+        .unwrap_or(dns_proxy::config::DEFAULT_MAX_QPS_PER_ENDPOINT);
+    let qps_burst_per_endpoint = flags
+        .qps_burst_per_endpoint
+        .or(file.qps_burst_per_endpoint)
+        .unwrap_or(dns_proxy::config::DEFAULT_QPS_BURST_PER_ENDPOINT);
+    if qps_burst_per_endpoint == 0 && max_qps_per_endpoint > 0 {
+        problems.push(format!(
+            "{}: must be at least 1 (or turn the limit off with max-qps-per-endpoint: 0)",
+            src(flags.qps_burst_per_endpoint.is_some(), "qps-burst-per-endpoint")
+        ));
+    }
     let max_tcp = flags.max_tcp_connections.or(file.max_tcp_connections);
     let max_tcp_src = src(flags.max_tcp_connections.is_some(), "max-tcp-connections");
     let tcp_max_connections = max_tcp.unwrap_or(dns_proxy::config::DEFAULT_TCP_MAX_CONNECTIONS);
@@ -485,6 +510,8 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             upstream_timeout,
             max_inflight,
             max_inflight_per_endpoint,
+            max_qps_per_endpoint,
+            qps_burst_per_endpoint,
             tcp_idle_timeout,
             tcp_max_connections,
             tcp_max_connections_per_endpoint,
@@ -642,6 +669,18 @@ mod tests {
         }
         let logged = serde_json::to_string(&c).unwrap();
         assert!(logged.contains("\"max-ttl\":86400"), "{logged}");
+    }
+
+    #[test]
+    fn query_rate_per_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!((c.proxy.max_qps_per_endpoint, c.proxy.qps_burst_per_endpoint), (1000, 200));
+        let file = parse_file(Path::new("f.yaml"), "max-qps-per-endpoint: 0\nqps-burst-per-endpoint: 0\n").unwrap();
+        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().proxy.max_qps_per_endpoint, 0);
+        let flags = Flags { max_qps_per_endpoint: Some(50), qps_burst_per_endpoint: Some(0), ..Flags::default() };
+        let err = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("--qps-burst-per-endpoint: must be at least 1"), "{err}");
     }
 
     #[test]

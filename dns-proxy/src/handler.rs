@@ -14,12 +14,13 @@ use fqdn_cache::{EndpointId, L4Proto, Learner};
 use hickory_proto::op::{OpCode, ResponseCode};
 use policy_sync::{PolicyRef, ResolvedEndpoint, RuleVerdict, Snapshot};
 
+use crate::admission::{Admission, Admit};
 use crate::answer::{Chain, extract_chain_wire};
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::flow::{DnsFlow, DnsFlowKind, FlowSink, Verdict};
 use crate::forwarder::{ForwardError, Forwarder, Outgoing};
-use crate::limits::{Limiter, Permit};
+use crate::limits::{Busy, Limiter, Owner, Permit};
 use crate::log_limit::LogLimit;
 use crate::metrics::ProxyMetrics;
 use crate::name_lock::NameLocks;
@@ -47,10 +48,13 @@ pub(crate) struct Shared {
     pub(crate) flows: Option<Arc<dyn FlowSink>>,
     pub(crate) stats: Arc<ProxyStats>,
     pub(crate) limiter: Limiter,
+    /// Per-endpoint query rate, checked before anything shared is taken.
+    pub(crate) admission: Admission,
     pub(crate) names: NameLocks,
     pub(crate) metrics: ProxyMetrics,
     /// Datapath failures and ack timeouts repeat per answer under load: logged once per interval.
     datapath_log: LogLimit,
+    shed_log: LogLimit,
 }
 
 /// Who asked and what the rules said, owned so it can travel with the query into a task.
@@ -85,6 +89,7 @@ pub(crate) struct Pending {
     query: ParsedQuery,
     asker: Asker,
     meta: QueryMeta,
+    owner: Owner,
     /// Taken in `decide` for UDP; TCP waits for one in `forward`.
     permit: Option<Permit>,
 }
@@ -100,6 +105,8 @@ impl Shared {
         Shared {
             forwarder: Forwarder::new(config.upstream_timeout, config.upstream_sockets, stats.clone()),
             limiter: Limiter::new(config.max_inflight, config.max_inflight_per_endpoint),
+            admission: Admission::new(config.max_qps_per_endpoint, config.qps_burst_per_endpoint),
+            shed_log: LogLimit::new(std::time::Duration::from_secs(10)),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             names: NameLocks::default(),
             datapath_log: LogLimit::new(std::time::Duration::from_secs(10)),
@@ -139,6 +146,10 @@ impl Shared {
         }
 
         let endpoint = self.snapshot.load().by_ip(meta.client.ip()).cloned();
+        let owner = Owner::of(endpoint.as_ref().map(|e| e.id), meta.client.ip());
+        if let (Admit::Shed { flow }, shed) = self.admission.check(owner, meta.received) {
+            return Step::Reply(self.shed(&query, meta, endpoint, flow, shed));
+        }
         let verdict = match &endpoint {
             Some(ep) => ep.policy.dns.decide(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
             None => RuleVerdict::NotProxied,
@@ -160,16 +171,44 @@ impl Shared {
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
 
+        // UDP takes its permit here; when the pool is used up, the query waits its turn in the
+        // task (TCP always does).
         let permit = if meta.proto == L4Proto::Tcp {
             None
         } else {
-            let endpoint_id = asker.endpoint.as_ref().map(|e| e.id);
-            match self.limiter.try_acquire(endpoint_id) {
-                Some(p) => Some(p),
-                None => return Step::Reply(self.overloaded(&query, packet, meta, &asker)),
+            match self.limiter.try_acquire(owner) {
+                Ok(p) => Some(p),
+                Err(Busy::PoolFull) => None,
+                Err(Busy::OwnerFull) => return Step::Reply(self.overloaded(&query, packet, meta, &asker)),
             }
         };
-        Step::Forward(Box::new(Pending { query, asker, meta, permit }))
+        Step::Forward(Box::new(Pending { query, asker, meta, owner, permit }))
+    }
+
+    /// A query over its endpoint's rate: no answer; counted, logged now and then, and a flow
+    /// when `flow` (verdict ERROR: the proxy did not serve it, no policy refused it).
+    fn shed(
+        &self,
+        query: &ParsedQuery,
+        meta: QueryMeta,
+        endpoint: Option<Arc<ResolvedEndpoint>>,
+        flow: bool,
+        shed: u64,
+    ) -> Option<Vec<u8>> {
+        inc(&self.stats.rate_limited);
+        let asker = Asker { endpoint, verdict: RuleVerdict::NotProxied };
+        if let Some(suppressed) = self.shed_log.check(meta.received) {
+            tracing::warn!(
+                endpoint = asker.endpoint.as_ref().map(|e| tracing::field::display(e.endpoint.display_key())),
+                src.ip = %meta.client.ip(), shed_total = shed, suppressed,
+                "endpoint over its query rate (--max-qps-per-endpoint); its queries are shed"
+            );
+        }
+        self.metrics.query(Verdict::Error, u16::from(query.qtype));
+        if flow {
+            self.response_flow(query, meta, &asker, Verdict::Error, ResponseCode::ServFail, None);
+        }
+        None
     }
 
     fn overloaded(&self, query: &ParsedQuery, packet: &[u8], meta: QueryMeta, asker: &Asker) -> Option<Vec<u8>> {
@@ -181,10 +220,9 @@ impl Shared {
 
     /// The asynchronous part: forward, learn, wait for the datapath, shape the reply.
     pub(crate) async fn forward(&self, fwd: &Forwarder, packet: &[u8], pending: Pending) -> Option<Vec<u8>> {
-        let Pending { query, asker, meta, mut permit } = pending;
+        let Pending { query, asker, meta, owner, mut permit } = pending;
         if permit.is_none() {
-            let endpoint_id = asker.endpoint.as_ref().map(|e| e.id);
-            permit = self.limiter.acquire(endpoint_id, fwd.timeout()).await;
+            permit = self.limiter.acquire(owner, fwd.timeout()).await;
             if permit.is_none() {
                 return self.overloaded(&query, packet, meta, &asker);
             }

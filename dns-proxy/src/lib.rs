@@ -11,6 +11,7 @@
 //!
 //! This crate knows no eBPF: the datapath sits behind the learner.
 
+pub mod admission;
 pub mod answer;
 pub mod batch;
 pub mod config;

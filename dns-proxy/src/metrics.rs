@@ -155,7 +155,7 @@ impl ProxyMetrics {
 /// Export the proxy's event counters ([`ProxyStats`]), read at every scrape:
 /// `fqdnd_dns_upstream_replies_dropped_total{reason}` (forged or stray upstream replies),
 /// `fqdnd_dns_upstream_failures_total{reason}`, `fqdnd_dns_malformed_queries_total`,
-/// `fqdnd_dns_truncated_answers_total`, `fqdnd_dns_shed_queries_total`,
+/// `fqdnd_dns_truncated_answers_total`, `fqdnd_dns_shed_queries_total{reason}`,
 /// `fqdnd_dns_reply_send_errors_total`, `fqdnd_dns_tcp_connections_closed_total{reason}`,
 /// `fqdnd_dns_tcp_accept_errors_total`, `fqdnd_dns_answers_learned_total`,
 /// `fqdnd_datapath_update_errors_total`.
@@ -202,8 +202,9 @@ fn stats_series(s: &StatsSnapshot) -> [Series; 10] {
         ),
         (
             "dns_shed_queries",
-            "Queries not served because --max-inflight (or an endpoint's share) was reached",
-            vec![(None, s.overloaded)],
+            "Queries not served: their endpoint was over its query rate (rate), or held its share of \
+             --max-inflight (inflight)",
+            vec![(Some(("reason", "rate")), s.rate_limited), (Some(("reason", "inflight")), s.overloaded)],
         ),
         ("dns_reply_send_errors", "Replies that could not be sent to the client", vec![(None, s.send_errors)]),
         (
@@ -298,7 +299,7 @@ mod tests {
             "fqdnd_dns_upstream_replies_dropped_total{reason=\"wrong_source\"} 1",
             "fqdnd_dns_upstream_replies_dropped_total{reason=\"unknown_id\"} 0",
             "fqdnd_dns_upstream_failures_total{reason=\"timeout\"} 2",
-            "fqdnd_dns_shed_queries_total 0",
+            "fqdnd_dns_shed_queries_total{reason=\"rate\"} 0",
             "# TYPE fqdnd_datapath_update_errors counter",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");

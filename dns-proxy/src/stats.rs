@@ -54,6 +54,8 @@ counters! {
     datapath_errors,
     /// Queries dropped because --max-inflight (or the endpoint's share) was reached.
     overloaded,
+    /// Queries shed because their endpoint was over --max-qps-per-endpoint.
+    rate_limited,
     /// Replies that could not be sent to the client.
     send_errors,
     /// TCP connections closed to make room for a new one (the oldest idle, at a cap).

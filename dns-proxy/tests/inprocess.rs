@@ -590,3 +590,110 @@ async fn tcp_connection_with_a_query_in_flight_is_never_closed_for_a_new_one() {
     h.stop().await;
     fake.await.unwrap();
 }
+
+/// Send `count` queries from `source` as fast as the socket takes them; return the socket.
+async fn flood(source: &str, to: SocketAddr, count: u16) -> UdpSocket {
+    let sock = UdpSocket::bind(SocketAddr::new(source.parse().unwrap(), 0)).await.unwrap();
+    for id in 0..count {
+        let _ = sock.send_to(&query(id, "www.microsoft.com.", RecordType::A, None), to).await;
+    }
+    sock
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_endpoint_is_shed_and_a_quiet_one_is_served() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |c| {
+        c.max_qps_per_endpoint = 100;
+        c.qps_burst_per_endpoint = 50;
+    })
+    .await;
+    // The quiet endpoint is active; 127.0.0.3, no endpoint, is held to the rate under its address.
+    ask(h.addr, &query(0x6fff, "www.microsoft.com.", RecordType::A, None)).await;
+    let _flooder = flood("127.0.0.3", h.addr, 3000).await;
+    // The quiet endpoint (alpine, 127.0.0.1) stays within its own burst.
+    for id in 0..20u16 {
+        let reply = ask(h.addr, &query(0x7000 + id, "www.microsoft.com.", RecordType::A, None)).await;
+        assert_eq!(ips(&reply), ["10.200.0.1".parse::<IpAddr>().unwrap()], "quiet query {id}");
+    }
+    let flooder = dns_proxy::limits::Owner::Address("127.0.0.3".parse().unwrap());
+    let counts = h.proxy.shed_counts();
+    assert!(counts.iter().any(|&(o, n)| o == flooder && n > 0), "the flooder is shed: {counts:?}");
+    assert!(counts.iter().all(|&(o, _)| o == flooder), "nobody else is: {counts:?}");
+    assert!(h.proxy.stats().rate_limited > 0);
+    // A shed query shows as a flow: verdict ERROR, the flooder as client.
+    let flows: Vec<DnsFlow> = {
+        let mut rx = h.flows.lock().unwrap();
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    };
+    let shed: Vec<&DnsFlow> = flows.iter().filter(|f| f.verdict == Verdict::Error).collect();
+    assert!(!shed.is_empty() && shed.iter().all(|f| f.client.ip().to_string() == "127.0.0.3"), "{shed:?}");
+    assert!(shed.len() as u32 <= dns_proxy::admission::FLOWS_PER_SECOND * 60, "flows of shed queries are limited");
+    h.stop().await;
+}
+
+/// An upstream that answers every query after `delay`.
+async fn slow_upstream(delay: Duration) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let sock = Arc::new(UdpSocket::bind("127.0.0.9:0").await.unwrap());
+    let addr = sock.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+                m.add_query(q.queries[0].clone());
+                m.add_answer(Record::from_rdata(q.queries[0].name().clone(), 60, RData::A(A::new(10, 200, 0, 1))));
+                let _ = sock.send_to(&m.to_vec().unwrap(), from).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_endpoint_gets_a_slot_when_flooders_hold_the_pool() {
+    // Two flooders at their share (4 each) hold the whole pool (8) of a slow upstream: the quiet
+    // endpoint's query used to find no permit and be dropped. It now waits for the next freed
+    // permit, which goes to it before any new query of the flooders.
+    let (upstream, fake) = slow_upstream(Duration::from_millis(300)).await;
+    let h = Harness::start(upstream, &["*.microsoft.com"], |c| {
+        c.max_inflight = 8;
+        c.max_inflight_per_endpoint = 4;
+        c.upstream_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let floods: Vec<_> = ["127.0.0.3", "127.0.0.4"]
+        .into_iter()
+        .map(|src| {
+            let to = h.addr;
+            tokio::spawn(async move {
+                let sock = UdpSocket::bind(SocketAddr::new(src.parse().unwrap(), 0)).await.unwrap();
+                for round in 0..40u16 {
+                    for i in 0..8u16 {
+                        let _ =
+                            sock.send_to(&query(round * 8 + i, "www.microsoft.com.", RecordType::A, None), to).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    wait::until_async("the flooders to fill the pool", Duration::from_secs(10), || {
+        (h.proxy.stats().overloaded > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    for id in 0..5u16 {
+        let reply = ask(h.addr, &query(0x7100 + id, "www.microsoft.com.", RecordType::A, None)).await;
+        assert_eq!(ips(&reply), ["10.200.0.1".parse::<IpAddr>().unwrap()], "quiet query {id}");
+    }
+    for f in floods {
+        f.abort();
+    }
+    h.stop().await;
+    fake.abort();
+}

@@ -95,6 +95,11 @@ impl Proxy {
         self.shared.stats.snapshot()
     }
 
+    /// Queries shed per endpoint (or source address) for being over their rate, highest first.
+    pub fn shed_counts(&self) -> Vec<(crate::limits::Owner, u64)> {
+        self.shared.admission.shed_counts()
+    }
+
     /// The live counters, for an exporter that reads them on scrape.
     pub fn stats_handle(&self) -> Arc<ProxyStats> {
         self.shared.stats.clone()
@@ -127,7 +132,9 @@ impl Sockets {
             let port = t.local_addr().map(|a| a.port()).unwrap_or(addr.port());
             let uaddr = SocketAddr::new(addr.ip(), port);
             for _ in 0..workers {
-                udp.push(socket::udp(uaddr, Options { reuse_port: workers > 1, ..opts })?);
+                let sock = socket::udp(uaddr, Options { reuse_port: workers > 1, ..opts })?;
+                socket::grow_recv_buffer(sock.as_raw_fd(), socket::LISTEN_RECV_BUFFER);
+                udp.push(sock);
             }
             tcp.push(t);
         }
