@@ -162,6 +162,10 @@ pub struct Flags {
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
+    /// Restart without losing a query: if another agent runs on this state directory, take over
+    /// its listening sockets and locks, then tell it to stop. Without one, start as usual.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 /// The effective configuration.
@@ -183,6 +187,8 @@ pub struct Config {
     pub bpffs_dir: PathBuf,
     pub flow_ring_size: usize,
     pub node_name: String,
+    /// `--takeover`: replace the agent running on this state directory (the restart handover).
+    pub takeover: bool,
 }
 
 fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -532,6 +538,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
         flow_ring_size,
         node_name,
+        takeover: flags.takeover,
     })
 }
 

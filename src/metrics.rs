@@ -260,9 +260,19 @@ impl Drop for MetricsServer {
 
 /// Bind `addr` and serve `/metrics` (OpenMetrics text of `registry`), `/healthz` and `/readyz`.
 pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, readiness: Arc<Readiness>) -> io::Result<MetricsServer> {
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("metrics server: binding {addr}: {e}")))?;
+    serve_listener(listener, registry, readiness)
+}
+
+/// [`serve`] on a listener bound already (or handed over by the agent this one replaces).
+pub fn serve_listener(
+    listener: std::net::TcpListener,
+    registry: Arc<Registry>,
+    readiness: Arc<Readiness>,
+) -> io::Result<MetricsServer> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {

@@ -20,6 +20,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod handover;
 pub mod protocol;
 pub mod server;
 
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 pub use cache::EnforcerCache;
 pub use client::{AdminClient, ConnectError};
 pub use protocol::{AgentStatus, CacheEntryView, CacheSource, LostEvent, Request, Response};
-pub use server::{AdminServer, AdminState, CacheLister, serve};
+pub use server::{AdminServer, AdminState, CacheLister, ServeOptions, serve, serve_with};
 
 /// The socket's file name inside the state directory.
 pub const SOCKET_NAME: &str = "fqdnd.sock";

@@ -4,12 +4,14 @@
 //! the directory itself (bpffs holds no regular files; a lock needs no file), and a second agent
 //! exits naming the holder's pid.
 //!
-//! A flock belongs to the open file description, not the process; the kernel drops it when the
-//! last descriptor closes, so an agent killed with SIGKILL leaves no stale lock behind.
+//! A flock belongs to the open file description, not the process: the restart handover passes
+//! the locked descriptors to the new agent over the admin socket (`SCM_RIGHTS`), so the lock moves
+//! with the sockets and is never free in between. The kernel drops it when the last descriptor
+//! closes, so an agent killed with SIGKILL leaves no stale lock behind.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// it) is open.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: File,
+    file: File,
 }
 
 #[derive(Debug)]
@@ -51,7 +53,8 @@ impl std::fmt::Display for LockError {
                 write!(
                     f,
                     "{what} {} is in use by {who}; two agents on one {what} would take each other's DNS \
-                     redirect and state. Stop that agent or give this one its own directory",
+                     redirect and state. Stop that agent, give this one its own directory, or start this one \
+                     with --takeover to take over from it",
                     dir.display()
                 )
             }
@@ -83,7 +86,30 @@ impl DirLock {
             }
             return Err(io("locking")(err));
         }
-        Ok(DirLock { _file: file })
+        Ok(DirLock { file })
+    }
+}
+
+impl DirLock {
+    /// A lock handed over by the agent that held it: `fd` must be a descriptor of `dir` itself
+    /// (same device and inode), or it is closed and `dir` is locked afresh.
+    pub fn adopt(dir: &Path, what: &'static str, fd: OwnedFd) -> Result<DirLock, LockError> {
+        let file = File::from(fd);
+        let same = match (file.metadata(), std::fs::metadata(dir)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if same {
+            Ok(DirLock { file })
+        } else {
+            drop(file);
+            DirLock::try_lock(dir, what)
+        }
+    }
+
+    /// The locked descriptor, to hand over with `SCM_RIGHTS`.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
@@ -126,7 +152,7 @@ mod tests {
         let first = DirLock::try_lock(tmp.path(), "state directory").unwrap();
         // A child process holds the lock through an inherited descriptor, as a handed-over lock is
         // held by a process that did not take it.
-        let fd = first._file.try_clone().unwrap();
+        let fd = first.file.try_clone().unwrap();
         let mut child = {
             use std::os::unix::process::CommandExt;
             let raw = fd.as_raw_fd();
@@ -154,5 +180,21 @@ mod tests {
         child.wait().unwrap();
         // The holder is gone, so is its lock.
         DirLock::try_lock(tmp.path(), "state directory").unwrap();
+    }
+
+    #[test]
+    fn adopting_checks_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let lock = DirLock::try_lock(tmp.path(), "state directory").unwrap();
+        let handed = lock.fd().try_clone_to_owned().unwrap();
+        drop(lock);
+        let adopted = DirLock::adopt(tmp.path(), "state directory", handed).unwrap();
+        assert!(DirLock::try_lock(tmp.path(), "state directory").is_err(), "still held after the handover");
+        // A descriptor of another directory does not stand in for that one's lock.
+        let wrong = adopted.fd().try_clone_to_owned().unwrap();
+        let fresh = DirLock::adopt(other.path(), "state directory", wrong).unwrap();
+        assert!(DirLock::try_lock(other.path(), "state directory").is_err(), "locked afresh");
+        drop(fresh);
     }
 }

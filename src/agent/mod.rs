@@ -21,7 +21,9 @@ pub mod datapath;
 pub mod lock;
 pub mod rlimit;
 pub mod state_dir;
+pub mod takeover;
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,8 +32,9 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use dns_proxy::metrics::ProxyMetrics;
 use dns_proxy::{FlowSink, ListenerInfo, Mode, Proxy, Sockets};
-use fqdn_cache::Enforcer;
-use fqdnd::admin::{self, AdminState, EnforcerCache};
+use fqdn_cache::{Enforcer, L4Proto};
+use fqdnd::admin::handover::{FdKind, HandedFd};
+use fqdnd::admin::{self, AdminState, EnforcerCache, ServeOptions};
 use fqdnd::flows::{DnsFlows, FlowHub, HubConfig};
 use fqdnd::metrics::{self as agent_metrics, AgentMetrics, Readiness};
 use policy_sync::{FilesSource, Snapshot, Source};
@@ -40,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use datapath::AgentDatapath;
 use lock::DirLock;
+use takeover::AgentHandover;
 
 /// The file in the state directory listing the bound listeners (JSON), written once they are
 /// bound: lets scripts and tests that asked for port 0 find the port.
@@ -97,18 +101,34 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
         }
         Err(e) => tracing::warn!(error = %e, "raising RLIMIT_NOFILE"),
     }
-    // Before any socket or map is touched: a second agent must change nothing of the first's.
-    let state_lock = DirLock::try_lock(&config.state_dir, "state directory")?;
+    // Before any socket or map is touched: a second agent must change nothing of the first's,
+    // unless it was started to take over (then the first one's locks and sockets come to it).
+    let (state_lock, mut taken) = takeover::lock_state_dir(&config.state_dir, config.takeover).await?;
     let transparent = config.proxy.mode == Mode::Transparent;
-    let mut bpffs_lock = if transparent { lock_bpffs_early(&config.bpffs_dir)? } else { None };
+    let mut bpffs_lock = match takeover::take_fds(&mut taken, FdKind::BpffsLock).into_iter().next() {
+        Some((_, fd)) if transparent => Some(DirLock::adopt(&config.bpffs_dir, BPFFS_DIR, fd)?),
+        _ if transparent => lock_bpffs_early(&config.bpffs_dir)?,
+        _ => None,
+    };
 
     let mut registry = agent_metrics::new_registry();
     let metrics = AgentMetrics::register(&mut registry);
     let proxy_metrics = ProxyMetrics::register(&mut registry);
     let readiness = Arc::new(Readiness::default());
 
-    // The proxy's sockets first: the transparent datapath redirects to their ports.
-    let sockets = Sockets::bind(&config.proxy)?;
+    // The proxy's sockets first: the transparent datapath redirects to their ports. Taking
+    // over, they are the running agent's own sockets.
+    let sockets = if taken.is_some() {
+        let mut fds = takeover::take_fds(&mut taken, FdKind::Udp);
+        fds.extend(takeover::take_fds(&mut taken, FdKind::Tcp));
+        let (sockets, unused) = Sockets::bind_inheriting(&config.proxy, fds.into_iter().map(|(_, fd)| fd).collect())?;
+        if unused > 0 {
+            tracing::info!(unused, "handed-over listeners this config does not listen on; closed");
+        }
+        sockets
+    } else {
+        Sockets::bind(&config.proxy)?
+    };
     let listeners = sockets.listeners();
     let datapath = if transparent {
         AgentDatapath::kernel(config.bpffs_dir.clone(), &listeners)
@@ -136,6 +156,11 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
         .then(|| Arc::new(DnsFlows { hub: hub.clone(), lookup: current.clone() }) as Arc<dyn FlowSink>);
     let proxy = Proxy::with_metrics(config.proxy.clone(), enforcer.clone(), flows, proxy_metrics)?;
     dns_proxy::metrics::register_stats(&mut registry, proxy.stats_handle());
+    let mut handed: Vec<(HandedFd, OwnedFd)> = Vec::new();
+    for (info, fd) in sockets.clone_fds().context("duplicating the listeners for a future handover")? {
+        let kind = if info.proto == L4Proto::Tcp { FdKind::Tcp } else { FdKind::Udp };
+        handed.push((HandedFd { kind, addr: Some(info.addr), transparent: info.transparent }, fd));
+    }
     let bound = proxy.adopt(sockets);
     for l in &listeners {
         tracing::info!(proto = %l.proto, addr = %l.addr, transparent = l.transparent, "DNS proxy listening");
@@ -174,20 +199,41 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
             Err(e) => tracing::warn!(error = %e, "drop events unavailable; drops will not show as flows"),
         }
     }
-    let cache_view = Arc::new(EnforcerCache { enforcer: enforcer.clone(), snapshot: current.clone() });
-    let _admin = admin::serve(
-        &admin::socket_path(&config.state_dir),
-        AdminState { hub, cache: cache_view, readiness: readiness.clone(), started: SystemTime::now() },
-    )
-    .context("starting the admin socket")?;
     let _metrics = match config.metrics_addr {
-        Some(addr) => Some(
-            agent_metrics::serve(addr, Arc::new(registry), readiness.clone())
-                .await
-                .context("starting the metrics server")?,
-        ),
+        Some(addr) => {
+            let inherited = takeover::take_fds(&mut taken, FdKind::Metrics)
+                .into_iter()
+                .find(|(h, _)| h.addr.is_some_and(|a| a == addr || (addr.port() == 0 && a.ip() == addr.ip())));
+            let listener = match inherited {
+                Some((_, fd)) => std::net::TcpListener::from(fd),
+                None => std::net::TcpListener::bind(addr).with_context(|| format!("metrics server: binding {addr}"))?,
+            };
+            let dup = listener.try_clone().context("duplicating the metrics listener")?;
+            let local = listener.local_addr().ok();
+            handed.push((HandedFd { kind: FdKind::Metrics, addr: local, transparent: false }, dup.into()));
+            Some(
+                agent_metrics::serve_listener(listener, Arc::new(registry), readiness.clone())
+                    .context("starting the metrics server")?,
+            )
+        }
         None => None,
     };
+    handed.push((
+        HandedFd { kind: FdKind::StateLock, addr: None, transparent: false },
+        state_lock.fd().try_clone_to_owned()?,
+    ));
+    if let Some(l) = &bpffs_lock {
+        handed
+            .push((HandedFd { kind: FdKind::BpffsLock, addr: None, transparent: false }, l.fd().try_clone_to_owned()?));
+    }
+    let handover = Arc::new(AgentHandover::new(handed, enforcer.clone(), shutdown.clone()));
+    let cache_view = Arc::new(EnforcerCache { enforcer: enforcer.clone(), snapshot: current.clone() });
+    let _admin = admin::serve_with(
+        &admin::socket_path(&config.state_dir),
+        AdminState { hub, cache: cache_view, readiness: readiness.clone(), started: SystemTime::now() },
+        ServeOptions { handover: Some(handover.clone()), replace: taken.is_some() },
+    )
+    .context("starting the admin socket")?;
 
     // Later snapshots, cache expiry and cache snapshots.
     {
@@ -225,13 +271,38 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     }
 
     tracing::info!(mode = ?config.proxy.mode, "fqdnd running");
+    if let Some(t) = taken {
+        // We serve the sockets (from the next line on): the old agent may stop reading.
+        let enforcer = enforcer.clone();
+        tasks.push(tokio::spawn(async move {
+            let pid = t.pid;
+            match tokio::task::spawn_blocking(move || t.finish()).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(pid, "took over: the previous agent answered what it had in flight and stopped");
+                    // What it learned after our restore is in the kernel, not in our cache.
+                    if let Err(e) = enforcer.restore_into_datapath().await {
+                        tracing::warn!(error = %e, "adopting entries the previous agent learned last");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "the previous agent did not confirm its stop"),
+                Err(e) => tracing::warn!(error = %e, "handover task"),
+            }
+        }));
+    }
     bound.serve(shutdown.clone()).await?;
     for t in &tasks {
         t.abort();
     }
-    enforcer.save();
-    let _ = std::fs::remove_file(config.state_dir.join(LISTENERS_FILE));
-    tracing::info!(stats = ?proxy.stats(), "fqdnd stopped");
+    if handover.handed_over() {
+        // The successor owns the state directory now: its snapshot and listeners file stay.
+        tracing::info!(stats = ?proxy.stats(), "fqdnd stopped: handed over to its successor");
+        handover.mark_stopped();
+        handover.wait_reported().await;
+    } else {
+        enforcer.save();
+        let _ = std::fs::remove_file(config.state_dir.join(LISTENERS_FILE));
+        tracing::info!(stats = ?proxy.stats(), "fqdnd stopped");
+    }
     // Held to the end: the next agent may start once this one wrote its snapshot.
     drop((state_lock, bpffs_lock));
     Ok(())

@@ -2,6 +2,7 @@
 //! flow subscriptions and counters.
 
 mod conns;
+mod inherit;
 mod tcp;
 mod udp;
 
