@@ -94,6 +94,13 @@ pub(crate) struct Pending {
     permit: Option<Permit>,
 }
 
+impl Pending {
+    /// The query as parsed in [`Shared::decide`] (for [`crate::decision`]).
+    pub(crate) fn query(&self) -> &ParsedQuery {
+        &self.query
+    }
+}
+
 impl Shared {
     pub(crate) fn new(
         config: ProxyConfig,

@@ -15,6 +15,7 @@ pub mod admission;
 pub mod answer;
 pub mod batch;
 pub mod config;
+pub mod decision;
 pub mod error;
 pub mod flow;
 pub mod forwarder;
