@@ -67,6 +67,9 @@ fn answer(q: &[u8]) -> Option<Vec<u8>> {
     Some(a)
 }
 
+/// Replies waiting for their time: when, what, to whom.
+type Delayed = VecDeque<(Instant, Vec<u8>, SocketAddr)>;
+
 /// The upstream: answers at once, or after `delay` (a FIFO: the delay is the same for all).
 fn upstream(delay: Option<Duration>, stop: Arc<AtomicBool>) -> SocketAddr {
     let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(UPSTREAM), 0)).expect("upstream socket");
@@ -75,7 +78,7 @@ fn upstream(delay: Option<Duration>, stop: Arc<AtomicBool>) -> SocketAddr {
     // the proxy's.
     big_buffers(&sock);
     let addr = sock.local_addr().unwrap();
-    let queue: Arc<Mutex<VecDeque<(Instant, Vec<u8>, SocketAddr)>>> = Arc::default();
+    let queue: Arc<Mutex<Delayed>> = Arc::default();
     if let Some(delay) = delay {
         let (sock, queue, stop) = (sock.try_clone().unwrap(), queue.clone(), stop.clone());
         std::thread::spawn(move || {
