@@ -141,3 +141,13 @@ fn announced_tcp_messages_reserve_no_memory_before_their_bytes() {
     assert!(grown_kib < 32 * 1024, "the agent's data grew by {grown_kib} KiB for 1,500 one-byte messages");
     drop(held);
 }
+
+#[test]
+fn agent_raises_its_descriptor_limit_to_the_hard_one() {
+    let nsd = nsd();
+    let (_fx, f) = start(&nsd, &["prlimit", "--nofile=512:4096"], &[], "info");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", f.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    let numbers: Vec<&str> = line.split_whitespace().filter(|w| w.parse::<u64>().is_ok()).collect();
+    assert_eq!(numbers, ["4096", "4096"], "soft limit raised to the hard one: {line}");
+}
