@@ -150,6 +150,6 @@ done
 start_fqdnd() { # name port flow-ring-size -> pid
     FQDND_LOG=warn ${FQDND_WRAP:-} "$FQDND_BIN" run --listen "127.0.0.1:$2" --upstream "$NSD_ADDR:$NSD_PORT" \
         --policies "$WORK/policies" --endpoints "$WORK/endpoints.yaml" --state-dir "$WORK/state-$1" \
-        --metrics-addr none --flow-ring-size "$3" --max-inflight 65536 \
+        --metrics-addr none --flow-ring-size "$3" --max-inflight 65536 --max-qps-per-endpoint 0 \
         ${FQDND_CONFIG:+--config "$FQDND_CONFIG"} 2>"$WORK/$1.log" &
 }

@@ -12,9 +12,14 @@
 //! response-max-delay: 100ms
 //! upstream-timeout: 2s
 //! tcp-idle-timeout: 10s
+//! max-tcp-connections: 2048        # all clients; the oldest idle is closed for a new one
+//! max-tcp-connections-per-endpoint: 64
 //! min-ttl: 0                       # seconds
+//! max-ttl: 86400                   # seconds: longer TTLs are cut to this (learning and restore)
 //! max-inflight: 4096
 //! max-inflight-per-endpoint: 1024
+//! max-qps-per-endpoint: 1000       # queries/s per endpoint; beyond: shed (0: no limit)
+//! qps-burst-per-endpoint: 200      # what an endpoint may send at once above its rate
 //! policy-poll-interval: 10s        # rescan of the policy files (changes are watched with inotify at once)
 //! udp-workers: 0                  # plain mode: UDP receive threads (0 = half the CPUs)
 //! metrics-addr: 127.0.0.1:9967     # /metrics, /healthz, /readyz; "none" turns it off
@@ -70,9 +75,14 @@ pub struct FileConfig {
     pub response_max_delay: Option<String>,
     pub upstream_timeout: Option<String>,
     pub tcp_idle_timeout: Option<String>,
+    pub max_tcp_connections: Option<usize>,
+    pub max_tcp_connections_per_endpoint: Option<usize>,
     pub min_ttl: Option<u32>,
+    pub max_ttl: Option<u32>,
     pub max_inflight: Option<usize>,
     pub max_inflight_per_endpoint: Option<usize>,
+    pub max_qps_per_endpoint: Option<u32>,
+    pub qps_burst_per_endpoint: Option<u32>,
     pub policy_poll_interval: Option<String>,
     /// Plain mode: UDP receive threads per listen address (0 = half the CPUs, at least one).
     pub udp_workers: Option<usize>,
@@ -130,9 +140,26 @@ pub struct Flags {
     /// Lowest TTL (seconds) learned IPs are kept for.
     #[arg(long, value_name = "SECONDS")]
     pub min_ttl: Option<u32>,
+    /// Highest TTL (seconds) learned IPs are kept for, also for restored snapshots (default 86400).
+    #[arg(long, value_name = "SECONDS")]
+    pub max_ttl: Option<u32>,
     /// Queries in flight at once (all endpoints).
     #[arg(long, value_name = "N")]
     pub max_inflight: Option<usize>,
+    /// TCP connections held at once (default 2048, and below the descriptor limit); at the cap
+    /// the oldest idle one is closed for a new one.
+    #[arg(long, value_name = "N")]
+    pub max_tcp_connections: Option<usize>,
+    /// TCP connections one endpoint may hold at once (default 64).
+    #[arg(long, value_name = "N")]
+    pub max_tcp_connections_per_endpoint: Option<usize>,
+    /// Queries per second one endpoint may send (default 1000; 0: no limit); beyond it they are
+    /// shed before they take anything the other endpoints need.
+    #[arg(long, value_name = "N")]
+    pub max_qps_per_endpoint: Option<u32>,
+    /// Queries an endpoint may send at once above its rate (default 200).
+    #[arg(long, value_name = "N")]
+    pub qps_burst_per_endpoint: Option<u32>,
     /// Upstream answer timeout; SERVFAIL after it (default 2s).
     #[arg(long, value_name = "DURATION")]
     pub upstream_timeout: Option<String>,
@@ -197,6 +224,10 @@ pub struct Flags {
     /// Default: $NODE_NAME (the DaemonSet sets it from spec.nodeName), then the host name.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Restart without losing a query: if another agent runs on this state directory, take over
+    /// its listening sockets and locks, then tell it to stop. Without one, start as usual.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 /// Where policies and endpoints come from.
@@ -236,6 +267,8 @@ pub struct Config {
     pub hubble_metrics: fqdnd::hubble::MetricsConfig,
     pub source: SourceKind,
     pub kubeconfig: Option<PathBuf>,
+    /// `--takeover`: replace the agent running on this state directory (the restart handover).
+    pub takeover: bool,
 }
 
 fn display_value<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -253,6 +286,7 @@ fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Res
     #[serde(rename_all = "kebab-case")]
     struct View {
         min_ttl: u32,
+        max_ttl: u32,
         max_ips_per_name: usize,
         fqdn_scope: fqdn_cache::Scope,
         #[serde(serialize_with = "display_duration")]
@@ -262,6 +296,7 @@ fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Res
     }
     View {
         min_ttl: c.min_ttl,
+        max_ttl: c.max_ttl,
         max_ips_per_name: c.max_ips_per_name,
         fqdn_scope: c.scope,
         idle_connection_grace_period: c.idle_grace,
@@ -451,6 +486,37 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         ));
     }
 
+    let max_qps_per_endpoint = flags
+        .max_qps_per_endpoint
+        .or(file.max_qps_per_endpoint)
+        .unwrap_or(dns_proxy::config::DEFAULT_MAX_QPS_PER_ENDPOINT);
+    let qps_burst_per_endpoint = flags
+        .qps_burst_per_endpoint
+        .or(file.qps_burst_per_endpoint)
+        .unwrap_or(dns_proxy::config::DEFAULT_QPS_BURST_PER_ENDPOINT);
+    if qps_burst_per_endpoint == 0 && max_qps_per_endpoint > 0 {
+        problems.push(format!(
+            "{}: must be at least 1 (or turn the limit off with max-qps-per-endpoint: 0)",
+            src(flags.qps_burst_per_endpoint.is_some(), "qps-burst-per-endpoint")
+        ));
+    }
+    let max_tcp = flags.max_tcp_connections.or(file.max_tcp_connections);
+    let max_tcp_src = src(flags.max_tcp_connections.is_some(), "max-tcp-connections");
+    let tcp_max_connections = max_tcp.unwrap_or(dns_proxy::config::DEFAULT_TCP_MAX_CONNECTIONS);
+    let max_tcp_ep = flags.max_tcp_connections_per_endpoint.or(file.max_tcp_connections_per_endpoint);
+    let max_tcp_ep_src = src(flags.max_tcp_connections_per_endpoint.is_some(), "max-tcp-connections-per-endpoint");
+    let tcp_max_connections_per_endpoint = max_tcp_ep
+        .unwrap_or(dns_proxy::config::DEFAULT_TCP_MAX_CONNECTIONS_PER_ENDPOINT.min(tcp_max_connections.max(1)));
+    if tcp_max_connections == 0 {
+        problems.push(format!("{max_tcp_src}: must be at least 1"));
+    }
+    if tcp_max_connections_per_endpoint == 0 || tcp_max_connections_per_endpoint > tcp_max_connections.max(1) {
+        problems.push(format!(
+            "{max_tcp_ep_src}: {tcp_max_connections_per_endpoint} must be between 1 and max-tcp-connections \
+             ({tcp_max_connections})"
+        ));
+    }
+
     let policies = match (&flags.policies, &file.policies) {
         (Some(p), _) | (None, Some(p)) => {
             if !p.exists() {
@@ -505,8 +571,18 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         }),
     };
     let defaults = fqdn_cache::CacheConfig::default();
+    let min_ttl = flags.min_ttl.or(file.min_ttl).unwrap_or(0);
+    let max_ttl = flags.max_ttl.or(file.max_ttl).unwrap_or(defaults.max_ttl);
+    let max_ttl_src = src(flags.max_ttl.is_some(), "max-ttl");
+    if max_ttl == 0 {
+        problems.push(format!("{max_ttl_src}: must be at least 1 second"));
+    } else if min_ttl > max_ttl {
+        let min_src = src(flags.min_ttl.is_some(), "min-ttl");
+        problems.push(format!("{max_ttl_src}: {max_ttl} is below {min_src} ({min_ttl})"));
+    }
     let cache = fqdn_cache::CacheConfig {
-        min_ttl: flags.min_ttl.or(file.min_ttl).unwrap_or(0),
+        min_ttl,
+        max_ttl,
         max_ips_per_name: flags.max_ips_per_name.or(file.max_ips_per_name).unwrap_or(defaults.max_ips_per_name),
         scope: fqdn_scope,
         idle_grace,
@@ -632,7 +708,11 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             upstream_timeout,
             max_inflight,
             max_inflight_per_endpoint,
+            max_qps_per_endpoint,
+            qps_burst_per_endpoint,
             tcp_idle_timeout,
+            tcp_max_connections,
+            tcp_max_connections_per_endpoint,
             upstream_sockets: 4,
             udp_workers: file.udp_workers.unwrap_or(0),
             policy_audit_mode: flags.policy_audit_mode || file.policy_audit_mode.unwrap_or(false),
@@ -659,6 +739,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         hubble_metrics,
         source,
         kubeconfig,
+        takeover: flags.takeover,
     })
 }
 
@@ -935,6 +1016,62 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--kubeconfig: only for --source kubernetes"), "{err}");
+    }
+
+    #[test]
+    fn max_ttl_default_flag_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.cache.max_ttl, 86_400, "one day by default");
+        let file = parse_file(Path::new("f.yaml"), "max-ttl: 600\nmin-ttl: 30\n").unwrap();
+        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().cache.max_ttl, 600);
+        let flags = Flags { max_ttl: Some(3600), ..Flags::default() };
+        assert_eq!(resolve(&file, &flags, &env(dir.path())).unwrap().cache.max_ttl, 3600, "the flag wins");
+        for (file, flags, needle) in [
+            ("max-ttl: 0\n", Flags::default(), "config max-ttl: must be at least 1 second"),
+            (
+                "min-ttl: 100\n",
+                Flags { max_ttl: Some(50), ..Flags::default() },
+                "--max-ttl: 50 is below config min-ttl (100)",
+            ),
+        ] {
+            let file = parse_file(Path::new("f.yaml"), file).unwrap();
+            let err = resolve(&file, &flags, &env(dir.path())).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+        let logged = serde_json::to_string(&c).unwrap();
+        assert!(logged.contains("\"max-ttl\":86400"), "{logged}");
+    }
+
+    #[test]
+    fn query_rate_per_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!((c.proxy.max_qps_per_endpoint, c.proxy.qps_burst_per_endpoint), (1000, 200));
+        let file = parse_file(Path::new("f.yaml"), "max-qps-per-endpoint: 0\nqps-burst-per-endpoint: 0\n").unwrap();
+        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().proxy.max_qps_per_endpoint, 0);
+        let flags = Flags { max_qps_per_endpoint: Some(50), qps_burst_per_endpoint: Some(0), ..Flags::default() };
+        let err = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("--qps-burst-per-endpoint: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn tcp_connection_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!((c.proxy.tcp_max_connections, c.proxy.tcp_max_connections_per_endpoint), (2048, 64));
+        let file = parse_file(Path::new("f.yaml"), "max-tcp-connections: 100\n").unwrap();
+        let flags = Flags { max_tcp_connections_per_endpoint: Some(8), ..Flags::default() };
+        let c = resolve(&file, &flags, &env(dir.path())).unwrap();
+        assert_eq!((c.proxy.tcp_max_connections, c.proxy.tcp_max_connections_per_endpoint), (100, 8));
+        let small = parse_file(Path::new("f.yaml"), "max-tcp-connections: 10\n").unwrap();
+        let c = resolve(&small, &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.proxy.tcp_max_connections_per_endpoint, 10, "the default share never exceeds the total");
+        let flags =
+            Flags { max_tcp_connections: Some(0), max_tcp_connections_per_endpoint: Some(5), ..Flags::default() };
+        let err = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("--max-tcp-connections: must be at least 1"), "{err}");
+        assert!(err.contains("--max-tcp-connections-per-endpoint: 5 must be between 1 and"), "{err}");
     }
 
     #[test]

@@ -367,10 +367,21 @@ pub async fn serve_registries(
     registries: Vec<Arc<Registry>>,
     readiness: Arc<Readiness>,
 ) -> io::Result<MetricsServer> {
-    let registries: Arc<[Arc<Registry>]> = registries.into();
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("metrics server: binding {addr}: {e}")))?;
+    serve_listener(listener, registries, readiness)
+}
+
+/// [`serve_registries`] on a listener bound already (or handed over by the agent this one
+/// replaces).
+pub fn serve_listener(
+    listener: std::net::TcpListener,
+    registries: Vec<Arc<Registry>>,
+    readiness: Arc<Readiness>,
+) -> io::Result<MetricsServer> {
+    let registries: Arc<[Arc<Registry>]> = registries.into();
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {

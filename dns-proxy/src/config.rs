@@ -26,6 +26,17 @@ pub enum RejectCode {
     Refused,
 }
 
+/// Default `max_qps_per_endpoint`: far above what a pod's resolver sends (even with ndots:5
+/// search lists), far below what saturates the proxy on a small node (benches/fairness.rs).
+pub const DEFAULT_MAX_QPS_PER_ENDPOINT: u32 = 1000;
+/// Default `qps_burst_per_endpoint`.
+pub const DEFAULT_QPS_BURST_PER_ENDPOINT: u32 = 200;
+/// Default `tcp_max_connections`.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 2048;
+/// Default `tcp_max_connections_per_endpoint`: a resolver needs one or two; RFC 7766 clients
+/// reuse their connection.
+pub const DEFAULT_TCP_MAX_CONNECTIONS_PER_ENDPOINT: usize = 64;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProxyConfig {
     pub mode: Mode,
@@ -41,11 +52,22 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// Queries in flight at once, all endpoints together.
     pub max_inflight: usize,
-    /// Queries in flight at once for one endpoint (or for all unknown sources together).
+    /// Queries in flight at once for one endpoint (or one source address that is no endpoint),
+    /// queries waiting for a permit included.
     pub max_inflight_per_endpoint: usize,
+    /// Queries per second one endpoint (or one source address that is no endpoint) may send;
+    /// beyond it they are shed before they take anything shared. 0: no limit.
+    pub max_qps_per_endpoint: u32,
+    /// Queries an endpoint may send at once above its rate (the token bucket's size).
+    pub qps_burst_per_endpoint: u32,
     /// A TCP connection without a query for this long is closed (RFC 7766 6.2.3).
     #[serde(with = "humantime_serde_compat")]
     pub tcp_idle_timeout: Duration,
+    /// TCP connections held at once, all clients together; at the cap the oldest idle one is
+    /// closed for a new one (RFC 7766 6.2.2). Keep it below the descriptor limit.
+    pub tcp_max_connections: usize,
+    /// TCP connections held at once by one endpoint (or one address that is no endpoint).
+    pub tcp_max_connections_per_endpoint: usize,
     /// Random-port UDP sockets per address family used towards upstreams (per receive thread).
     pub upstream_sockets: usize,
     /// Plain mode: UDP receive threads (sockets sharing each listen address); 0 = half the CPUs
@@ -69,7 +91,11 @@ impl ProxyConfig {
             upstream_timeout: Duration::from_secs(2),
             max_inflight: 4096,
             max_inflight_per_endpoint: 1024,
+            max_qps_per_endpoint: DEFAULT_MAX_QPS_PER_ENDPOINT,
+            qps_burst_per_endpoint: DEFAULT_QPS_BURST_PER_ENDPOINT,
             tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_connections: DEFAULT_TCP_MAX_CONNECTIONS,
+            tcp_max_connections_per_endpoint: DEFAULT_TCP_MAX_CONNECTIONS_PER_ENDPOINT,
             upstream_sockets: 4,
             udp_workers: 0,
             policy_audit_mode: false,

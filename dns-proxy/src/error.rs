@@ -49,6 +49,11 @@ pub enum ProxyError {
     },
     #[error("query from {client} has {count} questions; exactly one is supported")]
     QuestionCount { client: SocketAddr, count: u16 },
+    #[error(
+        "query from {client} for {qname}: its question uses a compression pointer (into the header, \
+         which the proxy rewrites); not forwarded"
+    )]
+    CompressedQuestion { client: SocketAddr, qname: String },
     #[error("query from {client} has opcode {opcode}; only QUERY is proxied")]
     UnsupportedOpcode { client: SocketAddr, opcode: OpCode },
     #[error("{qname} refused by the DNS rules of {policy}")]

@@ -26,6 +26,8 @@ use crate::wire::{self, HEADER_LEN, MAX_MESSAGE, ReplyCheck};
 const ROTATE_AFTER: u32 = 2048;
 /// Replies read per system call.
 const REPLY_BATCH: usize = 8;
+/// Receive buffer of each upstream socket.
+const UPSTREAM_RECV_BUFFER: usize = 1 << 20;
 
 /// One query to forward.
 pub struct Outgoing<'a> {
@@ -185,6 +187,8 @@ impl UpstreamSocket {
         // Port 0: the kernel picks a random ephemeral port (Linux randomizes since 3.x).
         let bind: SocketAddr = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
         let std = std::net::UdpSocket::bind(bind)?;
+        // Replies of a slow upstream arrive in bursts as large as the queries it holds.
+        crate::socket::grow_recv_buffer(std::os::fd::AsRawFd::as_raw_fd(&std), UPSTREAM_RECV_BUFFER);
         std.connect(upstream)?;
         std.set_nonblocking(true)?;
         let socket = UdpSocket::from_std(std)?;

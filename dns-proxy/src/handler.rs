@@ -14,12 +14,14 @@ use fqdn_cache::{EndpointId, L4Proto, Learner};
 use hickory_proto::op::{OpCode, ResponseCode};
 use policy_sync::{PolicyRef, ResolvedEndpoint, RuleVerdict, Snapshot};
 
+use crate::admission::{Admission, Admit};
 use crate::answer::{Chain, extract_chain_wire};
 use crate::config::{Mode, ProxyConfig};
 use crate::error::ProxyError;
 use crate::flow::{DnsFlow, DnsFlowKind, FlowSink, Verdict};
 use crate::forwarder::{ForwardError, Forwarder, Outgoing};
-use crate::limits::{Limiter, Permit};
+use crate::limits::{Busy, Limiter, Owner, Permit};
+use crate::log_limit::LogLimit;
 use crate::metrics::ProxyMetrics;
 use crate::name_lock::NameLocks;
 use crate::origin::{self, Interfaces};
@@ -51,8 +53,13 @@ pub(crate) struct Shared {
     pub(crate) flows: Option<Arc<dyn FlowSink>>,
     pub(crate) stats: Arc<ProxyStats>,
     pub(crate) limiter: Limiter,
+    /// Per-endpoint query rate, checked before anything shared is taken.
+    pub(crate) admission: Admission,
     pub(crate) names: NameLocks,
     pub(crate) metrics: ProxyMetrics,
+    /// Datapath failures and ack timeouts repeat per answer under load: logged once per interval.
+    datapath_log: LogLimit,
+    shed_log: LogLimit,
 }
 
 /// Who asked and what the rules said, owned so it can travel with the query into a task.
@@ -94,8 +101,16 @@ pub(crate) struct Pending {
     query: ParsedQuery,
     asker: Asker,
     meta: QueryMeta,
+    owner: Owner,
     /// Taken in `decide` for UDP; TCP waits for one in `forward`.
     permit: Option<Permit>,
+}
+
+impl Pending {
+    /// The query as parsed in [`Shared::decide`] (for [`crate::decision`]).
+    pub(crate) fn query(&self) -> &ParsedQuery {
+        &self.query
+    }
 }
 
 impl Shared {
@@ -109,9 +124,12 @@ impl Shared {
         Shared {
             forwarder: Forwarder::new(config.upstream_timeout, config.upstream_sockets, stats.clone()),
             limiter: Limiter::new(config.max_inflight, config.max_inflight_per_endpoint),
+            admission: Admission::new(config.max_qps_per_endpoint, config.qps_burst_per_endpoint),
+            shed_log: LogLimit::new(std::time::Duration::from_secs(10)),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             interfaces: ArcSwap::from_pointee(Interfaces::default()),
             names: NameLocks::default(),
+            datapath_log: LogLimit::new(std::time::Duration::from_secs(10)),
             metrics,
             config,
             learner,
@@ -156,6 +174,10 @@ impl Shared {
         } else {
             snapshot.by_ip(meta.client.ip()).cloned()
         };
+        let owner = Owner::of(endpoint.as_ref().map(|e| e.id), meta.client.ip());
+        if let (Admit::Shed { flow }, shed) = self.admission.check(owner, meta.received) {
+            return Step::Reply(self.shed(&query, meta, endpoint, flow, shed));
+        }
         let verdict = match &endpoint {
             Some(ep) => ep.policy.dns.decide(meta.server.ip(), meta.server.port(), meta.proto, &query.qname),
             None => RuleVerdict::NotProxied,
@@ -178,17 +200,51 @@ impl Shared {
             let err = ProxyError::Refused { qname: query.qname.clone(), policy };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
+        if query.question_compressed() {
+            // Forwarded, the pointer would be read against the header with the proxy's ID.
+            inc(&self.stats.malformed);
+            let err = ProxyError::CompressedQuestion { client: meta.client, qname: query.qname.clone() };
+            return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
+        }
 
+        // UDP takes its permit here; when the pool is used up, the query waits its turn in the
+        // task (TCP always does).
         let permit = if meta.proto == L4Proto::Tcp {
             None
         } else {
-            let endpoint_id = asker.endpoint.as_ref().map(|e| e.id);
-            match self.limiter.try_acquire(endpoint_id) {
-                Some(p) => Some(p),
-                None => return Step::Reply(self.overloaded(&query, packet, meta, &asker)),
+            match self.limiter.try_acquire(owner) {
+                Ok(p) => Some(p),
+                Err(Busy::PoolFull) => None,
+                Err(Busy::OwnerFull) => return Step::Reply(self.overloaded(&query, packet, meta, &asker)),
             }
         };
-        Step::Forward(Box::new(Pending { query, asker, meta, permit }))
+        Step::Forward(Box::new(Pending { query, asker, meta, owner, permit }))
+    }
+
+    /// A query over its endpoint's rate: no answer; counted, logged now and then, and a flow
+    /// when `flow` (verdict ERROR: the proxy did not serve it, no policy refused it).
+    fn shed(
+        &self,
+        query: &ParsedQuery,
+        meta: QueryMeta,
+        endpoint: Option<Arc<ResolvedEndpoint>>,
+        flow: bool,
+        shed: u64,
+    ) -> Option<Vec<u8>> {
+        inc(&self.stats.rate_limited);
+        let asker = Asker { endpoint, verdict: RuleVerdict::NotProxied, audited: false };
+        if let Some(suppressed) = self.shed_log.check(meta.received) {
+            tracing::warn!(
+                endpoint = asker.endpoint.as_ref().map(|e| tracing::field::display(e.endpoint.display_key())),
+                src.ip = %meta.client.ip(), shed_total = shed, suppressed,
+                "endpoint over its query rate (--max-qps-per-endpoint); its queries are shed"
+            );
+        }
+        self.metrics.query(Verdict::Error, u16::from(query.qtype));
+        if flow {
+            self.response_flow(query, meta, &asker, Verdict::Error, ResponseCode::ServFail, None);
+        }
+        None
     }
 
     /// Transparent mode, no endpoint for the query: refused, never forwarded.
@@ -216,10 +272,9 @@ impl Shared {
 
     /// The asynchronous part: forward, learn, wait for the datapath, shape the reply.
     pub(crate) async fn forward(&self, fwd: &Forwarder, packet: &[u8], pending: Pending) -> Option<Vec<u8>> {
-        let Pending { query, asker, meta, mut permit } = pending;
+        let Pending { query, asker, meta, owner, mut permit } = pending;
         if permit.is_none() {
-            let endpoint_id = asker.endpoint.as_ref().map(|e| e.id);
-            permit = self.limiter.acquire(endpoint_id, fwd.timeout()).await;
+            permit = self.limiter.acquire(owner, fwd.timeout()).await;
             if permit.is_none() {
                 return self.overloaded(&query, packet, meta, &asker);
             }
@@ -322,15 +377,22 @@ impl Shared {
             Ok(Ok(true)) => self.metrics.datapath_ack_latency(started.elapsed()),
             Ok(Err(e)) => {
                 inc(&self.stats.datapath_errors);
-                tracing::warn!(dns.qname = %query.qname, endpoint = %endpoint, error = %e, "datapath update failed; answer released");
+                if let Some(suppressed) = self.datapath_log.check(Instant::now()) {
+                    tracing::warn!(
+                        dns.qname = %query.qname, endpoint = %endpoint, error = %e, suppressed,
+                        "datapath update failed; answer released"
+                    );
+                }
             }
             Err(_) => {
                 inc(&self.stats.datapath_timeouts);
                 self.metrics.datapath_ack_timeout();
-                tracing::warn!(
-                    dns.qname = %query.qname, endpoint = %endpoint, max_delay = ?max,
-                    "datapath did not acknowledge within --response-max-delay; answer released"
-                );
+                if let Some(suppressed) = self.datapath_log.check(Instant::now()) {
+                    tracing::warn!(
+                        dns.qname = %query.qname, endpoint = %endpoint, max_delay = ?max, suppressed,
+                        "datapath did not acknowledge within --response-max-delay; answer released"
+                    );
+                }
             }
         }
     }

@@ -11,14 +11,17 @@
 //!
 //! This crate knows no eBPF: the datapath sits behind the learner.
 
+pub mod admission;
 pub mod answer;
 pub mod batch;
 pub mod config;
+pub mod decision;
 pub mod error;
 pub mod flow;
 pub mod forwarder;
 mod handler;
 pub mod limits;
+pub mod log_limit;
 pub mod metrics;
 pub mod name_lock;
 pub mod origin;

@@ -158,8 +158,9 @@ impl ProxyMetrics {
 /// Export the proxy's event counters ([`ProxyStats`]), read at every scrape:
 /// `fqdnd_dns_upstream_replies_dropped_total{reason}` (forged or stray upstream replies),
 /// `fqdnd_dns_upstream_failures_total{reason}`, `fqdnd_dns_malformed_queries_total`,
-/// `fqdnd_dns_truncated_answers_total`, `fqdnd_dns_shed_queries_total`,
-/// `fqdnd_dns_reply_send_errors_total`, `fqdnd_dns_answers_learned_total`,
+/// `fqdnd_dns_truncated_answers_total`, `fqdnd_dns_shed_queries_total{reason}`,
+/// `fqdnd_dns_reply_send_errors_total`, `fqdnd_dns_tcp_connections_closed_total{reason}`,
+/// `fqdnd_dns_tcp_accept_errors_total`, `fqdnd_dns_answers_learned_total`,
 /// `fqdnd_datapath_update_errors_total`.
 pub fn register_stats(registry: &mut Registry, stats: Arc<ProxyStats>) {
     registry.register_collector(Box::new(StatsCollector(stats)));
@@ -176,7 +177,7 @@ impl fmt::Debug for StatsCollector {
 /// One counter of the collector: name, help, and its series (labels, value).
 type Series = (&'static str, &'static str, Vec<(Option<(&'static str, &'static str)>, u64)>);
 
-fn stats_series(s: &StatsSnapshot) -> [Series; 9] {
+fn stats_series(s: &StatsSnapshot) -> [Series; 11] {
     [
         (
             "dns_upstream_replies_dropped",
@@ -204,8 +205,9 @@ fn stats_series(s: &StatsSnapshot) -> [Series; 9] {
         ),
         (
             "dns_shed_queries",
-            "Queries not served because --max-inflight (or an endpoint's share) was reached",
-            vec![(None, s.overloaded)],
+            "Queries not served: their endpoint was over its query rate (rate), or held its share of \
+             --max-inflight (inflight)",
+            vec![(Some(("reason", "rate")), s.rate_limited), (Some(("reason", "inflight")), s.overloaded)],
         ),
         ("dns_reply_send_errors", "Replies that could not be sent to the client", vec![(None, s.send_errors)]),
         (
@@ -213,6 +215,17 @@ fn stats_series(s: &StatsSnapshot) -> [Series; 9] {
             "Transparent mode: queries refused because the interface they came from and their source address do \
              not name one endpoint",
             vec![(None, s.unverified)],
+        ),
+        (
+            "dns_tcp_connections_closed",
+            "TCP connections closed at a connection cap: the oldest idle to make room (evicted), or the new one \
+             when every held one was busy (refused)",
+            vec![(Some(("reason", "evicted")), s.tcp_evicted), (Some(("reason", "refused")), s.tcp_refused)],
+        ),
+        (
+            "dns_tcp_accept_errors",
+            "TCP accepts that failed for want of file descriptors or memory",
+            vec![(None, s.tcp_accept_errors)],
         ),
         ("dns_answers_learned", "Allowed answers handed to the cache and the datapath", vec![(None, s.learned)]),
         (
@@ -295,7 +308,7 @@ mod tests {
             "fqdnd_dns_upstream_replies_dropped_total{reason=\"wrong_source\"} 1",
             "fqdnd_dns_upstream_replies_dropped_total{reason=\"unknown_id\"} 0",
             "fqdnd_dns_upstream_failures_total{reason=\"timeout\"} 2",
-            "fqdnd_dns_shed_queries_total 0",
+            "fqdnd_dns_shed_queries_total{reason=\"rate\"} 0",
             "# TYPE fqdnd_datapath_update_errors counter",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");

@@ -15,7 +15,9 @@ pub fn response_code(err: &ProxyError, reject: RejectCode) -> Option<ResponseCod
         ProxyError::Refused { .. } => Some(reject.into()),
         // Not a pod following its policy's refusals: no reason to mimic a missing name.
         ProxyError::UnverifiedOrigin { .. } => Some(ResponseCode::Refused),
-        ProxyError::MalformedQuery { .. } | ProxyError::QuestionCount { .. } => Some(ResponseCode::FormErr),
+        ProxyError::MalformedQuery { .. }
+        | ProxyError::QuestionCount { .. }
+        | ProxyError::CompressedQuestion { .. } => Some(ResponseCode::FormErr),
         ProxyError::UnsupportedOpcode { .. } => Some(ResponseCode::NotImp),
         ProxyError::UpstreamTimeout { .. }
         | ProxyError::UpstreamIo { .. }
@@ -148,6 +150,25 @@ mod tests {
         for (err, want) in cases {
             assert_eq!(response_code(&err, RejectCode::Refused), want, "{err}");
         }
+    }
+
+    #[test]
+    fn refusal_of_a_compressed_question_decodes_and_echoes_it() {
+        // The question is a pointer into the header; copied as is, it would point into the
+        // reply's header (QR set: 0x80 is no label length) and the reply could not be decoded.
+        let bytes = crate::wire::tests::pointer_into_header();
+        let q = parse_query(&bytes).unwrap();
+        for code in [ResponseCode::NXDomain, ResponseCode::Refused, ResponseCode::FormErr] {
+            let reply = error_reply(&q.metadata, q.question(&bytes), code);
+            let msg = Message::from_vec(&reply).unwrap_or_else(|e| panic!("{code}: reply does not decode: {e}"));
+            assert_eq!(msg.metadata.response_code, code);
+            assert_eq!(msg.queries.len(), 1);
+            assert_eq!(msg.queries[0].name().to_ascii(), "a.");
+            assert_eq!(msg.queries[0].query_type(), RecordType::A);
+            assert!(!reply[HEADER_LEN..].contains(&0xc0), "no pointer left in {reply:02x?}");
+        }
+        let cut = truncated_reply(&bytes, q.question(&bytes)).unwrap();
+        assert_eq!(Message::from_vec(&cut).unwrap().queries[0].name().to_ascii(), "a.");
     }
 
     #[test]

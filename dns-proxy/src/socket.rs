@@ -102,6 +102,34 @@ pub fn udp(addr: SocketAddr, opts: Options) -> Result<std::net::UdpSocket, Proxy
     Ok(bound(addr, L4Proto::Udp, opts)?.into())
 }
 
+/// Receive buffer of the UDP listeners. Every endpoint's queries meet in this one kernel queue
+/// before the proxy's per-endpoint admission sees them; the default (~200 KiB, a few hundred
+/// datagrams) overflows during a scheduling stall of tens of milliseconds under a flood, and the
+/// kernel then drops everyone's queries alike. 4 MiB rides that out; admission drains it fast.
+pub const LISTEN_RECV_BUFFER: usize = 4 << 20;
+
+/// Ask for a receive buffer of `bytes` (best effort): `SO_RCVBUFFORCE` where permitted
+/// (CAP_NET_ADMIN), else `SO_RCVBUF`, which the kernel caps at `net.core.rmem_max`.
+pub fn grow_recv_buffer(fd: RawFd, bytes: usize) {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid fd and a pointer to an int that lives for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const size).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+    tracing::debug!(error = %io::Error::last_os_error(), bytes, "could not grow a UDP receive buffer");
+}
+
 /// A non-blocking TCP listener bound to `addr`.
 pub fn tcp_listener(addr: SocketAddr, opts: Options) -> Result<std::net::TcpListener, ProxyError> {
     let sock = bound(addr, L4Proto::Tcp, opts)?;

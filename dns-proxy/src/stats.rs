@@ -54,6 +54,8 @@ counters! {
     datapath_errors,
     /// Queries dropped because --max-inflight (or the endpoint's share) was reached.
     overloaded,
+    /// Queries shed because their endpoint was over --max-qps-per-endpoint.
+    rate_limited,
     /// Replies that could not be sent to the client.
     send_errors,
     /// Transparent mode: queries refused because their endpoint could not be established (a
@@ -61,6 +63,12 @@ counters! {
     unverified,
     /// Audit mode: queries the DNS rules refused, forwarded anyway (their flows say AUDIT).
     audited,
+    /// TCP connections closed to make room for a new one (the oldest idle, at a cap).
+    tcp_evicted,
+    /// TCP connections closed at once: the endpoint's (or the proxy's) cap held only busy ones.
+    tcp_refused,
+    /// TCP accepts that failed for want of descriptors or memory (the loop backs off).
+    tcp_accept_errors,
 }
 
 pub(crate) fn inc(counter: &AtomicU64) {

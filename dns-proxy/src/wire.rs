@@ -26,12 +26,25 @@ pub struct ParsedQuery {
     pub question_end: usize,
     /// The client's EDNS UDP payload size, if the query carries an OPT record.
     pub edns_udp_size: Option<u16>,
+    /// The question written out without compression, when the client's used a compression
+    /// pointer. The only thing before the question is the header, so such a pointer points into
+    /// the header: copied into a reply (whose header differs) it would name something else.
+    pub uncompressed_question: Option<Vec<u8>>,
 }
 
 impl ParsedQuery {
-    /// The question section as sent by the client.
-    pub fn question<'a>(&self, packet: &'a [u8]) -> &'a [u8] {
-        &packet[HEADER_LEN..self.question_end]
+    /// The question section to echo: the client's bytes (its 0x20 case kept), or, if its name
+    /// used a compression pointer, the same name written out in full.
+    pub fn question<'a>(&'a self, packet: &'a [u8]) -> &'a [u8] {
+        match &self.uncompressed_question {
+            Some(q) => q,
+            None => &packet[HEADER_LEN..self.question_end],
+        }
+    }
+
+    /// Whether the client's question used a compression pointer (see `uncompressed_question`).
+    pub fn question_compressed(&self) -> bool {
+        self.uncompressed_question.is_some()
     }
 
     /// The largest UDP answer this client accepts (RFC 6891 6.2.5: values below 512 mean 512).
@@ -81,8 +94,33 @@ pub fn parse_query(packet: &[u8]) -> Result<ParsedQuery, QueryParseError> {
         }
     }
 
+    let uncompressed_question = has_pointer(&packet[HEADER_LEN..question_end]).then(|| {
+        let mut q = Vec::with_capacity(question_end);
+        for label in name.iter() {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label);
+        }
+        q.push(0);
+        q.extend_from_slice(&u16::from(qtype).to_be_bytes());
+        q.extend_from_slice(&u16::from(qclass).to_be_bytes());
+        q
+    });
     let qname = fqdn_cache::normalize_owned(name.to_ascii());
-    Ok(ParsedQuery { metadata, qname, qtype, qclass, question_end, edns_udp_size })
+    Ok(ParsedQuery { metadata, qname, qtype, qclass, question_end, edns_udp_size, uncompressed_question })
+}
+
+/// Whether the name at the start of `question` (already decoded, so well formed) ends in a
+/// compression pointer.
+fn has_pointer(question: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&len) = question.get(i) {
+        match len {
+            0 => return false,
+            l if l & 0xc0 == 0xc0 => return true,
+            l => i += 1 + usize::from(l),
+        }
+    }
+    false
 }
 
 /// Skip one resource record; for an OPT record return its class, the UDP payload size.
@@ -151,7 +189,7 @@ pub fn rcode_low(reply: &[u8]) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::Name;
     use proptest::prelude::*;
@@ -212,6 +250,32 @@ mod tests {
         let q = parse_query(&bytes).unwrap();
         assert_ne!(q.qname, "a.b.example.");
         assert!(q.qname.ends_with(".example."), "{}", q.qname);
+    }
+
+    /// A query for `a.` whose question is only a pointer to offset 0: the ID bytes 0x01 'a'
+    /// read as the label "a", and the flags' first byte (0: a plain query) ends the name.
+    pub(crate) fn pointer_into_header() -> Vec<u8> {
+        let mut q = vec![0x01, b'a', 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&[0xc0, 0x00, 0, 1, 0, 1]);
+        q
+    }
+
+    #[test]
+    fn compressed_question_is_echoed_uncompressed() {
+        let packet = pointer_into_header();
+        let q = parse_query(&packet).unwrap();
+        assert_eq!(q.qname, "a.");
+        assert!(q.question_compressed());
+        assert_eq!(q.question(&packet), [1, b'a', 0, 0, 1, 0, 1]);
+        // Case survives the rewrite: it comes from the name as decoded, not the lower-cased qname.
+        let mut upper = packet.clone();
+        upper[1] = b'A';
+        assert_eq!(parse_query(&upper).unwrap().question(&upper), [1, b'A', 0, 0, 1, 0, 1]);
+        // A plain question is echoed as sent.
+        let plain = query_bytes("www.Example.com.", RecordType::A, None);
+        let q = parse_query(&plain).unwrap();
+        assert!(!q.question_compressed());
+        assert_eq!(q.question(&plain), &plain[HEADER_LEN..q.question_end]);
     }
 
     #[test]

@@ -454,3 +454,248 @@ async fn shutdown_lets_queries_in_flight_finish() {
     h.task.await.unwrap();
     fake.await.unwrap();
 }
+
+/// A query for `a.` whose question is only a compression pointer to offset 0, the header: its ID
+/// bytes 0x01 'a' read as the label "a", and the first flags byte (0, a plain query) ends it.
+fn pointer_into_header_query() -> Vec<u8> {
+    let mut q = vec![0x01, b'a', 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    q.extend_from_slice(&[0xc0, 0x00, 0, 1, 0, 1]);
+    q
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_question_gets_a_decodable_reply() {
+    let nsd = nsd();
+    // Refused: the refusal echoes the question written out, so it decodes (a copied pointer
+    // would point into the reply's header, where QR is set, and the reply would not).
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |_| {}).await;
+    let reply = ask(h.addr, &pointer_into_header_query()).await;
+    assert_eq!(reply.metadata.id, 0x0161);
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(reply.queries.len(), 1);
+    assert_eq!(reply.queries[0].name().to_ascii(), "a.");
+    h.stop().await;
+
+    // Allowed: not forwarded (the proxy's own ID would change what the pointer names), FORMERR.
+    let h = Harness::start(nsd.addr, &["*"], |_| {}).await;
+    let reply = ask(h.addr, &pointer_into_header_query()).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(reply.queries[0].name().to_ascii(), "a.");
+    assert_eq!(h.proxy.stats().forwarded, 0);
+    h.stop().await;
+}
+
+/// One query over `conn`, its answer's first address.
+async fn tcp_ask(conn: &mut TcpStream, id: u16) -> std::io::Result<Vec<IpAddr>> {
+    let q = query(id, "www.microsoft.com.", RecordType::A, None);
+    conn.write_all(&(q.len() as u16).to_be_bytes()).await?;
+    conn.write_all(&q).await?;
+    let len = conn.read_u16().await? as usize;
+    let mut buf = vec![0u8; len];
+    conn.read_exact(&mut buf).await?;
+    Ok(ips(&Message::from_vec(&buf).unwrap()))
+}
+
+/// Connect from `source` (any 127/8 address; only 127.0.0.1 is the endpoint alpine).
+async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// The connection was closed by the proxy: EOF (or a reset) on read, bounded by 10 s.
+async fn closed(conn: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_capped_per_endpoint_oldest_idle_closed_first() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |c| c.tcp_max_connections_per_endpoint = 3).await;
+    let www: Vec<IpAddr> = vec!["10.200.0.1".parse().unwrap()];
+    let mut held = Vec::new();
+    for i in 0..3u16 {
+        let mut c = connect_from("127.0.0.1", h.addr).await;
+        assert_eq!(tcp_ask(&mut c, i).await.unwrap(), www);
+        held.push(c);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first is now the least recently active: a fourth from the same endpoint closes it.
+    assert_eq!(tcp_ask(&mut held[0], 10).await.unwrap(), www);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut fourth = connect_from("127.0.0.1", h.addr).await;
+    assert_eq!(tcp_ask(&mut fourth, 11).await.unwrap(), www);
+    assert!(closed(&mut held[1]).await, "the oldest idle connection of the endpoint is closed");
+    for (i, id) in [(0usize, 12u16), (2, 13)] {
+        assert_eq!(tcp_ask(&mut held[i], id).await.unwrap(), www, "connection {i} stays");
+    }
+    // Another client is not this endpoint's share: it connects without closing anything.
+    let mut other = connect_from("127.0.0.3", h.addr).await;
+    assert_eq!(tcp_ask(&mut other, 14).await.unwrap(), www);
+    let s = h.proxy.stats();
+    assert_eq!((s.tcp_evicted, s.tcp_refused), (1, 0), "{s:?}");
+    h.stop().await;
+}
+
+/// A TCP upstream that answers its first query only when told to.
+async fn held_tcp_upstream() -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.8:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let len = conn.read_u16().await.unwrap() as usize;
+        let mut buf = vec![0u8; len];
+        conn.read_exact(&mut buf).await.unwrap();
+        let q = Message::from_vec(&buf).unwrap();
+        let _ = go_rx.await;
+        let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        m.add_query(q.queries[0].clone());
+        m.add_answer(Record::from_rdata(q.queries[0].name().clone(), 60, RData::A(A::new(10, 200, 0, 77))));
+        let out = m.to_vec().unwrap();
+        conn.write_all(&(out.len() as u16).to_be_bytes()).await.unwrap();
+        conn.write_all(&out).await.unwrap();
+    });
+    (addr, go_tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connection_with_a_query_in_flight_is_never_closed_for_a_new_one() {
+    let (upstream, go, fake) = held_tcp_upstream().await;
+    let h = Harness::start(upstream, &["*.microsoft.com"], |c| {
+        c.tcp_max_connections = 1;
+        c.upstream_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut busy = connect_from("127.0.0.1", h.addr).await;
+    let q = query(0x6161, "www.microsoft.com.", RecordType::A, None);
+    busy.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+    busy.write_all(&q).await.unwrap();
+    wait::until_async("the query to be forwarded", Duration::from_secs(10), || {
+        (h.proxy.stats().forwarded > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    // At the total cap with the only connection busy: the newcomer is the one closed.
+    let mut late = connect_from("127.0.0.3", h.addr).await;
+    assert!(closed(&mut late).await, "the new connection is refused");
+    go.send(()).unwrap();
+    let len = busy.read_u16().await.unwrap() as usize;
+    let mut buf = vec![0u8; len];
+    busy.read_exact(&mut buf).await.unwrap();
+    assert_eq!(ips(&Message::from_vec(&buf).unwrap()), ["10.200.0.77".parse::<IpAddr>().unwrap()]);
+    assert_eq!(h.proxy.stats().tcp_refused, 1);
+    h.stop().await;
+    fake.await.unwrap();
+}
+
+/// Send `count` queries from `source` as fast as the socket takes them; return the socket.
+async fn flood(source: &str, to: SocketAddr, count: u16) -> UdpSocket {
+    let sock = UdpSocket::bind(SocketAddr::new(source.parse().unwrap(), 0)).await.unwrap();
+    for id in 0..count {
+        let _ = sock.send_to(&query(id, "www.microsoft.com.", RecordType::A, None), to).await;
+    }
+    sock
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_endpoint_is_shed_and_a_quiet_one_is_served() {
+    let nsd = nsd();
+    let h = Harness::start(nsd.addr, &["*.microsoft.com"], |c| {
+        c.max_qps_per_endpoint = 100;
+        c.qps_burst_per_endpoint = 50;
+    })
+    .await;
+    // The quiet endpoint is active; 127.0.0.3, no endpoint, is held to the rate under its address.
+    ask(h.addr, &query(0x6fff, "www.microsoft.com.", RecordType::A, None)).await;
+    let _flooder = flood("127.0.0.3", h.addr, 3000).await;
+    // The quiet endpoint (alpine, 127.0.0.1) stays within its own burst.
+    for id in 0..20u16 {
+        let reply = ask(h.addr, &query(0x7000 + id, "www.microsoft.com.", RecordType::A, None)).await;
+        assert_eq!(ips(&reply), ["10.200.0.1".parse::<IpAddr>().unwrap()], "quiet query {id}");
+    }
+    let flooder = dns_proxy::limits::Owner::Address("127.0.0.3".parse().unwrap());
+    let counts = h.proxy.shed_counts();
+    assert!(counts.iter().any(|&(o, n)| o == flooder && n > 0), "the flooder is shed: {counts:?}");
+    assert!(counts.iter().all(|&(o, _)| o == flooder), "nobody else is: {counts:?}");
+    assert!(h.proxy.stats().rate_limited > 0);
+    // A shed query shows as a flow: verdict ERROR, the flooder as client.
+    let flows: Vec<DnsFlow> = {
+        let mut rx = h.flows.lock().unwrap();
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    };
+    let shed: Vec<&DnsFlow> = flows.iter().filter(|f| f.verdict == Verdict::Error).collect();
+    assert!(!shed.is_empty() && shed.iter().all(|f| f.client.ip().to_string() == "127.0.0.3"), "{shed:?}");
+    assert!(shed.len() as u32 <= dns_proxy::admission::FLOWS_PER_SECOND * 60, "flows of shed queries are limited");
+    h.stop().await;
+}
+
+/// An upstream that answers every query after `delay`.
+async fn slow_upstream(delay: Duration) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let sock = Arc::new(UdpSocket::bind("127.0.0.9:0").await.unwrap());
+    let addr = sock.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+                m.add_query(q.queries[0].clone());
+                m.add_answer(Record::from_rdata(q.queries[0].name().clone(), 60, RData::A(A::new(10, 200, 0, 1))));
+                let _ = sock.send_to(&m.to_vec().unwrap(), from).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_endpoint_gets_a_slot_when_flooders_hold_the_pool() {
+    // Two flooders at their share (4 each) hold the whole pool (8) of a slow upstream: the quiet
+    // endpoint's query used to find no permit and be dropped. It now waits for the next freed
+    // permit, which goes to it before any new query of the flooders.
+    let (upstream, fake) = slow_upstream(Duration::from_millis(300)).await;
+    let h = Harness::start(upstream, &["*.microsoft.com"], |c| {
+        c.max_inflight = 8;
+        c.max_inflight_per_endpoint = 4;
+        c.upstream_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let floods: Vec<_> = ["127.0.0.3", "127.0.0.4"]
+        .into_iter()
+        .map(|src| {
+            let to = h.addr;
+            tokio::spawn(async move {
+                let sock = UdpSocket::bind(SocketAddr::new(src.parse().unwrap(), 0)).await.unwrap();
+                for round in 0..40u16 {
+                    for i in 0..8u16 {
+                        let _ =
+                            sock.send_to(&query(round * 8 + i, "www.microsoft.com.", RecordType::A, None), to).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    wait::until_async("the flooders to fill the pool", Duration::from_secs(10), || {
+        (h.proxy.stats().overloaded > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    for id in 0..5u16 {
+        let reply = ask(h.addr, &query(0x7100 + id, "www.microsoft.com.", RecordType::A, None)).await;
+        assert_eq!(ips(&reply), ["10.200.0.1".parse::<IpAddr>().unwrap()], "quiet query {id}");
+    }
+    for f in floods {
+        f.abort();
+    }
+    h.stop().await;
+    fake.abort();
+}

@@ -72,10 +72,17 @@ impl FromStr for Scope {
     }
 }
 
+/// The default `--max-ttl`: one day.
+pub const DEFAULT_MAX_TTL: u32 = 86_400;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheConfig {
     /// `--min-ttl`: floor on every answer's TTL, in seconds.
     pub min_ttl: u32,
+    /// `--max-ttl`: ceiling on every answer's TTL, in seconds, applied after the floor, when
+    /// learning and when restoring a snapshot: an answer claiming 2^32-1 s is kept a day, not
+    /// until 2163. 0 counts as 1.
+    pub max_ttl: u32,
     /// `--max-ips-per-name`: IPs kept per name and endpoint; the earliest-expiring goes first.
     /// 0 counts as 1.
     pub max_ips_per_name: usize,
@@ -104,6 +111,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             min_ttl: 0,
+            max_ttl: DEFAULT_MAX_TTL,
             max_ips_per_name: 1000,
             scope: Scope::Endpoint,
             idle_grace: Duration::ZERO,
@@ -279,6 +287,11 @@ impl Cache {
         &self.config
     }
 
+    /// An answer's TTL after `--min-ttl` and `--max-ttl` (the ceiling wins).
+    fn effective_ttl(&self, ttl: u32) -> u32 {
+        ttl.max(self.config.min_ttl).min(self.config.max_ttl.max(1))
+    }
+
     fn secs(&self, t: Instant) -> u32 {
         t.saturating_duration_since(self.epoch).as_secs().min(u64::from(MAX_SECS)) as u32
     }
@@ -387,11 +400,11 @@ impl Cache {
     }
 
     /// Record an answer: the question name and every CNAME in its chain map to the answer's IPs
-    /// until `now` + max(TTL, min TTL). Returns the IPs this newly allows (and, if the per-name
+    /// until `now` + the TTL within `[min TTL, max TTL]`. Returns the IPs this newly allows (and, if the per-name
     /// cap evicted something still in use, what it no longer allows).
     pub fn learn(&mut self, answer: &Answer, now: Instant) -> Delta {
         let owner = answer.endpoint;
-        let ttl = answer.ttl.max(self.config.min_ttl);
+        let ttl = self.effective_ttl(answer.ttl);
         let expires = self.secs_ceil(now).saturating_add(ttl).min(MAX_SECS);
         let mut ips = answer.ips.clone();
         ips.sort_unstable();

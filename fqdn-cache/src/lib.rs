@@ -12,7 +12,9 @@ mod error;
 pub mod pattern;
 pub mod types;
 
-pub use cache::{Cache, CacheConfig, CacheCounters, EntryView, ListFilter, Scope, SelectorRule, Source};
+pub use cache::{
+    Cache, CacheConfig, CacheCounters, DEFAULT_MAX_TTL, EntryView, ListFilter, Scope, SelectorRule, Source,
+};
 pub use datapath::{BoxFuture, Datapath, DatapathError, MemoryDatapath};
 pub use enforcer::{Enforcer, Learner};
 pub use error::CacheError;

@@ -20,6 +20,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod handover;
 pub mod protocol;
 pub mod server;
 
@@ -28,14 +29,16 @@ use std::path::{Path, PathBuf};
 pub use cache::EnforcerCache;
 pub use client::{AdminClient, ConnectError};
 pub use protocol::{AgentStatus, CacheEntryView, CacheSource, LostEvent, Request, Response};
-pub use server::{AdminServer, AdminState, CacheLister, serve};
+pub use server::{AdminServer, AdminState, CacheLister, ServeOptions, serve, serve_with};
 
 /// The socket's file name inside the state directory.
 pub const SOCKET_NAME: &str = "fqdnd.sock";
 
 /// The state directory `fqdnd run` uses unless `--state-dir` says otherwise, and so the one
 /// `fqdnd observe` and `fqdnd cache list` look in: `/run/fqdnd` for root, else
-/// `$XDG_RUNTIME_DIR/fqdnd`, else `/tmp/fqdnd-<uid>`.
+/// `$XDG_RUNTIME_DIR/fqdnd`, else `fqdnd-<uid>` in the system temp directory (`$TMPDIR`, `/tmp`).
+/// The agent refuses a state directory another user owns or may write (a pre-created
+/// `/tmp/fqdnd-<uid>`), so picking a shared directory here never means trusting it.
 pub fn default_state_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
@@ -44,7 +47,7 @@ pub fn default_state_dir() -> PathBuf {
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => Path::new(&dir).join("fqdnd"),
-        _ => PathBuf::from(format!("/tmp/fqdnd-{uid}")),
+        _ => std::env::temp_dir().join(format!("fqdnd-{uid}")),
     }
 }
 

@@ -30,6 +30,10 @@ pub enum Request {
         pattern: Option<String>,
     },
     Status,
+    /// The restart handover (see [`super::handover`]): the running agent's descriptors.
+    Handover,
+    /// Second line of a handover connection: the new agent serves; the old one stops.
+    HandoverReady,
 }
 
 /// One response line. Untagged: each shape has its own key, as in Hubble's `GetFlowsResponse`.
@@ -40,6 +44,8 @@ pub enum Response {
     LostEvents { lost_events: LostEvent },
     CacheEntries { cache_entries: Vec<CacheEntryView> },
     Status { status: AgentStatus },
+    Handover { handover: super::handover::HandoverInfo },
+    HandoverDone { handover_done: super::handover::HandoverDone },
     Error { error: String },
 }
 

@@ -2,6 +2,7 @@
 //! queue in the hub, so a client that stops reading only ever loses its own flows.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,10 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use fqdn_cache::pattern::NamePattern;
 use policy_sync::endpoint::EndpointKey;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
+use super::handover::{HandoverDone, HandoverInfo, HandoverSource, STEP_LIMIT, send_with_fds};
 use super::protocol::{AgentStatus, CacheEntryView, LostEvent, Request, Response};
 use crate::flows::{Flow, FlowFilter, FlowHub, FlowResponse};
 use crate::metrics::Readiness;
@@ -32,10 +34,27 @@ pub struct AdminState {
     pub started: SystemTime,
 }
 
-/// A listening admin socket. Dropping it stops accepting and removes the socket file.
+/// A listening admin socket. Dropping it stops accepting and removes the socket file, if the
+/// file is still this server's (after a handover the successor's socket is there).
 pub struct AdminServer {
     path: PathBuf,
+    inode: Option<(u64, u64)>,
     task: JoinHandle<()>,
+}
+
+/// How [`serve_with`] serves.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// Answer `handover` requests with this agent's descriptors (the restart handover).
+    pub handover: Option<Arc<dyn HandoverSource>>,
+    /// Replace a live socket at the path (the successor of a handover) instead of refusing it:
+    /// bound beside it and renamed over it, so the path never lacks a listener.
+    pub replace: bool,
+}
+
+fn inode_of(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl AdminServer {
@@ -47,7 +66,9 @@ impl AdminServer {
 impl Drop for AdminServer {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        if self.inode.is_some() && inode_of(&self.path) == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -59,6 +80,11 @@ const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bind the socket at `path` and serve it on the current tokio runtime. A stale socket (no agent
 /// behind it) is removed first; a live one is an error: two agents must not share a state dir.
 pub fn serve(path: &Path, state: AdminState) -> io::Result<AdminServer> {
+    serve_with(path, state, ServeOptions::default())
+}
+
+/// [`serve`] with a handover source and, for a successor, replacing the running agent's socket.
+pub fn serve_with(path: &Path, state: AdminState, options: ServeOptions) -> io::Result<AdminServer> {
     let ctx =
         |what: &str, e: io::Error| io::Error::new(e.kind(), format!("admin socket {}: {what}: {e}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -68,7 +94,17 @@ pub fn serve(path: &Path, state: AdminState) -> io::Result<AdminServer> {
             .create(dir)
             .map_err(|e| ctx("creating its directory", e))?;
     }
+    let bind_at = if options.replace {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        path.with_file_name(format!(".{name}.new"))
+    } else {
+        path.to_path_buf()
+    };
+    if options.replace {
+        let _ = std::fs::remove_file(&bind_at);
+    }
     match std::fs::symlink_metadata(path) {
+        Ok(_) if options.replace => {}
         Ok(_) => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
@@ -82,16 +118,22 @@ pub fn serve(path: &Path, state: AdminState) -> io::Result<AdminServer> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ctx("checking for a stale socket", e)),
     }
-    let listener = UnixListener::bind(path).map_err(|e| ctx("binding", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| ctx("setting mode 0600", e))?;
+    let listener = UnixListener::bind(&bind_at).map_err(|e| ctx("binding", e))?;
+    std::fs::set_permissions(&bind_at, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ctx("setting mode 0600", e))?;
+    if options.replace {
+        std::fs::rename(&bind_at, path).map_err(|e| ctx("replacing the running agent's socket", e))?;
+    }
+    let inode = inode_of(path);
     tracing::info!(path = %path.display(), "admin socket listening");
+    let handover = options.handover.clone();
     let task = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let state = state.clone();
+                    let (state, handover) = (state.clone(), handover.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, state).await {
+                        if let Err(e) = connection(stream, state, handover).await {
                             tracing::debug!(error = %e, "admin connection ended");
                         }
                     });
@@ -103,10 +145,14 @@ pub fn serve(path: &Path, state: AdminState) -> io::Result<AdminServer> {
             }
         }
     });
-    Ok(AdminServer { path: path.to_path_buf(), task })
+    Ok(AdminServer { path: path.to_path_buf(), inode, task })
 }
 
-async fn connection(stream: UnixStream, state: AdminState) -> io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    state: AdminState,
+    handover: Option<Arc<dyn HandoverSource>>,
+) -> io::Result<()> {
     let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut out = BufWriter::new(write);
@@ -138,7 +184,69 @@ async fn connection(stream: UnixStream, state: AdminState) -> io::Result<()> {
             write_line(&mut out, &response).await?;
         }
         Request::Status => write_line(&mut out, &Response::Status { status: status(&state) }).await?,
+        Request::Handover => return hand_over(handover.as_deref(), reader, out).await,
+        Request::HandoverReady => {
+            let error = "handover_ready: no handover in progress on this connection".to_string();
+            write_line(&mut out, &Response::Error { error }).await?;
+        }
     }
+    out.flush().await
+}
+
+/// Hand this agent's descriptors to the client, then stop when it says it serves them.
+async fn hand_over<R>(
+    source: Option<&dyn HandoverSource>,
+    mut reader: BufReader<R>,
+    mut out: BufWriter<tokio::net::unix::OwnedWriteHalf>,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
+    let Some(source) = source else {
+        let error = "this agent does not hand over its sockets".to_string();
+        write_line(&mut out, &Response::Error { error }).await?;
+        return out.flush().await;
+    };
+    let offered = match source.offer() {
+        Ok(o) => o,
+        Err(error) => {
+            write_line(&mut out, &Response::Error { error }).await?;
+            return out.flush().await;
+        }
+    };
+    let info = HandoverInfo { pid: std::process::id(), fds: offered.iter().map(|(h, _)| h.clone()).collect() };
+    let mut line = serde_json::to_vec(&Response::Handover { handover: info }).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let fds: Vec<RawFd> = offered.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    out.flush().await?;
+    let sock: &UnixStream = out.get_ref().as_ref();
+    let mut sent = 0;
+    while sent < line.len() {
+        sock.writable().await?;
+        let attach: &[RawFd] = if sent == 0 { &fds } else { &[] };
+        match sock.try_io(Interest::WRITABLE, || send_with_fds(sock.as_raw_fd(), &line[sent..], attach)) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    // The duplicates sent are the successor's now; ours close.
+    drop(offered);
+    tracing::info!("handover: descriptors sent; waiting for the successor to serve them");
+    let mut next = String::new();
+    let read = tokio::time::timeout(STEP_LIMIT, (&mut reader).take(MAX_REQUEST_LINE).read_line(&mut next)).await;
+    match (read, serde_json::from_str::<Request>(next.trim_end())) {
+        (Ok(Ok(n)), Ok(Request::HandoverReady)) if n > 0 => {}
+        _ => {
+            tracing::warn!("handover abandoned by the successor; serving on");
+            source.abandoned();
+            return Ok(());
+        }
+    }
+    tracing::info!("handover: the successor serves; stopping");
+    source.stop();
+    source.stopped().await;
+    write_line(&mut out, &Response::HandoverDone { handover_done: HandoverDone { pid: std::process::id() } }).await?;
     out.flush().await
 }
 

@@ -20,7 +20,12 @@
 
 pub mod datapath;
 pub mod kubernetes;
+pub mod lock;
+pub mod rlimit;
+pub mod state_dir;
+pub mod takeover;
 
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -29,8 +34,9 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use dns_proxy::metrics::ProxyMetrics;
 use dns_proxy::{FlowSink, ListenerInfo, Mode, Proxy, Sockets};
-use fqdn_cache::Enforcer;
-use fqdnd::admin::{self, AdminState, EnforcerCache};
+use fqdn_cache::{Enforcer, L4Proto};
+use fqdnd::admin::handover::{FdKind, HandedFd};
+use fqdnd::admin::{self, AdminState, EnforcerCache, ServeOptions};
 use fqdnd::flows::{DnsFlows, FlowHub, HubConfig};
 use fqdnd::metrics::{self as agent_metrics, AgentMetrics, Readiness};
 use policy_sync::{FilesSource, Snapshot, Source};
@@ -38,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceKind};
 use datapath::AgentDatapath;
+use lock::DirLock;
+use takeover::AgentHandover;
 
 /// The file in the state directory listing the bound DNS listeners (JSON), written once every
 /// server (DNS, admin socket, metrics, Hubble) is bound and the first snapshot is enforced: lets
@@ -80,9 +88,34 @@ impl Parts {
 }
 
 /// Run until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    state_dir::prepare(&config.state_dir)?;
+    match rlimit::raise_nofile() {
+        Ok((before, after)) => {
+            let cap = rlimit::tcp_cap_for(after, config.proxy.tcp_max_connections);
+            if cap < config.proxy.tcp_max_connections {
+                tracing::warn!(
+                    nofile = after,
+                    configured = config.proxy.tcp_max_connections,
+                    cap,
+                    "descriptor limit too low for max-tcp-connections; capping TCP connections lower"
+                );
+                config.proxy.tcp_max_connections = cap;
+                config.proxy.tcp_max_connections_per_endpoint = config.proxy.tcp_max_connections_per_endpoint.min(cap);
+            }
+            tracing::debug!(before, after, "RLIMIT_NOFILE soft limit raised to the hard limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "raising RLIMIT_NOFILE"),
+    }
+    // Before any socket or map is touched: a second agent must change nothing of the first's,
+    // unless it was started to take over (then the first one's locks and sockets come to it).
+    let (state_lock, mut taken) = takeover::lock_state_dir(&config.state_dir, config.takeover).await?;
+    let transparent = config.proxy.mode == Mode::Transparent;
+    let mut bpffs_lock = match takeover::take_fds(&mut taken, FdKind::BpffsLock).into_iter().next() {
+        Some((_, fd)) if transparent => Some(DirLock::adopt(&config.bpffs_dir, BPFFS_DIR, fd)?),
+        _ if transparent => lock_bpffs_early(&config.bpffs_dir)?,
+        _ => None,
+    };
 
     let mut registry = agent_metrics::new_registry();
     let metrics = AgentMetrics::register(&mut registry);
@@ -92,9 +125,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .then(|| Arc::new(fqdnd::hubble::HubbleMetrics::register(&config.hubble_metrics, &mut hubble_registry)));
     let readiness = Arc::new(Readiness::default());
 
-    // The proxy's sockets first: the transparent datapath redirects to their ports.
-    let transparent = config.proxy.mode == Mode::Transparent;
-    let sockets = Sockets::bind(&config.proxy)?;
+    // The proxy's sockets first: the transparent datapath redirects to their ports. Taking
+    // over, they are the running agent's own sockets.
+    let sockets = if taken.is_some() {
+        let mut fds = takeover::take_fds(&mut taken, FdKind::Udp);
+        fds.extend(takeover::take_fds(&mut taken, FdKind::Tcp));
+        let (sockets, unused) = Sockets::bind_inheriting(&config.proxy, fds.into_iter().map(|(_, fd)| fd).collect())?;
+        if unused > 0 {
+            tracing::info!(unused, "handed-over listeners this config does not listen on; closed");
+        }
+        sockets
+    } else {
+        Sockets::bind(&config.proxy)?
+    };
     let listeners = sockets.listeners();
     let datapath = if transparent {
         AgentDatapath::kernel(
@@ -107,6 +150,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     } else {
         AgentDatapath::memory()
     };
+    if transparent && bpffs_lock.is_none() {
+        // The directory did not exist before the datapath mounted a bpffs and made it.
+        bpffs_lock = Some(DirLock::try_lock(&config.bpffs_dir, BPFFS_DIR)?);
+    }
     if let AgentDatapath::Kernel(dp) = &datapath {
         agent_metrics::register_datapath_counters(&mut registry, dp.clone());
     }
@@ -132,6 +179,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .then(|| Arc::new(DnsFlows { hub: hub.clone(), lookup: current.clone() }) as Arc<dyn FlowSink>);
     let proxy = Proxy::with_metrics(config.proxy.clone(), enforcer.clone(), flows, proxy_metrics)?;
     dns_proxy::metrics::register_stats(&mut registry, proxy.stats_handle());
+    let mut handed: Vec<(HandedFd, OwnedFd)> = Vec::new();
+    for (info, fd) in sockets.clone_fds().context("duplicating the listeners for a future handover")? {
+        let kind = if info.proto == L4Proto::Tcp { FdKind::Tcp } else { FdKind::Udp };
+        handed.push((HandedFd { kind, addr: Some(info.addr), transparent: info.transparent }, fd));
+    }
     let bound = proxy.adopt(sockets);
     for l in &listeners {
         tracing::info!(proto = %l.proto, addr = %l.addr, transparent = l.transparent, "DNS proxy listening");
@@ -172,31 +224,66 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     let cache_view = Arc::new(EnforcerCache { enforcer: enforcer.clone(), snapshot: current.clone() });
-    let _admin = admin::serve(
-        &admin::socket_path(&config.state_dir),
-        AdminState { hub: hub.clone(), cache: cache_view, readiness: readiness.clone(), started: SystemTime::now() },
-    )
-    .context("starting the admin socket")?;
     let _hubble = match &config.hubble_listen {
-        Some(listen) => Some(
-            fqdnd::hubble::serve(listen, fqdnd::hubble::ObserverState { hub: hub.clone(), started: Instant::now() })
-                .await
-                .context("starting Hubble's Observer API")?,
-        ),
+        Some(listen) => {
+            let state = fqdnd::hubble::ObserverState { hub: hub.clone(), started: Instant::now() };
+            let inherited = takeover::take_fds(&mut taken, FdKind::Hubble).into_iter().find(|(h, _)| {
+                matches!(listen, fqdnd::hubble::ListenAddr::Tcp(want)
+                    if h.addr.is_some_and(|a| a == *want || (want.port() == 0 && a.ip() == want.ip())))
+            });
+            let bound = match inherited {
+                Some((_, fd)) => fqdnd::hubble::listen::Bound::from_tcp(std::net::TcpListener::from(fd))
+                    .context("serving Hubble's Observer API on the handed-over listener")?,
+                None => fqdnd::hubble::listen::bind_with(listen, taken.is_some())
+                    .await
+                    .context("starting Hubble's Observer API")?,
+            };
+            if let fqdnd::hubble::listen::Bound::Tcp(l, local) = &bound {
+                let dup = l.as_fd().try_clone_to_owned().context("duplicating the Hubble listener")?;
+                handed.push((HandedFd { kind: FdKind::Hubble, addr: Some(*local), transparent: false }, dup));
+            }
+            Some(fqdnd::hubble::serve_bound(bound, state).context("starting Hubble's Observer API")?)
+        }
         None => None,
     };
     let _metrics = match config.metrics_addr {
-        Some(addr) => Some(
-            agent_metrics::serve_registries(
-                addr,
-                vec![Arc::new(registry), Arc::new(hubble_registry)],
-                readiness.clone(),
+        Some(addr) => {
+            let inherited = takeover::take_fds(&mut taken, FdKind::Metrics)
+                .into_iter()
+                .find(|(h, _)| h.addr.is_some_and(|a| a == addr || (addr.port() == 0 && a.ip() == addr.ip())));
+            let listener = match inherited {
+                Some((_, fd)) => std::net::TcpListener::from(fd),
+                None => std::net::TcpListener::bind(addr).with_context(|| format!("metrics server: binding {addr}"))?,
+            };
+            let dup = listener.try_clone().context("duplicating the metrics listener")?;
+            let local = listener.local_addr().ok();
+            handed.push((HandedFd { kind: FdKind::Metrics, addr: local, transparent: false }, dup.into()));
+            Some(
+                agent_metrics::serve_listener(
+                    listener,
+                    vec![Arc::new(registry), Arc::new(hubble_registry)],
+                    readiness.clone(),
+                )
+                .context("starting the metrics server")?,
             )
-            .await
-            .context("starting the metrics server")?,
-        ),
+        }
         None => None,
     };
+    handed.push((
+        HandedFd { kind: FdKind::StateLock, addr: None, transparent: false },
+        state_lock.fd().try_clone_to_owned()?,
+    ));
+    if let Some(l) = &bpffs_lock {
+        handed
+            .push((HandedFd { kind: FdKind::BpffsLock, addr: None, transparent: false }, l.fd().try_clone_to_owned()?));
+    }
+    let handover = Arc::new(AgentHandover::new(handed, enforcer.clone(), shutdown.clone()));
+    let _admin = admin::serve_with(
+        &admin::socket_path(&config.state_dir),
+        AdminState { hub: hub.clone(), cache: cache_view, readiness: readiness.clone(), started: SystemTime::now() },
+        ServeOptions { handover: Some(handover.clone()), replace: taken.is_some() },
+    )
+    .context("starting the admin socket")?;
 
     // After the admin socket and /healthz are up: the Kubernetes source's first snapshot waits
     // for every watch to list (or for the saved state), and the API server may be away.
@@ -246,21 +333,67 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Last, once every server is bound: scripts and tests wait for this file as "the agent is up".
     write_listeners(&config.state_dir, &listeners)?;
     tracing::info!(mode = ?config.proxy.mode, "fqdnd running");
+    if let Some(t) = taken {
+        // We serve the sockets (from the next line on): the old agent may stop reading.
+        let enforcer = enforcer.clone();
+        tasks.push(tokio::spawn(async move {
+            let pid = t.pid;
+            match tokio::task::spawn_blocking(move || t.finish()).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(pid, "took over: the previous agent answered what it had in flight and stopped");
+                    // What it learned after our restore is in the kernel, not in our cache.
+                    if let Err(e) = enforcer.restore_into_datapath().await {
+                        tracing::warn!(error = %e, "adopting entries the previous agent learned last");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "the previous agent did not confirm its stop"),
+                Err(e) => tracing::warn!(error = %e, "handover task"),
+            }
+        }));
+    }
     bound.serve(shutdown.clone()).await?;
     for t in &tasks {
         t.abort();
     }
-    enforcer.save();
-    let _ = std::fs::remove_file(config.state_dir.join(LISTENERS_FILE));
-    tracing::info!(stats = ?proxy.stats(), "fqdnd stopped");
+    if handover.handed_over() {
+        // The successor owns the state directory now: its snapshot and listeners file stay.
+        tracing::info!(stats = ?proxy.stats(), "fqdnd stopped: handed over to its successor");
+        handover.mark_stopped();
+        handover.wait_reported().await;
+    } else {
+        enforcer.save();
+        let _ = std::fs::remove_file(config.state_dir.join(LISTENERS_FILE));
+        tracing::info!(stats = ?proxy.stats(), "fqdnd stopped");
+    }
+    // Held to the end: the next agent may start once this one wrote its snapshot.
+    drop((state_lock, bpffs_lock));
     Ok(())
+}
+
+const BPFFS_DIR: &str = "bpffs directory";
+
+/// Lock the bpffs directory before the datapath opens it: it exists, or its nearest existing
+/// ancestor is a bpffs (then it is made here). `None` when no bpffs is mounted yet (the datapath
+/// mounts one; the directory is locked right after, before anything else runs).
+fn lock_bpffs_early(dir: &Path) -> anyhow::Result<Option<DirLock>> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => return Ok(None),
+        }
+    }
+    if probe != dir {
+        if !ebpf_redirect::bpffs::is_bpffs(probe).unwrap_or(false) {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the bpffs directory {}", dir.display()))?;
+    }
+    Ok(Some(DirLock::try_lock(dir, BPFFS_DIR)?))
 }
 
 fn write_listeners(state_dir: &Path, listeners: &[ListenerInfo]) -> anyhow::Result<()> {
     let path = state_dir.join(LISTENERS_FILE);
-    let tmp = state_dir.join(format!(".{LISTENERS_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(listeners)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    state_dir::write_private(&path, &serde_json::to_vec_pretty(listeners)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -85,10 +85,27 @@ pub enum Bound {
     Tcp(TcpListener, SocketAddr),
 }
 
+impl Bound {
+    /// A TCP listener bound already (handed over by the agent this one replaces).
+    pub fn from_tcp(l: std::net::TcpListener) -> io::Result<Bound> {
+        l.set_nonblocking(true)?;
+        let l = TcpListener::from_std(l)?;
+        let local = l.local_addr()?;
+        Ok(Bound::Tcp(l, local))
+    }
+}
+
 /// Bind `addr`. A Unix socket gets a 0700 directory and mode 0600 (flows name pods and IPs: only
 /// the agent's user may read them, as with the admin socket); a stale socket file (no server
 /// behind it) is replaced, a live one is an error: two agents must not share it.
 pub async fn bind(addr: &ListenAddr) -> io::Result<Bound> {
+    bind_with(addr, false).await
+}
+
+/// [`bind`]; with `replace` (the successor of a restart handover) a live Unix socket at the path
+/// is replaced: the new one is bound beside it and renamed over it, so the path never lacks a
+/// listener and the previous agent, stopping, leaves the new one in place.
+pub async fn bind_with(addr: &ListenAddr, replace: bool) -> io::Result<Bound> {
     match addr {
         ListenAddr::Tcp(a) => {
             let l = TcpListener::bind(a)
@@ -108,7 +125,16 @@ pub async fn bind(addr: &ListenAddr) -> io::Result<Bound> {
                     .create(dir)
                     .map_err(|e| ctx("creating its directory", e))?;
             }
+            let bind_at = if replace {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let beside = path.with_file_name(format!(".{name}.new"));
+                let _ = std::fs::remove_file(&beside);
+                beside
+            } else {
+                path.clone()
+            };
             match std::fs::symlink_metadata(path) {
+                Ok(_) if replace => {}
                 Ok(_) => {
                     if std::os::unix::net::UnixStream::connect(path).is_ok() {
                         return Err(io::Error::new(
@@ -121,9 +147,12 @@ pub async fn bind(addr: &ListenAddr) -> io::Result<Bound> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(ctx("checking for a stale socket", e)),
             }
-            let l = UnixListener::bind(path).map_err(|e| ctx("binding", e))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            let l = UnixListener::bind(&bind_at).map_err(|e| ctx("binding", e))?;
+            std::fs::set_permissions(&bind_at, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| ctx("setting mode 0600", e))?;
+            if replace {
+                std::fs::rename(&bind_at, path).map_err(|e| ctx("replacing the running agent's socket", e))?;
+            }
             Ok(Bound::Unix(l, path.clone()))
         }
     }

@@ -23,4 +23,4 @@ pub mod server;
 
 pub use listen::{ListenAddr, ServerAddr};
 pub use metrics::{HubbleMetrics, MetricsConfig, MetricsSetting};
-pub use server::{HubbleServer, ObserverState, serve};
+pub use server::{HubbleServer, ObserverState, serve, serve_bound};

@@ -56,8 +56,14 @@ struct Service {
 /// A running Observer API. Dropping it stops the server and removes its Unix socket.
 pub struct HubbleServer {
     addr: ListenAddr,
-    socket: Option<PathBuf>,
+    /// The Unix socket's path and the inode this server bound there.
+    socket: Option<(PathBuf, Option<(u64, u64)>)>,
     task: JoinHandle<()>,
+}
+
+fn inode_of(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl HubbleServer {
@@ -70,7 +76,11 @@ impl HubbleServer {
 impl Drop for HubbleServer {
     fn drop(&mut self) {
         self.task.abort();
-        if let Some(path) = &self.socket {
+        // Only our own socket: after a restart handover the path is the successor's.
+        if let Some((path, inode)) = &self.socket
+            && inode.is_some()
+            && inode_of(path) == *inode
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -78,9 +88,13 @@ impl Drop for HubbleServer {
 
 /// Bind `listen` and serve the Observer API on the current tokio runtime.
 pub async fn serve(listen: &ListenAddr, state: ObserverState) -> io::Result<HubbleServer> {
-    let bound = listen::bind(listen).await?;
+    serve_bound(listen::bind(listen).await?, state)
+}
+
+/// Serve the Observer API on a listener bound already ([`listen::bind_with`], or one handed over).
+pub fn serve_bound(bound: Bound, state: ObserverState) -> io::Result<HubbleServer> {
     let (addr, socket) = match &bound {
-        Bound::Unix(_, path) => (ListenAddr::Unix(path.clone()), Some(path.clone())),
+        Bound::Unix(_, path) => (ListenAddr::Unix(path.clone()), Some((path.clone(), inode_of(path)))),
         Bound::Tcp(_, a) => (ListenAddr::Tcp(*a), None),
     };
     let service = ObserverServer::new(Service { state, address: addr.to_string() });

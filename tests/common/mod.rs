@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unused_imports)]
 
-pub use fqdnd_testkit::{clients, dig, dns_server, fqdnd, kube, netns, paths, privileged, wait};
+pub use fqdnd_testkit::{clients, dig, dns_server, fqdnd, kube, load, netns, paths, privileged, wait};
 pub mod hubble;
 pub mod kube_cluster;
 pub mod topology;

@@ -262,9 +262,44 @@ impl Cluster {
     /// (its admin socket says policies and datapath are loaded).
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "the agent is already running");
+        let mut cmd = self.agent_command(&[]);
+        let child = self.spawn_in_node(&mut cmd);
+        self.agent = Some(Agent { child });
+        self.wait_ready();
+    }
+
+    /// The restart handover: start a second agent with `--takeover` while this one runs; it
+    /// serves the running agent's sockets and tells it to stop. Returns once the old agent has
+    /// exited (its status) and the new one is ready.
+    pub fn takeover_agent(&mut self) -> std::process::ExitStatus {
+        let mut old = self.agent.take().expect("the agent is running");
+        let mut cmd = self.agent_command(&["--takeover"]);
+        let child = self.spawn_in_node(&mut cmd);
+        self.agent = Some(Agent { child });
+        let deadline = Instant::now() + AGENT_WAIT;
+        let status = loop {
+            self.check_alive("the previous agent to hand over");
+            if let Ok(Some(status)) = old.child.try_wait() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the previous agent did not stop within {AGENT_WAIT:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.wait_ready();
+        status
+    }
+
+    /// `fqdnd run --mode transparent` with this cluster's policies, endpoints, state and bpffs
+    /// directories and `extra` flags, its stderr appended to the log.
+    fn agent_command(&self, extra: &[&str]) -> Command {
         let log = File::options().create(true).append(true).open(self.log_path()).expect("agent log");
-        let ns = File::open(self.node.path()).expect("node netns");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fqdnd"));
+        // FQDND_BIN: measure another build (benches/restart.sh compares with main's).
+        let bin = std::env::var_os("FQDND_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_fqdnd").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .args(["--mode", "transparent"])
             .arg("--policies")
@@ -277,6 +312,7 @@ impl Cluster {
             .arg(self.bpffs.datapath_dir())
             .args(["--metrics-addr", METRICS_ADDR])
             .args(&self.agent_args)
+            .args(extra)
             // The harness waits on the datapath's info line, whatever filter the caller set.
             .env(
                 "FQDND_LOG",
@@ -286,6 +322,12 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        cmd
+    }
+
+    /// Spawn `cmd` in the node namespace (entered with `setns`, so the test's bpffs stays visible).
+    pub fn spawn_in_node(&self, cmd: &mut Command) -> Child {
+        let ns = File::open(self.node.path()).expect("node netns");
         let ns_fd = ns.as_raw_fd();
         // SAFETY: setns(2) is async-signal-safe; the fd stays open in the parent until spawn returns.
         unsafe {
@@ -296,10 +338,14 @@ impl Cluster {
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("starting fqdnd");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?} in the node namespace: {e}"));
         drop(ns);
-        self.agent = Some(Agent { child });
-        self.wait_ready();
+        child
+    }
+
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("the agent is running").child.id()
     }
 
     /// SIGKILL the agent (no shutdown path runs) and reap it.

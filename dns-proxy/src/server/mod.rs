@@ -1,10 +1,13 @@
 //! The proxy as a whole: bind its sockets, serve until shut down, swap endpoint tables, hand out
 //! flow subscriptions and counters.
 
+mod conns;
+mod inherit;
 mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 
 use fqdn_cache::{L4Proto, Learner};
@@ -93,6 +96,11 @@ impl Proxy {
         self.shared.stats.snapshot()
     }
 
+    /// Queries shed per endpoint (or source address) for being over their rate, highest first.
+    pub fn shed_counts(&self) -> Vec<(crate::limits::Owner, u64)> {
+        self.shared.admission.shed_counts()
+    }
+
     /// The live counters, for an exporter that reads them on scrape.
     pub fn stats_handle(&self) -> Arc<ProxyStats> {
         self.shared.stats.clone()
@@ -125,7 +133,9 @@ impl Sockets {
             let port = t.local_addr().map(|a| a.port()).unwrap_or(addr.port());
             let uaddr = SocketAddr::new(addr.ip(), port);
             for _ in 0..workers {
-                udp.push(socket::udp(uaddr, Options { reuse_port: workers > 1, ..opts })?);
+                let sock = socket::udp(uaddr, Options { reuse_port: workers > 1, ..opts })?;
+                socket::grow_recv_buffer(sock.as_raw_fd(), socket::LISTEN_RECV_BUFFER);
+                udp.push(sock);
             }
             tcp.push(t);
         }
@@ -205,6 +215,10 @@ impl Bound {
                 .map_err(|source| ProxyError::Bind { proto: L4Proto::Udp, addr, source })?;
             threads.push(done_rx);
         }
+        let conns = Arc::new(conns::Connections::new(
+            self.shared.config.tcp_max_connections,
+            self.shared.config.tcp_max_connections_per_endpoint,
+        ));
         for listener in self.sockets.tcp {
             let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
                 proto: L4Proto::Tcp,
@@ -216,7 +230,14 @@ impl Bound {
                 addr,
                 source,
             })?;
-            tracker.spawn(tcp::serve(self.shared.clone(), listener, transparent, tracker.clone(), shutdown.clone()));
+            tracker.spawn(tcp::serve(
+                self.shared.clone(),
+                listener,
+                transparent,
+                conns.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
         }
         shutdown.cancelled().await;
         tracker.close();

@@ -11,9 +11,10 @@
 //! Times are wall-clock so that TTLs keep running while the agent is down.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,7 +88,16 @@ impl Cache {
 
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-        let mut file = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
+        // 0600: the snapshot names every host every pod resolved. The mode is set on the open
+        // file too, since a temporary file left by a crash keeps its old mode when reopened.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp, "create"))?;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp, "set mode 0600 on"))?;
         file.write_all(&file_bytes).map_err(io_err(&tmp, "write"))?;
         file.sync_all().map_err(io_err(&tmp, "fsync"))?;
         drop(file);
@@ -106,7 +116,19 @@ impl Cache {
     /// [`Cache::set_selectors`] then returns what the restored entries allow.
     pub fn restore(path: &Path, config: CacheConfig, now_wall: SystemTime, now: Instant) -> Result<Cache, CacheError> {
         let bytes = fs::read(path).map_err(io_err(path, "read"))?;
-        let mut r = Reader { path, bytes: &bytes, pos: 0 };
+        Cache::from_snapshot_bytes(path, &bytes, config, now_wall, now)
+    }
+
+    /// [`Cache::restore`] from a snapshot's bytes already read; `path` only names the file in
+    /// errors. Every problem is an error, never a panic (the fuzz target `snapshot` drives this).
+    pub fn from_snapshot_bytes(
+        path: &Path,
+        bytes: &[u8],
+        config: CacheConfig,
+        now_wall: SystemTime,
+        now: Instant,
+    ) -> Result<Cache, CacheError> {
+        let mut r = Reader { path, bytes, pos: 0 };
         let magic = r.take(MAGIC.len(), "magic")?;
         if magic != MAGIC {
             return Err(CacheError::Foreign { path: path.to_path_buf(), found: magic.to_vec() });
@@ -164,7 +186,13 @@ impl Cache {
             } else {
                 IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(r.take(4, "IPv4 address")?).expect("4 bytes")))
             };
-            let expires = r.i64("expiry")? - now_unix;
+            let expiry_at = r.pos;
+            let expiry = r.i64("expiry")?;
+            // Checked: an expiry near i64::MIN wrapped to one 136 years ahead (a release build
+            // restored an expired entry as valid until 2163; a debug build panicked).
+            let expires = expiry
+                .checked_sub(now_unix)
+                .ok_or_else(|| r.malformed_at(expiry_at, format!("expiry {expiry} is out of range")))?;
             let last_used = r.i64("last use")?;
             let zombie = flags & FLAG_ZOMBIE != 0;
             if !zombie && expires <= 0 {
@@ -172,7 +200,10 @@ impl Cache {
             }
             let clamp = |rel: i64| rel.clamp(0, i64::from(MAX_SECS)) as u32;
             let last_used = if last_used == NO_USE { NIL } else { clamp(last_used.saturating_sub(now_unix)) };
-            cache.restore_entry(owner, name, ip, clamp(expires), zombie, last_used);
+            // What a snapshot promises is capped as a fresh answer would be (--max-ttl): a file
+            // written by a build without the cap, or by hand, cannot keep an IP for a century.
+            let expires = clamp(expires).min(cache.config.max_ttl.max(1));
+            cache.restore_entry(owner, name, ip, expires, zombie, last_used);
         }
         Ok(cache)
     }

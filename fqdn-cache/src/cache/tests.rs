@@ -95,6 +95,28 @@ fn ttl_floor_and_rounding() {
 }
 
 #[test]
+fn ttl_ceiling() {
+    // (answer TTL, min TTL, max TTL, second of expiry): the ceiling applies after the floor.
+    let cases: &[(u32, u32, u32, u64)] = &[
+        (u32::MAX, 0, DEFAULT_MAX_TTL, u64::from(DEFAULT_MAX_TTL)),
+        (1 << 31, 0, DEFAULT_MAX_TTL, u64::from(DEFAULT_MAX_TTL)),
+        (300, 0, 60, 60),
+        (10, 120, 60, 60),
+        (30, 0, 60, 30),
+        (30, 0, 0, 1),
+    ];
+    for &(ttl, min_ttl, max_ttl, expiry) in cases {
+        let t0 = Instant::now();
+        let mut c = cache(CacheConfig { min_ttl, max_ttl, ..CacheConfig::default() }, t0);
+        c.learn(&answer(ep(1), "www.example.com", &[], &["192.0.2.1"], ttl), t0);
+        let rows = c.list(&ListFilter::default(), t0, SystemTime::UNIX_EPOCH);
+        assert_eq!(rows[0].ttl as u64, expiry, "ttl {ttl} min {min_ttl} max {max_ttl}");
+        assert!(c.gc(at(t0, expiry as f64 - 0.5), &[]).is_empty(), "ttl {ttl}: alive before {expiry}s");
+        assert_eq!(c.gc(at(t0, expiry as f64), &[]), removes(&[any(ep(1), "192.0.2.1")]), "ttl {ttl}");
+    }
+}
+
+#[test]
 fn cname_chain_records_every_name_with_the_chain_ttl() {
     let t0 = Instant::now();
     let mut c = Cache::new(CacheConfig::default(), t0);
@@ -518,6 +540,7 @@ proptest! {
 
 mod snapshots {
     use std::fs;
+    use std::path::Path;
 
     use super::*;
     use crate::CacheError;
@@ -564,6 +587,104 @@ mod snapshots {
             assert!(r.gc(at(t1, 1.0), &[used(ep(1), "192.0.2.3", 0.5)]).is_empty());
             assert_eq!(moves(r.gc(at(t1, 3.0), &[])), removes(&[any(ep(1), "192.0.2.3")]));
         }
+    }
+
+    /// A snapshot file holding one name (`a.example.com.`) and `entries` of (flags, expiry,
+    /// last use) for endpoint 1 and 192.0.2.1, with a valid checksum.
+    fn crafted(entries: &[(u8, i64, i64)]) -> Vec<u8> {
+        let name = b"a.example.com.";
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        payload.extend_from_slice(name);
+        payload.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for &(flags, expiry, last) in entries {
+            payload.extend_from_slice(&1u32.to_le_bytes());
+            payload.extend_from_slice(&0u32.to_le_bytes());
+            payload.push(flags);
+            payload.extend_from_slice(&[192, 0, 2, 1]);
+            payload.extend_from_slice(&expiry.to_le_bytes());
+            payload.extend_from_slice(&last.to_le_bytes());
+        }
+        let mut file = b"FQDNDSNP".to_vec();
+        file.extend_from_slice(&1u32.to_le_bytes());
+        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        file.extend_from_slice(&payload);
+        file
+    }
+
+    /// Offset of the first entry's expiry in a [`crafted`] file.
+    const FIRST_EXPIRY: u64 = 24 + 4 + 2 + 14 + 4 + 4 + 4 + 1 + 4;
+
+    #[test]
+    fn expiry_that_overflows_is_malformed_not_valid_for_a_century() {
+        // i64::MIN - now overflowed: a debug build panicked, a release build wrapped to a time
+        // 136 years ahead and restored the long-expired entry as valid until 2163.
+        let now = wall(1_700_000_000);
+        for (flags, expiry) in [(0u8, i64::MIN), (1, i64::MIN), (0, i64::MIN + 1_000)] {
+            let bytes = crafted(&[(flags, expiry, i64::MIN)]);
+            let err = Cache::from_snapshot_bytes(Path::new("s"), &bytes, CacheConfig::default(), now, Instant::now())
+                .unwrap_err();
+            match &err {
+                CacheError::Malformed { offset, what, .. } => {
+                    assert_eq!(*offset, FIRST_EXPIRY, "{err}");
+                    assert!(what.contains("expiry") && what.contains("out of range"), "{err}");
+                }
+                other => panic!("flags {flags} expiry {expiry}: {other:?}"),
+            }
+            assert!(err.is_unusable_file());
+        }
+        // The far future does not overflow; it is capped like any answer (below).
+        let ok = crafted(&[(0, i64::MAX, i64::MIN)]);
+        let c = Cache::from_snapshot_bytes(Path::new("s"), &ok, CacheConfig::default(), now, Instant::now()).unwrap();
+        assert_eq!(c.counters().entries, 1);
+    }
+
+    #[test]
+    fn restored_ttls_are_capped_by_max_ttl() {
+        let now_unix = 1_700_000_000i64;
+        let t0 = Instant::now();
+        for (expiry, want_ttl) in [
+            (now_unix + i64::from(u32::MAX), DEFAULT_MAX_TTL),
+            (now_unix + (1 << 31), DEFAULT_MAX_TTL),
+            (now_unix + 100, 100),
+        ] {
+            let bytes = crafted(&[(0, expiry, i64::MIN)]);
+            let c =
+                Cache::from_snapshot_bytes(Path::new("s"), &bytes, CacheConfig::default(), wall(now_unix as u64), t0)
+                    .unwrap();
+            let rows = c.list(&ListFilter::default(), t0, wall(now_unix as u64));
+            assert_eq!(rows[0].ttl, want_ttl, "expiry {expiry}");
+        }
+        // A snapshot written under a larger cap is held to the cap in force at restore.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.snapshot");
+        let loose = CacheConfig { max_ttl: u32::MAX, ..CacheConfig::default() };
+        let mut c = cache(loose, t0);
+        c.learn(&answer(ep(1), "www.example.com", &[], &["192.0.2.1"], u32::MAX - 10), t0);
+        c.write_snapshot(&path, wall(now_unix as u64), t0).unwrap();
+        let r = Cache::restore(&path, CacheConfig::default(), wall(now_unix as u64), t0).unwrap();
+        assert_eq!(r.list(&ListFilter::default(), t0, wall(now_unix as u64))[0].ttl, DEFAULT_MAX_TTL);
+    }
+
+    #[test]
+    fn snapshot_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.snapshot");
+        // A temporary file left by a crash, world-readable, must not keep its mode.
+        let tmp = dir.path().join(".cache.snapshot.tmp");
+        fs::write(&tmp, b"old").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        let t0 = Instant::now();
+        sample(t0).write_snapshot(&path, wall(1_000_010), t0).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "cache.snapshot has mode {mode:o}");
+        // And a snapshot that already exists world-readable is replaced by a private one.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        sample(t0).write_snapshot(&path, wall(1_000_010), t0).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -41,12 +41,21 @@ impl Fqdnd {
         Self::spawn(&[], args, false)
     }
 
+    /// As [`Fqdnd::start_wrapped`], with `FQDND_LOG` set to `log` for this agent only.
+    pub fn start_wrapped_logging(prefix: &[&str], args: &[&str], log: &str) -> Result<Self> {
+        Self::spawn_logging(prefix, args, true, Some(log))
+    }
+
     /// [`Fqdnd::start_exact`] under a command prefix.
     pub fn start_exact_wrapped(prefix: &[&str], args: &[&str]) -> Result<Self> {
         Self::spawn(prefix, args, false)
     }
 
     fn spawn(prefix: &[&str], args: &[&str], default_listen: bool) -> Result<Self> {
+        Self::spawn_logging(prefix, args, default_listen, None)
+    }
+
+    fn spawn_logging(prefix: &[&str], args: &[&str], default_listen: bool, log_filter: Option<&str>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("fqdnd-run-").tempdir()?;
         let state = dir.path().join("state");
         let log = std::fs::File::create(dir.path().join("fqdnd.log"))?;
@@ -66,10 +75,11 @@ impl Fqdnd {
         if !args.contains(&"--metrics-addr") {
             cmd.args(["--metrics-addr", "127.0.0.1:0"]);
         }
-        cmd.env("FQDND_LOG", std::env::var("FQDND_LOG").unwrap_or_else(|_| "info,dns=debug".into()))
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(log);
+        let filter = match log_filter {
+            Some(f) => f.to_string(),
+            None => std::env::var("FQDND_LOG").unwrap_or_else(|_| "info,dns=debug".into()),
+        };
+        cmd.env("FQDND_LOG", filter).current_dir(dir.path()).stdout(Stdio::null()).stderr(log);
         let child = cmd.spawn().context("starting fqdnd")?;
         let mut f = Fqdnd { child: Some(child), dir, addr: "0.0.0.0:0".parse()?, listeners: Vec::new() };
         f.wait_listening(&state.join("listeners.json"))?;
