@@ -1,5 +1,7 @@
 //! The agent's one typed config: defaults, then the YAML file (`--config`), then flags. Every
-//! problem is collected and reported together; the effective config is logged at start.
+//! problem is collected and reported together; the effective config is logged at start, under the
+//! same keys, so that line is valid `--config` input. Every key has a flag of the same name and an
+//! entry in docs/config.md; `config::surface` tests all three.
 //!
 //! ```yaml
 //! mode: plain                      # plain | transparent
@@ -26,6 +28,7 @@
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
 //! node-name: ""                    # in every flow; default: the host name
+//! print-flows: none                # compact | json: the agent prints every flow on stdout
 //! ```
 
 use std::fmt;
@@ -72,6 +75,7 @@ pub struct FileConfig {
     pub cache_snapshot_interval: Option<String>,
     pub flow_ring_size: Option<usize>,
     pub node_name: Option<String>,
+    pub print_flows: Option<String>,
 }
 
 /// Flags of `fqdnd run`; each overrides the file's value.
@@ -135,27 +139,122 @@ pub struct Flags {
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
+    /// How long an idle TCP DNS connection from a client is kept open (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub tcp_idle_timeout: Option<String>,
+    /// Queries in flight at once per endpoint (default: a quarter of --max-inflight).
+    #[arg(long, value_name = "N")]
+    pub max_inflight_per_endpoint: Option<usize>,
+    /// How often the policy directory and endpoints file are checked for changes (default 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub policy_poll_interval: Option<String>,
+    /// Plain mode: UDP receive threads per listen address (0, the default: half the CPUs).
+    #[arg(long, value_name = "N")]
+    pub udp_workers: Option<usize>,
+    /// How often the learned cache is written to the state directory (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    pub cache_snapshot_interval: Option<String>,
+    /// Node name put in every flow (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Print every flow on stdout as it happens: none (default), compact or json (as `fqdnd
+    /// observe -f` would).
+    #[arg(long, value_name = "none|compact|json")]
+    pub print_flows: Option<String>,
 }
 
 /// The effective configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Config {
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "display_proxy")]
     pub proxy: ProxyConfig,
     pub policies: Option<PathBuf>,
     pub endpoints: Option<PathBuf>,
     pub state_dir: PathBuf,
-    #[serde(serialize_with = "display_cache")]
+    #[serde(flatten, serialize_with = "display_cache")]
     pub cache: fqdn_cache::CacheConfig,
     #[serde(serialize_with = "display_duration")]
     pub policy_poll_interval: Duration,
     #[serde(serialize_with = "display_duration")]
     pub cache_snapshot_interval: Duration,
+    #[serde(serialize_with = "display_metrics_addr")]
     pub metrics_addr: Option<SocketAddr>,
     pub bpffs_dir: PathBuf,
     pub flow_ring_size: usize,
     pub node_name: String,
+    pub print_flows: PrintFlows,
+}
+
+/// `print-flows`: the agent prints flows on its stdout (the quickstart shows them this way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrintFlows {
+    #[default]
+    None,
+    Compact,
+    Json,
+}
+
+impl std::str::FromStr for PrintFlows {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(PrintFlows::None),
+            "compact" => Ok(PrintFlows::Compact),
+            "json" => Ok(PrintFlows::Json),
+            other => Err(format!("{other:?} is not none, compact or json")),
+        }
+    }
+}
+
+/// The proxy's settings under their keys, as `--config` reads them.
+fn display_proxy<S: serde::Serializer>(p: &ProxyConfig, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct View {
+        mode: &'static str,
+        listen: Vec<String>,
+        upstream: Option<String>,
+        dns_reject_response_code: &'static str,
+        #[serde(serialize_with = "display_duration")]
+        response_max_delay: Duration,
+        #[serde(serialize_with = "display_duration")]
+        upstream_timeout: Duration,
+        #[serde(serialize_with = "display_duration")]
+        tcp_idle_timeout: Duration,
+        max_inflight: usize,
+        max_inflight_per_endpoint: usize,
+        udp_workers: usize,
+    }
+    View {
+        mode: match p.mode {
+            Mode::Plain => "plain",
+            Mode::Transparent => "transparent",
+        },
+        listen: p.listen.iter().map(ToString::to_string).collect(),
+        upstream: p.upstream.map(|u| u.to_string()),
+        dns_reject_response_code: match p.reject {
+            RejectCode::NameError => "nameError",
+            RejectCode::Refused => "refused",
+        },
+        response_max_delay: p.response_max_delay,
+        upstream_timeout: p.upstream_timeout,
+        tcp_idle_timeout: p.tcp_idle_timeout,
+        max_inflight: p.max_inflight,
+        max_inflight_per_endpoint: p.max_inflight_per_endpoint,
+        udp_workers: p.udp_workers,
+    }
+    .serialize(s)
+}
+
+/// Off is `none`, as the key takes it (null would mean "the default").
+fn display_metrics_addr<S: serde::Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => s.collect_str(a),
+        None => s.serialize_str("none"),
+    }
 }
 
 fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -345,20 +444,31 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         duration(&flags.response_max_delay, &file.response_max_delay, "response-max-delay", Duration::from_millis(100));
     let upstream_timeout =
         duration(&flags.upstream_timeout, &file.upstream_timeout, "upstream-timeout", Duration::from_secs(2));
-    let tcp_idle_timeout = duration(&None, &file.tcp_idle_timeout, "tcp-idle-timeout", Duration::from_secs(10));
-    let policy_poll_interval =
-        duration(&None, &file.policy_poll_interval, "policy-poll-interval", Duration::from_secs(1));
-    let cache_snapshot_interval =
-        duration(&None, &file.cache_snapshot_interval, "cache-snapshot-interval", Duration::from_secs(60));
+    let tcp_idle_timeout =
+        duration(&flags.tcp_idle_timeout, &file.tcp_idle_timeout, "tcp-idle-timeout", Duration::from_secs(10));
+    let policy_poll_interval = duration(
+        &flags.policy_poll_interval,
+        &file.policy_poll_interval,
+        "policy-poll-interval",
+        Duration::from_secs(1),
+    );
+    let cache_snapshot_interval = duration(
+        &flags.cache_snapshot_interval,
+        &file.cache_snapshot_interval,
+        "cache-snapshot-interval",
+        Duration::from_secs(60),
+    );
 
     let max_inflight = flags.max_inflight.or(file.max_inflight).unwrap_or(4096);
     if max_inflight == 0 {
         problems.push(format!("{}: must be at least 1", src(flags.max_inflight.is_some(), "max-inflight")));
     }
-    let max_inflight_per_endpoint = file.max_inflight_per_endpoint.unwrap_or((max_inflight / 4).max(1));
+    let max_inflight_per_endpoint =
+        flags.max_inflight_per_endpoint.or(file.max_inflight_per_endpoint).unwrap_or((max_inflight / 4).max(1));
     if max_inflight_per_endpoint == 0 || max_inflight_per_endpoint > max_inflight.max(1) {
         problems.push(format!(
-            "config max-inflight-per-endpoint: {max_inflight_per_endpoint} must be between 1 and max-inflight ({max_inflight})"
+            "{}: {max_inflight_per_endpoint} must be between 1 and max-inflight ({max_inflight})",
+            src(flags.max_inflight_per_endpoint.is_some(), "max-inflight-per-endpoint")
         ));
     }
 
@@ -425,7 +535,14 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
     };
     let flow_ring_size =
         flags.flow_ring_size.or(file.flow_ring_size).unwrap_or(fqdnd::flows::hub::DEFAULT_RING_CAPACITY);
-    let node_name = file.node_name.clone().unwrap_or_else(hostname);
+    let node_name = flags.node_name.clone().or(file.node_name.clone()).unwrap_or_else(hostname);
+    let print_flows = match pick!(flags.print_flows.clone(), file.print_flows.clone(), "print-flows") {
+        None => PrintFlows::None,
+        Some((v, from)) => v.parse().unwrap_or_else(|e| {
+            problems.push(format!("{from}: {e}"));
+            PrintFlows::None
+        }),
+    };
 
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
@@ -442,7 +559,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             max_inflight_per_endpoint,
             tcp_idle_timeout,
             upstream_sockets: 4,
-            udp_workers: file.udp_workers.unwrap_or(0),
+            udp_workers: flags.udp_workers.or(file.udp_workers).unwrap_or(0),
         },
         policies,
         endpoints,
@@ -458,6 +575,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
         flow_ring_size,
         node_name,
+        print_flows,
     })
 }
 
@@ -486,10 +604,13 @@ pub fn first_nameserver(path: &Path) -> Result<SocketAddr, String> {
 }
 
 #[cfg(test)]
+mod surface;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env(dir: &Path) -> Environment {
+    pub(super) fn env(dir: &Path) -> Environment {
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, "# comment\nsearch example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n").unwrap();
         Environment { resolv_conf: resolv, cwd: dir.to_path_buf(), default_state_dir: dir.join("state") }
