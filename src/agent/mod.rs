@@ -18,6 +18,7 @@
 //! continues while the agent is away.
 
 pub mod datapath;
+mod summary;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use fqdnd::metrics::{self as agent_metrics, AgentMetrics, Readiness};
 use policy_sync::{FilesSource, Snapshot, Source};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, PrintFlows};
 use datapath::AgentDatapath;
 
 /// The file in the state directory listing the bound listeners (JSON), written once they are
@@ -124,10 +125,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let mut source = FilesSource::new(config.policies.clone(), config.endpoints.clone(), config.policy_poll_interval);
     parts.apply(source.next().await, true).await;
+    let ready = summary::summary(&config, &current.load());
+    if ready.warn {
+        tracing::warn!("{}", ready.text);
+    } else {
+        tracing::info!("{}", ready.text);
+    }
     readiness.set_policies_loaded(true);
     readiness.set_datapath_loaded(true);
 
     let mut tasks = Vec::new();
+    if config.print_flows != PrintFlows::None {
+        tasks.push(print_flows(hub.clone(), config.print_flows));
+    }
     if let AgentDatapath::Kernel(dp) = &parts.datapath {
         match dp.drop_events() {
             Ok(mut events) => {
@@ -206,6 +216,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = std::fs::remove_file(config.state_dir.join(LISTENERS_FILE));
     tracing::info!(stats = ?proxy.stats(), "fqdnd stopped");
     Ok(())
+}
+
+/// `print-flows`: every flow on stdout, as `fqdnd observe -f` prints it. The follower's queue is
+/// bounded like any other's: a stdout that does not keep up loses flows, never slows queries.
+fn print_flows(hub: Arc<FlowHub>, how: PrintFlows) -> tokio::task::JoinHandle<()> {
+    use std::io::Write as _;
+
+    use fqdnd::flows::FlowResponse;
+    use fqdnd::flows::format::{Color, OutputFormat, render};
+
+    let format = if how == PrintFlows::Json { OutputFormat::Json } else { OutputFormat::Compact };
+    let sub = hub.subscribe(&fqdnd::flows::FlowFilter::default(), Some(0), true);
+    let Some(mut follower) = sub.follower else { return tokio::spawn(async {}) };
+    tokio::spawn(async move {
+        while let Some(flow) = follower.recv().await {
+            let resp = FlowResponse { time: flow.time, node_name: hub.node_name().to_string(), flow: (*flow).clone() };
+            let line = render(&resp, format, Color::Never);
+            let mut out = std::io::stdout().lock();
+            if out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 fn write_listeners(state_dir: &Path, listeners: &[ListenerInfo]) -> anyhow::Result<()> {
