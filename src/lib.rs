@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod flows;
 pub mod metrics;
+pub mod version;

@@ -18,6 +18,7 @@
 //! continues while the agent is away.
 
 pub mod datapath;
+mod status;
 mod summary;
 
 use std::path::Path;
@@ -29,7 +30,7 @@ use arc_swap::ArcSwap;
 use dns_proxy::metrics::ProxyMetrics;
 use dns_proxy::{FlowSink, ListenerInfo, Mode, Proxy, Sockets};
 use fqdn_cache::Enforcer;
-use fqdnd::admin::{self, AdminState, EnforcerCache};
+use fqdnd::admin::{self, AdminState};
 use fqdnd::flows::{DnsFlows, FlowHub, HubConfig};
 use fqdnd::metrics::{self as agent_metrics, AgentMetrics, Readiness};
 use policy_sync::{FilesSource, Snapshot, Source};
@@ -157,7 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             Err(e) => tracing::warn!(error = %e, "drop events unavailable; drops will not show as flows"),
         }
     }
-    let cache_view = Arc::new(EnforcerCache { enforcer: enforcer.clone(), snapshot: current.clone() });
+    let cache_view = Arc::new(status::AgentView::new(&config, enforcer.clone(), current.clone(), &parts.datapath));
     let _admin = admin::serve(
         &admin::socket_path(&config.state_dir),
         AdminState { hub, cache: cache_view, readiness: readiness.clone(), started: SystemTime::now() },

@@ -27,6 +27,21 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// The endpoints policed in `mode`, as `namespace/name (IPs)` (plain) or `(interface)`.
+pub fn policed_list(mode: Mode, snap: &Snapshot) -> Vec<String> {
+    snap.endpoints
+        .iter()
+        .filter(|e| policed(mode, e))
+        .map(|e| {
+            let how = match mode {
+                Mode::Plain => e.endpoint.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                Mode::Transparent => e.endpoint.interface.clone().unwrap_or_default(),
+            };
+            format!("{}/{} ({how})", e.endpoint.namespace, e.endpoint.name)
+        })
+        .collect()
+}
+
 pub fn summary(config: &Config, snap: &Snapshot) -> Summary {
     let mode = config.proxy.mode;
     let listen: Vec<String> = config.proxy.listen.iter().map(ToString::to_string).collect();
@@ -51,18 +66,7 @@ pub fn summary(config: &Config, snap: &Snapshot) -> Summary {
         plural(snap.endpoints.len(), "endpoint", "endpoints"),
         from(&config.endpoints),
     );
-    let policed: Vec<String> = snap
-        .endpoints
-        .iter()
-        .filter(|e| policed(mode, e))
-        .map(|e| {
-            let how = match mode {
-                Mode::Plain => e.endpoint.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-                Mode::Transparent => e.endpoint.interface.clone().unwrap_or_default(),
-            };
-            format!("{}/{} ({how})", e.endpoint.namespace, e.endpoint.name)
-        })
-        .collect();
+    let policed = policed_list(mode, snap);
     let rest = match mode {
         Mode::Plain => "queries from every other client are forwarded unpoliced",
         Mode::Transparent => "every other pod's traffic is not touched",

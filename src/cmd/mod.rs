@@ -4,3 +4,4 @@ pub mod cache;
 pub mod observe;
 pub mod policy;
 pub mod run;
+pub mod status;
