@@ -4,4 +4,5 @@
 pub mod admin;
 pub mod flows;
 pub mod metrics;
+pub mod suggest;
 pub mod version;

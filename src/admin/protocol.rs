@@ -110,7 +110,7 @@ pub struct AgentStatus {
     pub followers: usize,
     /// What `fqdnd status` shows beyond readiness (absent from agents that cannot tell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<AgentDetails>,
+    pub details: Option<Box<AgentDetails>>,
 }
 
 /// The agent as `fqdnd status` describes it, like `cilium status`.

@@ -233,7 +233,7 @@ fn status(state: &AdminState) -> AgentStatus {
         flows_buffered: stats.buffered,
         flows_capacity: stats.capacity,
         followers: stats.followers,
-        details: state.cache.details(),
+        details: state.cache.details().map(Box::new),
     }
 }
 

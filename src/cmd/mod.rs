@@ -5,3 +5,4 @@ pub mod observe;
 pub mod policy;
 pub mod run;
 pub mod status;
+pub mod suggest;

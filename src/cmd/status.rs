@@ -134,7 +134,7 @@ mod tests {
             flows_buffered: 4,
             flows_capacity: 4096,
             followers: 0,
-            details: Some(AgentDetails {
+            details: Some(Box::new(AgentDetails {
                 mode: "transparent".into(),
                 listen: vec!["127.0.0.1:10053".into()],
                 source: "files: policies p, endpoints e".into(),
@@ -150,7 +150,7 @@ mod tests {
                 cache_entries: 3,
                 last_errors: vec!["2026-01-01T00:00:00Z WARN x: y".into()],
                 ..AgentDetails::default()
-            }),
+            })),
         };
         let t = text(&s);
         for want in [

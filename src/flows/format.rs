@@ -94,7 +94,8 @@ impl Printer {
                 if self.printed == 0 {
                     out = aligned(&[header_row()], &widths(&[header_row(), row.clone()]));
                 }
-                out + &aligned(&[row.clone()], &widths(&[header_row(), row]))
+                let widths = widths(&[header_row(), row.clone()]);
+                out + &aligned(std::slice::from_ref(&row), &widths)
             }
             OutputFormat::Dict if self.printed > 0 => format!("------------\n{}", dict(&resp.flow)),
             _ => render(resp, self.format, self.color),
