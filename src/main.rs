@@ -36,6 +36,9 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// This build's version and git commit (and the running agent's, if there is one).
     Version(cmd::status::VersionArgs),
+    /// Remove fqdnd from the kernel: detach every program, remove the pins and the policy route
+    /// (root; the agent must be stopped first). The pods' traffic then flows unfiltered.
+    Uninstall(cmd::uninstall::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Cache(c) => cmd::cache::run(c),
         Command::Status(a) => cmd::status::status(a),
         Command::Version(a) => cmd::status::version(a),
+        Command::Uninstall(a) => cmd::uninstall::run(a),
     };
     match result {
         Ok(code) => code,

@@ -71,7 +71,7 @@ pub const CONNECT: Duration = Duration::from_secs(5);
 /// bound only saves time (the kernel's first SYN retransmit is after 1 s).
 pub const DROPPED_CONNECT: Duration = Duration::from_millis(400);
 /// Bound on waits for the agent (start, policy reload, flows): failures say what was awaited.
-const AGENT_WAIT: Duration = Duration::from_secs(30);
+pub const AGENT_WAIT: Duration = Duration::from_secs(30);
 /// Bound on one client process (musl's worst case is a few 5 s timeouts).
 const CLIENT_LIMIT: Duration = Duration::from_secs(40);
 
