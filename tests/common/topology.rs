@@ -75,6 +75,12 @@ pub const AGENT_WAIT: Duration = Duration::from_secs(30);
 /// Bound on one client process (musl's worst case is a few 5 s timeouts).
 const CLIENT_LIMIT: Duration = Duration::from_secs(40);
 
+/// The `fqdnd` binary: the one cargo built for this test, or (the demo example, which cargo gives
+/// no such variable) the one beside it in the target directory.
+pub fn agent_binary() -> PathBuf {
+    option_env!("CARGO_BIN_EXE_fqdnd").map(PathBuf::from).unwrap_or_else(super::paths::fqdnd_binary)
+}
+
 /// The fixture of a seed stage (1..=4).
 pub fn seed_stage(n: u8) -> PathBuf {
     let name = match n {
@@ -255,7 +261,7 @@ impl Cluster {
         assert!(self.agent.is_none(), "the agent is already running");
         let log = File::options().create(true).append(true).open(self.log_path()).expect("agent log");
         let ns = File::open(self.node.path()).expect("node netns");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fqdnd"));
+        let mut cmd = Command::new(agent_binary());
         cmd.arg("run")
             .args(["--mode", "transparent"])
             .arg("--policies")
@@ -427,7 +433,7 @@ impl Cluster {
 
     /// `fqdnd <args> --state-dir <state>` as a process, bounded.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fqdnd"));
+        let mut cmd = Command::new(agent_binary());
         cmd.args(args).arg("--state-dir").arg(self.state_dir());
         run_bounded(cmd, AGENT_WAIT)
     }
