@@ -47,6 +47,19 @@ fn uninstall_removes_enforcement_and_the_pod_connects() {
     assert!(c.connect(google, DROPPED_CONNECT).1.is_err(), "stage 4 drops www.google.com");
     assert!(policy_rules(&c).contains("fwmark 0xfd0"), "the agent installed its policy route");
 
+    // `fqdnd status` in transparent mode: the datapath, where it is attached and its counters.
+    let status: Value = serde_json::from_slice(&c.cli(&["status", "-o", "json"]).stdout).expect("status -o json");
+    let d = &status["details"];
+    assert_eq!(d["mode"], "transparent", "{status}");
+    assert_eq!(d["policed"], serde_json::json!([format!("default/alpine ({})", c.pod_veth)]), "{status}");
+    assert_eq!(
+        d["datapath"]["attached"][0].as_str().unwrap_or(""),
+        format!("{} (default/alpine)", c.pod_veth),
+        "{status}"
+    );
+    assert!(d["datapath"]["counters"]["seen"].as_u64().unwrap_or(0) > 0, "{status}");
+    assert!(d["datapath"]["counters"]["dropped_denied"].as_u64().unwrap_or(0) > 0, "the drop above: {status}");
+
     // While the agent runs, uninstall refuses and changes nothing.
     let out = uninstall(&c);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
