@@ -111,7 +111,10 @@ fn check_lines(expected: &[String], actual: &str, what: &str) {
     for want in expected.iter().map(|l| normalize(l)).filter(|l| !l.is_empty() && l != "...") {
         match actual[at..].iter().position(|l| l.contains(&want)) {
             Some(i) => at += i + 1,
-            None => panic!("{what}: the README shows {want:?}, which is not (or not in this order) in:\n{}", actual.join("\n")),
+            None => panic!(
+                "{what}: the README shows {want:?}, which is not (or not in this order) in:\n{}",
+                actual.join("\n")
+            ),
         }
     }
 }
@@ -228,7 +231,8 @@ fn every_readme_command_runs_as_written() {
     assert_eq!(first[1], "scripts/test");
 
     // As root, in a namespace of our own; not as root, the host's loopback (the ports must be free).
-    let netns = privileged::available("every_readme_command_runs_as_written (in its own namespace)").then(|| Netns::new("readme"));
+    let netns = privileged::available("every_readme_command_runs_as_written (in its own namespace)")
+        .then(|| Netns::new("readme"));
     let release = root().join("target/release");
     let path = format!("{}:{}", release.display(), std::env::var("PATH").unwrap_or_default());
     let place = Place { netns, path };
@@ -271,7 +275,10 @@ fn every_readme_command_runs_as_written() {
 
 #[test]
 fn parsing() {
-    let b = Block { info: "sh".into(), lines: vec!["a \\".into(), "  b  # c".into(), "".into(), "kill \"$(cat x#y)\"".into()] };
+    let b = Block {
+        info: "sh".into(),
+        lines: vec!["a \\".into(), "  b  # c".into(), "".into(), "kill \"$(cat x#y)\"".into()],
+    };
     assert_eq!(commands(&b), ["a b", "kill \"$(cat x#y)\""]);
     assert_eq!(normalize("Dec  2 00:35:05.095: x:37033  ->"), "MON N N:N:N.N: x:N ->");
     check_lines(&["b N".into(), "d".into()], "a\nb 7\nc\nd\n", "t");
