@@ -20,7 +20,8 @@ fn main() {
             .into_iter()
             .flatten()
         {
-            if let Some(p) = git(&["rev-parse", "--git-path", &path]) {
+            // Only files that exist: cargo reruns the script on every build for a missing one.
+            if let Some(p) = git(&["rev-parse", "--git-path", &path]).filter(|p| std::path::Path::new(p).exists()) {
                 println!("cargo:rerun-if-changed={p}");
             }
         }

@@ -52,7 +52,7 @@ fn commands(block: &Block) -> Vec<String> {
     for line in &block.lines {
         let t = line.trim();
         if let Some(head) = t.strip_suffix('\\') {
-            pending.push_str(head);
+            pending.push_str(head.trim_end());
             pending.push(' ');
             continue;
         }
@@ -98,10 +98,11 @@ fn normalize(line: &str) -> String {
             last_digit = false;
         }
     }
+    let mut out = out.split_whitespace().collect::<Vec<_>>().join(" ");
     for m in ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"] {
         out = out.replace(&format!("{m} N "), "MON N ");
     }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    out
 }
 
 /// Every expected line, in order, within a line of `actual`.
