@@ -27,8 +27,12 @@
 //! max-zombies: 10000
 //! cache-snapshot-interval: 60s
 //! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
+//! flow-follower-queue: 1024        # flows queued per live follower before it loses them
 //! node-name: ""                    # in every flow; default: the host name
 //! print-flows: none                # compact | json: the agent prints every flow on stdout
+//! hubble-listen: unix:/run/fqdnd/hubble.sock  # Hubble's Observer API (gRPC): unix:PATH or HOST:PORT;
+//!                                  # default <state-dir>/hubble.sock; "none" turns it off
+//! hubble-metrics: [dns, drop, flow] # Hubble's metrics on /metrics (Hubble's --metrics syntax); default none
 //! ```
 
 use std::fmt;
@@ -74,8 +78,11 @@ pub struct FileConfig {
     pub max_zombies: Option<usize>,
     pub cache_snapshot_interval: Option<String>,
     pub flow_ring_size: Option<usize>,
+    pub flow_follower_queue: Option<usize>,
     pub node_name: Option<String>,
     pub print_flows: Option<String>,
+    pub hubble_listen: Option<String>,
+    pub hubble_metrics: Option<fqdnd::hubble::MetricsSetting>,
 }
 
 /// Flags of `fqdnd run`; each overrides the file's value.
@@ -161,6 +168,18 @@ pub struct Flags {
     /// observe -f` would).
     #[arg(long, value_name = "none|compact|json")]
     pub print_flows: Option<String>,
+    /// Flows queued per live follower (observe -f, GetFlows follow) before it loses them and is
+    /// told so (default 1024); publishing never waits on a follower.
+    #[arg(long, value_name = "N")]
+    pub flow_follower_queue: Option<usize>,
+    /// Hubble's Observer API (gRPC): unix:PATH or HOST:PORT (default unix:<state-dir>/hubble.sock;
+    /// "none": off). TCP is plain gRPC: listen on addresses only trusted clients reach.
+    #[arg(long, value_name = "ADDR")]
+    pub hubble_listen: Option<String>,
+    /// Hubble's metrics on /metrics, in Hubble's --metrics syntax: dns,drop,flow, with options such
+    /// as dns:sourceContext=namespace;ignoreAAAA (default: none).
+    #[arg(long, value_name = "LIST")]
+    pub hubble_metrics: Option<String>,
 }
 
 /// The effective configuration.
@@ -182,7 +201,10 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub bpffs_dir: PathBuf,
     pub flow_ring_size: usize,
+    pub flow_follower_queue: usize,
     pub node_name: String,
+    pub hubble_listen: Option<fqdnd::hubble::ListenAddr>,
+    pub hubble_metrics: fqdnd::hubble::MetricsConfig,
     pub print_flows: PrintFlows,
 }
 
@@ -535,6 +557,12 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
     };
     let flow_ring_size =
         flags.flow_ring_size.or(file.flow_ring_size).unwrap_or(fqdnd::flows::hub::DEFAULT_RING_CAPACITY);
+    let flow_follower_queue =
+        flags.flow_follower_queue.or(file.flow_follower_queue).unwrap_or(fqdnd::flows::hub::DEFAULT_FOLLOWER_QUEUE);
+    if flow_follower_queue == 0 {
+        problems
+            .push(format!("{}: must be at least 1", src(flags.flow_follower_queue.is_some(), "flow-follower-queue")));
+    }
     let node_name = flags.node_name.clone().or(file.node_name.clone()).unwrap_or_else(hostname);
     let print_flows = match pick!(flags.print_flows.clone(), file.print_flows.clone(), "print-flows") {
         None => PrintFlows::None,
@@ -542,6 +570,40 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             problems.push(format!("{from}: {e}"));
             PrintFlows::None
         }),
+    };
+
+    let hubble_listen = match pick!(flags.hubble_listen.clone(), file.hubble_listen.clone(), "hubble-listen") {
+        None => Some(fqdnd::hubble::ListenAddr::default_in(&state_dir)),
+        Some((v, _)) if v == "none" => None,
+        Some((v, from)) => match v.parse::<fqdnd::hubble::ListenAddr>() {
+            Ok(fqdnd::hubble::ListenAddr::Unix(p)) if p == fqdnd::admin::socket_path(&state_dir) => {
+                problems.push(format!("{from}: {} is the admin socket", p.display()));
+                None
+            }
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(format!("{from}: {e} (or \"none\")"));
+                None
+            }
+        },
+    };
+    let hubble_metrics = match pick!(
+        flags.hubble_metrics.clone().map(fqdnd::hubble::MetricsSetting::One),
+        file.hubble_metrics.clone(),
+        "hubble-metrics"
+    ) {
+        None => fqdnd::hubble::MetricsConfig::default(),
+        Some((v, from)) => match fqdnd::hubble::MetricsConfig::parse(&v) {
+            Ok(m) if !m.is_empty() && metrics_addr.is_none() => {
+                problems.push(format!("{from}: Hubble's metrics are served on /metrics, but metrics-addr is none"));
+                m
+            }
+            Ok(m) => m,
+            Err(ps) => {
+                problems.extend(ps.into_iter().map(|p| format!("{from}: {p}")));
+                fqdnd::hubble::MetricsConfig::default()
+            }
+        },
     };
 
     if !problems.is_empty() {
@@ -574,8 +636,11 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             .or(file.bpffs_dir.clone())
             .unwrap_or_else(|| PathBuf::from(ebpf_redirect::AyaConfig::DEFAULT_DIR)),
         flow_ring_size,
+        flow_follower_queue,
         node_name,
         print_flows,
+        hubble_listen,
+        hubble_metrics,
     })
 }
 
@@ -691,6 +756,68 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
         assert_eq!(errs.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn hubble_keys_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.hubble_listen, Some(fqdnd::hubble::ListenAddr::Unix(dir.path().join("state/hubble.sock"))));
+        assert!(c.hubble_metrics.is_empty());
+        let file = parse_file(
+            Path::new("f.yaml"),
+            "hubble-listen: 127.0.0.1:4244\nhubble-metrics: [dns, \"flow:labelsContext=source_namespace,source_app\"]\n",
+        )
+        .unwrap();
+        let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.hubble_listen, Some(fqdnd::hubble::ListenAddr::Tcp("127.0.0.1:4244".parse().unwrap())));
+        assert_eq!(c.hubble_metrics.to_string(), "dns flow:labelsContext=source_namespace,source_app");
+        let flags =
+            Flags { hubble_listen: Some("none".into()), hubble_metrics: Some("drop".into()), ..Flags::default() };
+        let c = resolve(&file, &flags, &env(dir.path())).unwrap();
+        assert_eq!((c.hubble_listen, c.hubble_metrics.to_string()), (None, "drop".to_string()));
+        let logged = serde_json::to_value(resolve(&file, &Flags::default(), &env(dir.path())).unwrap()).unwrap();
+        assert_eq!(logged["hubble-listen"], "127.0.0.1:4244");
+        assert_eq!(logged["hubble-metrics"], "dns flow:labelsContext=source_namespace,source_app");
+
+        let bad = Flags {
+            hubble_listen: Some("localhost:4244".into()),
+            hubble_metrics: Some("dns:query,http".into()),
+            metrics_addr: Some("none".into()),
+            ..Flags::default()
+        };
+        let text = resolve(&FileConfig::default(), &bad, &env(dir.path())).unwrap_err().to_string();
+        for needle in ["--hubble-listen: \"localhost:4244\"", "--hubble-metrics: dns:query:", "--hubble-metrics: http:"]
+        {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let admin = Flags {
+            hubble_listen: Some(format!("unix:{}/state/fqdnd.sock", dir.path().display())),
+            ..Flags::default()
+        };
+        let text = resolve(&FileConfig::default(), &admin, &env(dir.path())).unwrap_err().to_string();
+        assert!(text.contains("is the admin socket"), "{text}");
+        let no_server =
+            Flags { hubble_metrics: Some("flow".into()), metrics_addr: Some("none".into()), ..Flags::default() };
+        let text = resolve(&FileConfig::default(), &no_server, &env(dir.path())).unwrap_err().to_string();
+        assert!(
+            text.contains("--hubble-metrics: Hubble's metrics are served on /metrics, but metrics-addr is none"),
+            "{text}"
+        );
+        let typo = parse_file(Path::new("f.yaml"), "hubble-listn: none\n").unwrap_err().to_string();
+        assert!(typo.contains("hubble-listn"), "{typo}");
+    }
+
+    #[test]
+    fn flow_follower_queue_key_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
+        assert_eq!(c.flow_follower_queue, 1024);
+        let queue = parse_file(Path::new("f.yaml"), "flow-follower-queue: 0\n").unwrap();
+        let text = resolve(&queue, &Flags::default(), &env(dir.path())).unwrap_err().to_string();
+        assert!(text.contains("config flow-follower-queue: must be at least 1"), "{text}");
+        let c = resolve(&queue, &Flags { flow_follower_queue: Some(8), ..Flags::default() }, &env(dir.path())).unwrap();
+        assert_eq!(c.flow_follower_queue, 8);
     }
 
     #[test]

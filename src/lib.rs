@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod flows;
+pub mod hubble;
 pub mod metrics;
 pub mod suggest;
 pub mod version;

@@ -28,7 +28,7 @@ enum Command {
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
     /// Show the running agent's flows (DNS requests/responses, policy drops), like `hubble observe`.
-    Observe(cmd::observe::ObserveArgs),
+    Observe(Box<cmd::observe::ObserveArgs>),
     /// Read the running agent's DNS cache.
     #[command(subcommand)]
     Cache(cmd::cache::CacheCmd),
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(*a),
         Command::Policy(c) => cmd::policy::run(c),
-        Command::Observe(a) => cmd::observe::run(a),
+        Command::Observe(a) => cmd::observe::run(*a),
         Command::Cache(c) => cmd::cache::run(c),
         Command::Status(a) => cmd::status::status(a),
         Command::Version(a) => cmd::status::version(a),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use policy_sync::SourceFault;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -52,6 +53,11 @@ pub struct AgentMetrics {
     pub policy_drops_deny: Counter,
     /// Policy objects that failed to load (each one is reported and skipped).
     pub policy_load_errors: Counter,
+    /// Loads that could not read the policy path (missing, unlistable, no longer a directory):
+    /// every policy in force stayed.
+    pub policy_source_faults_policies: Counter,
+    /// Loads that could not use the endpoints file: the previous inventory stayed.
+    pub policy_source_faults_endpoints: Counter,
 }
 
 impl AgentMetrics {
@@ -75,11 +81,30 @@ impl AgentMetrics {
             "Policy objects rejected while loading (reported and skipped)",
             policy_load_errors.clone(),
         );
+        let source_faults = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "policy_source_faults",
+            "Policy loads that could not read part of their input and kept what was in force, by reason \
+             (policies_unreadable: the policy path is missing, unlistable or no longer a directory; \
+             endpoints_invalid: the endpoints file is unreadable or invalid)",
+            source_faults.clone(),
+        );
+        let fault = |f: SourceFault| source_faults.get_or_create_owned(&[("reason", f.as_str())]);
         AgentMetrics {
             flows_dropped_slow_reader: flows_dropped.get_or_create_owned(&[("reason", "slow_reader")]),
             policy_drops_denied: policy_drops.get_or_create_owned(&[("reason", "policy_denied")]),
             policy_drops_deny: policy_drops.get_or_create_owned(&[("reason", "policy_deny")]),
             policy_load_errors,
+            policy_source_faults_policies: fault(SourceFault::PoliciesUnreadable),
+            policy_source_faults_endpoints: fault(SourceFault::EndpointsInvalid),
+        }
+    }
+
+    /// The counter of one kind of source fault.
+    pub fn source_fault(&self, fault: SourceFault) -> &Counter {
+        match fault {
+            SourceFault::PoliciesUnreadable => &self.policy_source_faults_policies,
+            SourceFault::EndpointsInvalid => &self.policy_source_faults_endpoints,
         }
     }
 }
@@ -233,7 +258,7 @@ impl Readiness {
         self.missing().is_empty()
     }
 
-    /// What is not loaded yet, for the `/readyz` body and `fqdnd status`.
+    /// What is not loaded yet, for the `/readyz` body and the admin socket's status.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
         if !self.policies.load(Ordering::Acquire) {
@@ -267,6 +292,17 @@ impl Drop for MetricsServer {
 
 /// Bind `addr` and serve `/metrics` (OpenMetrics text of `registry`), `/healthz` and `/readyz`.
 pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, readiness: Arc<Readiness>) -> io::Result<MetricsServer> {
+    serve_registries(addr, vec![registry], readiness).await
+}
+
+/// [`serve`] with several registries on one page: a registry has one name prefix, and Hubble's
+/// metrics (`hubble_*`) sit beside fqdnd's (`fqdnd_*`).
+pub async fn serve_registries(
+    addr: SocketAddr,
+    registries: Vec<Arc<Registry>>,
+    readiness: Arc<Readiness>,
+) -> io::Result<MetricsServer> {
+    let registries: Arc<[Arc<Registry>]> = registries.into();
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("metrics server: binding {addr}: {e}")))?;
@@ -275,9 +311,9 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, readiness: Arc<Rea
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let (registry, readiness) = (registry.clone(), readiness.clone());
+                    let (registries, readiness) = (registries.clone(), readiness.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &registry, &readiness).await {
+                        if let Err(e) = handle(stream, &registries, &readiness).await {
                             tracing::debug!(error = %e, "metrics connection");
                         }
                     });
@@ -298,12 +334,12 @@ const MAX_REQUEST_HEAD: usize = 8192;
 /// A client that sends no complete request head within this is dropped (not a test timing).
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn handle(mut stream: TcpStream, registry: &Registry, readiness: &Readiness) -> io::Result<()> {
+async fn handle(mut stream: TcpStream, registries: &[Arc<Registry>], readiness: &Readiness) -> io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(head) => head?,
         Err(_) => return Ok(()),
     };
-    let response = respond(&head, registry, readiness);
+    let response = respond(&head, registries, readiness);
     stream.write_all(&response).await?;
     stream.shutdown().await
 }
@@ -325,7 +361,7 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
 }
 
 /// The whole HTTP response for a request head.
-fn respond(head: &[u8], registry: &Registry, readiness: &Readiness) -> Vec<u8> {
+fn respond(head: &[u8], registries: &[Arc<Registry>], readiness: &Readiness) -> Vec<u8> {
     let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
@@ -338,7 +374,11 @@ fn respond(head: &[u8], registry: &Registry, readiness: &Readiness) -> Vec<u8> {
     match path {
         "/metrics" => {
             let mut body = String::new();
-            match prometheus_client::encoding::text::encode(&mut body, registry) {
+            let encoded = registries
+                .iter()
+                .try_for_each(|r| prometheus_client::encoding::text::encode_registry(&mut body, r))
+                .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut body));
+            match encoded {
                 Ok(()) => {
                     http_response(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body, head_only)
                 }
@@ -404,8 +444,11 @@ mod tests {
         m.flows_dropped_slow_reader.inc_by(5);
         m.policy_drops_denied.inc();
         m.policy_load_errors.inc();
+        m.source_fault(SourceFault::PoliciesUnreadable).inc_by(2);
         let text = encoded(&registry);
         for want in [
+            "fqdnd_policy_source_faults_total{reason=\"policies_unreadable\"} 2",
+            "fqdnd_policy_source_faults_total{reason=\"endpoints_invalid\"} 0",
             "fqdnd_flows_dropped_total{reason=\"slow_reader\"} 5",
             "fqdnd_policy_drops_total{reason=\"policy_denied\"} 1",
             "fqdnd_policy_drops_total{reason=\"policy_deny\"} 0",
@@ -426,7 +469,7 @@ mod tests {
 
     #[test]
     fn routes() {
-        let registry = new_registry();
+        let registry = [Arc::new(new_registry())];
         let readiness = Readiness::default();
         let status = |req: &str| {
             let resp = String::from_utf8(respond(req.as_bytes(), &registry, &readiness)).unwrap();
@@ -443,5 +486,24 @@ mod tests {
         assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), 404);
         let head = String::from_utf8(respond(b"HEAD /healthz HTTP/1.1\r\n\r\n", &registry, &readiness)).unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 3"), "{head}");
+    }
+
+    #[test]
+    fn registries_share_one_page_and_one_eof() {
+        let mut fqdnd = new_registry();
+        AgentMetrics::register(&mut fqdnd).policy_load_errors.inc();
+        let mut other = Registry::with_prefix("hubble");
+        let c = Counter::<u64>::default();
+        other.register("drop", "drops", c.clone());
+        c.inc_by(2);
+        let resp =
+            respond(b"GET /metrics HTTP/1.1\r\n\r\n", &[Arc::new(fqdnd), Arc::new(other)], &Readiness::default());
+        let text = String::from_utf8(resp).unwrap();
+        assert!(
+            text.contains("fqdnd_policy_load_errors_total 1\n") && text.contains("hubble_drop_total 2\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -281,6 +281,85 @@ spec:
     assert!((1..=61).contains(&ttl), "ttl {ttl} in {text}");
 }
 
+/// `matchPattern: "*"` in rules.dns allows every name the proxy can see, a label with an odd
+/// byte and a literal `*` label included, and their answers are learned; a narrower pattern
+/// refuses both (no `*` in a pattern matches a byte outside [-a-z0-9_]).
+#[test]
+fn match_all_allows_and_learns_names_no_selector_could_hold() {
+    let nsd = DnsServer::builder().fixture_zone("odd.test").listen("127.0.0.2:0".parse().unwrap()).start().unwrap();
+    let odd = [(r"a\032b.odd.test", "10.202.0.1"), ("*.odd.test", "10.202.0.2")];
+    {
+        let (_fx, f) = start(&nsd, &["*.odd.test"], &[]);
+        for (name, _) in odd {
+            let r = dig::query(Client::Dig, f.addr, name, "A", &[]).unwrap();
+            assert_eq!(r.status, "NXDOMAIN", "{name} under *.odd.test: {}", r.raw);
+        }
+    }
+    let (_fx, f) = start(&nsd, &["*"], &[]);
+    for (name, ip) in odd {
+        for extra in [&[][..], &["+tcp"]] {
+            let r = dig::query(Client::Dig, f.addr, name, "A", extra).unwrap();
+            assert_eq!(r.status, "NOERROR", "{name} {extra:?} under *: {}", r.raw);
+            assert_eq!(r.data("A"), [ip], "{name} {extra:?}: {}", r.raw);
+        }
+    }
+    let out = std::process::Command::new(common::fqdnd::binary())
+        .args(["cache", "list", "--endpoint", "default/alpine", "-o", "json", "--state-dir"])
+        .arg(f.dir.path().join("state"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (_, ip) in odd {
+        let learned = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["fqdn"].as_str().is_some_and(|n| n.ends_with(".odd.test.")) && r.to_string().contains(ip));
+        assert!(learned, "{ip} learned under an odd.test. name: {text}");
+    }
+}
+
+/// The proxy decides as `policy explain` does (both call DnsRules::decide): `rules.dns: []`
+/// allows every name, and a plain L4 allow of the same server and port lifts a narrower rules.dns;
+/// both are still proxied, so the answers are learned.
+#[test]
+fn empty_rules_dns_and_a_plain_l4_allow_let_every_name_through() {
+    let nsd = nsd();
+    let status = |f: &Fqdnd, name: &str| dig::query(Client::Dig, f.addr, name, "A", &[]).unwrap().status;
+    let (_fx, f) = start(&nsd, &[], &[]);
+    assert_eq!(status(&f, "www.google.com"), "NOERROR", "rules.dns: [] restricts no name");
+    assert_eq!(status(&f, "www.microsoft.com"), "NOERROR");
+    f.wait_log("dns.qname=www.google.com.").unwrap();
+
+    let (fx, f) = start(&nsd, &["*.microsoft.com"], &[]);
+    assert_eq!(status(&f, "www.google.com"), "NXDOMAIN", "refused before the plain allow");
+    let offset = f.log().len();
+    fx.write_policy(
+        "l4.yaml",
+        &format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: dns-l4, namespace: default}}\nspec:\n  \
+             endpointSelector: {{matchLabels: {{app: alpine}}}}\n  egress:\n  - toEndpoints:\n    - matchLabels: \
+             {{\"k8s:io.kubernetes.pod.namespace\": kube-system, \"k8s:k8s-app\": kube-dns}}\n    toPorts:\n    - ports: \
+             [{{port: \"{}\", protocol: UDP}}]\n",
+            nsd.addr.port()
+        ),
+    )
+    .unwrap();
+    wait_for(|| f.log()[offset..].contains("policies=2"), "l4.yaml to load", &f);
+    assert_eq!(status(&f, "www.google.com"), "NOERROR", "the plain allow lifts rules.dns on UDP");
+    let r = dig::query(Client::Dig, f.addr, "www.google.com", "A", &["+tcp"]).unwrap();
+    assert_eq!(r.status, "NXDOMAIN", "TCP has no plain allow: {}", r.raw);
+    let out = std::process::Command::new(common::fqdnd::binary())
+        .args(["cache", "list", "--endpoint", "default/alpine", "-o", "json", "--state-dir"])
+        .arg(f.dir.path().join("state"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("www.google.com.") && text.contains("10.201.0.1"), "still proxied and learned: {text}");
+}
+
 fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
     match v {
         serde_json::Value::Object(m) => m.get(key).or_else(|| m.values().find_map(|x| find_key(x, key))),

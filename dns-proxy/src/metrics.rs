@@ -130,7 +130,7 @@ impl ProxyMetrics {
         self.queries[verdict_index(verdict)][qtype_index(qtype)].inc();
     }
 
-    /// The count so far for one verdict and query type (tests, `fqdnd status`).
+    /// The count so far for one verdict and query type.
     pub fn queries(&self, verdict: Verdict, qtype: u16) -> u64 {
         self.queries[verdict_index(verdict)][qtype_index(qtype)].get()
     }

@@ -2,8 +2,12 @@
 //!
 //! Semantics (Cilium's): names compare case-insensitively with the trailing dot optional. In a
 //! `matchPattern`, `*` inside a label matches zero or more of `[-a-zA-Z0-9_]` and never crosses a
-//! dot; a pattern made only of stars matches every name; a leading `**.` matches one or more whole
-//! labels.
+//! dot; a pattern made only of stars matches every name, whatever its bytes (Cilium's DNS proxy
+//! compiles `*` to a regex matching any input); a leading `**.` matches one or more whole labels.
+//!
+//! Which names a `toFQDNs` selector can hold is narrower: only names of clean labels
+//! ([`is_selectable_name`], [`NamePattern::selects`]). A DNS allow-all lets a pod ask for
+//! `a\032b.example.` or `*.example.`; no selector learns IPs under such a name.
 //!
 //! [`NamePattern::matches`] is the plain reference implementation. [`PatternSet`] compiles many
 //! patterns into one matcher for the query path.
@@ -27,6 +31,10 @@ pub enum PatternError {
     InvalidChar { kind: PatternKind, text: String, ch: char },
     #[error("{kind} {text:?} is {len} characters long; the limit is {MAX_NAME_LEN}")]
     TooLong { kind: PatternKind, text: String, len: usize },
+    /// Cilium's schema (`^([-a-zA-Z0-9_]+[.]?)+$`, `*` too in a pattern) has no empty label:
+    /// no `a..b.com`, no leading dot, no second trailing dot, no lone `.`.
+    #[error("{kind} {text:?} has an empty label (labels are separated by exactly one dot)")]
+    EmptyLabel { kind: PatternKind, text: String },
 }
 
 /// Which field a pattern came from.
@@ -82,6 +90,10 @@ impl NamePattern {
         {
             return Err(PatternError::InvalidChar { kind, text: text.to_string(), ch });
         }
+        let stem = trimmed.strip_suffix('.').unwrap_or(trimmed);
+        if stem.split('.').any(str::is_empty) {
+            return Err(PatternError::EmptyLabel { kind, text: text.to_string() });
+        }
         Ok(NamePattern { kind, text: crate::normalize_name(trimmed) })
     }
 
@@ -94,10 +106,7 @@ impl NamePattern {
         &self.text
     }
 
-    /// True for a `matchPattern` of stars only, which matches every name.
-    ///
-    /// At least one star is needed: a pattern of dots only normalizes to the root name `.`, which
-    /// matches only the root (as in Cilium, where it becomes the anchored regex `^[.]$`).
+    /// True for a `matchPattern` of stars only, which matches every name, whatever its bytes.
     pub fn matches_all(&self) -> bool {
         let stem = self.text.trim_end_matches('.');
         self.kind == PatternKind::Pattern && !stem.is_empty() && stem.chars().all(|c| c == '*')
@@ -109,13 +118,9 @@ impl NamePattern {
     pub fn to_regex(&self) -> String {
         const LABEL_CHAR: &str = "[-0-9a-z_]";
         if self.matches_all() {
-            return format!("^(?:(?:{LABEL_CHAR}+\\.)*|\\.)$");
+            return "^(?s-u:.)*$".to_string();
         }
         let mut out = String::from("^");
-        if self.text == "." {
-            out.push_str("\\.$");
-            return out;
-        }
         let labels = split_labels(&self.text);
         let mut rest = &labels[..];
         if self.kind == PatternKind::Pattern && labels.first() == Some(&"**") && labels.len() > 1 {
@@ -142,6 +147,13 @@ impl NamePattern {
         out
     }
 
+    /// As a `toFQDNs` selector: does this pattern hold `name`? Only names of clean labels can be
+    /// selected, so a match-all `*` selects every such name and no other. `name` need not be
+    /// normalized.
+    pub fn selects(&self, name: &str) -> bool {
+        is_selectable_name(&crate::normalized_name(name)) && self.matches(name)
+    }
+
     /// Reference matcher: label by label, no compilation. `name` need not be normalized.
     pub fn matches(&self, name: &str) -> bool {
         let name = crate::normalize_name(name);
@@ -149,7 +161,7 @@ impl NamePattern {
             PatternKind::Name => name == self.text,
             PatternKind::Pattern => {
                 if self.matches_all() {
-                    return name == "." || split_labels(&name).iter().all(|l| valid_label(l));
+                    return true;
                 }
                 let pat = split_labels(&self.text);
                 let labels = split_labels(&name);
@@ -179,6 +191,14 @@ impl fmt::Display for NamePattern {
 pub(crate) fn split_labels(name: &str) -> Vec<&str> {
     let trimmed = name.strip_suffix('.').unwrap_or(name);
     if trimmed.is_empty() { Vec::new() } else { trimmed.split('.').collect() }
+}
+
+/// Can a `toFQDNs` selector hold this normalized name? Every label non-empty and made of
+/// `[-a-z0-9_]` (the root `.` has none). Names from the wire may hold any byte, escaped as
+/// `\DDD` in presentation form; such names are proxied (a DNS allow-all allows them) but no
+/// selector learns their IPs.
+pub fn is_selectable_name(name: &str) -> bool {
+    split_labels(name).iter().all(|l| valid_label(l))
 }
 
 pub(crate) fn valid_label(label: &str) -> bool {
@@ -249,5 +269,50 @@ mod tests {
         assert!(matches!(NamePattern::match_pattern(""), Err(PatternError::Empty { .. })));
         let long = "a".repeat(256);
         assert!(matches!(NamePattern::match_name(&long), Err(PatternError::TooLong { len: 256, .. })));
+    }
+
+    /// Cilium's schema, `^([-a-zA-Z0-9_]+[.]?)+$` (`*` too in a pattern): one dot at most after
+    /// each label, so no empty label anywhere.
+    #[test]
+    fn empty_labels_are_invalid() {
+        for text in ["a..b.com", ".a.com", "a.com..", ".", "..", "*..com", "**..a.com", ". "] {
+            for kind in [PatternKind::Name, PatternKind::Pattern] {
+                let text = if kind == PatternKind::Name { text.replace('*', "x") } else { text.to_string() };
+                let err = NamePattern::parse(kind, &text).unwrap_err();
+                assert!(matches!(err, PatternError::EmptyLabel { .. }), "{kind} {text:?}: {err}");
+                assert!(err.to_string().contains("empty label"), "{err}");
+            }
+        }
+        for text in ["a.com", "a.com.", "a", "a-b_c.d"] {
+            assert!(NamePattern::match_name(text).is_ok(), "{text}");
+        }
+        for text in ["*", "*.", "**.a.com", "*.a.com."] {
+            assert!(NamePattern::match_pattern(text).is_ok(), "{text}");
+        }
+    }
+
+    /// The DNS allow-all matches any query name; as a toFQDNs selector it holds only clean
+    /// names.
+    #[test]
+    fn match_all_selects_only_clean_names() {
+        let all = NamePattern::match_pattern("*").unwrap();
+        let microsoft = NamePattern::match_pattern("*.microsoft.com").unwrap();
+        // (name, allowed by the DNS allow-all, selectable)
+        let cases = [
+            ("www.microsoft.com.", true, true),
+            ("WWW.Microsoft.COM", true, true),
+            (".", true, true),
+            ("a\\032b.microsoft.com.", true, false),
+            ("*.microsoft.com.", true, false),
+            ("a b.com", true, false),
+            ("a..b.", true, false),
+        ];
+        for (name, dns, selectable) in cases {
+            assert_eq!(all.matches(name), dns, "{name:?}");
+            assert_eq!(all.selects(name), selectable, "{name:?}");
+            assert_eq!(is_selectable_name(&crate::normalize_name(name)), selectable, "{name:?}");
+            // A narrower pattern never matches an unclean name, so selects and matches agree.
+            assert_eq!(microsoft.selects(name), microsoft.matches(name), "{name:?}");
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! index (it travels with the query without cloning names). The deciding rule is the first rule
 //! (in policy order) whose pattern allows the name; a refusal names the first rule that covers
 //! the server and port.
+//!
+//! A plain allow of the same server and port ([`DnsWildcard`]: an L3/L4 rule without `rules`)
+//! lifts the restriction, as in Cilium: a name no pattern allows is then allowed by the first
+//! such wildcard. Wildcards alone proxy nothing: only `rules.dns` decide what is proxied.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -13,7 +17,7 @@ use std::net::IpAddr;
 use fqdn_cache::L4Proto;
 use fqdn_cache::pattern::{NamePattern, PatternSet};
 
-use crate::resolved::{DnsRule, PolicyRef, ports_allow};
+use crate::resolved::{DnsRule, DnsWildcard, PolicyRef, ports_allow};
 
 /// One server/ports combination and every pattern of the rules that have it.
 #[derive(Clone, Debug)]
@@ -34,6 +38,14 @@ struct Group {
 pub struct DnsRules {
     rules: Vec<DnsRule>,
     groups: Vec<Group>,
+    wildcards: Vec<DnsWildcard>,
+}
+
+/// What decided a query: a DNS rule, or a plain allow that lifted the DNS rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decider<'a> {
+    Rule(&'a DnsRule),
+    Wildcard(&'a DnsWildcard),
 }
 
 /// The decision for one query.
@@ -41,7 +53,8 @@ pub struct DnsRules {
 pub enum RuleVerdict {
     /// No DNS rule covers this server/port: forward untouched and learn nothing.
     NotProxied,
-    /// Rule `.0` allows the name.
+    /// Rule `.0` allows the name: an index into [`DnsRules::rules`], or past them, into
+    /// [`DnsRules::wildcards`] (see [`DnsRules::decider`]).
     Allowed(u32),
     /// DNS rules cover this server/port but none allows the name; rule `.0` is the first of them.
     Refused(u32),
@@ -57,6 +70,11 @@ pub enum DnsVerdict {
 
 thread_local! {
     static MATCHES: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The pattern that allows every name, for rules that restrict none.
+fn match_all() -> NamePattern {
+    NamePattern::match_pattern("*").expect("\"*\" is a valid pattern")
 }
 
 impl DnsRules {
@@ -82,8 +100,14 @@ impl DnsRules {
                 }
             };
             let g = &mut building[at];
-            g.patterns.extend(rule.patterns.iter().cloned());
-            g.rule_of.extend(std::iter::repeat_n(i, rule.patterns.len()));
+            if rule.patterns.is_empty() {
+                // `rules.dns: []` restricts nothing (Cilium's proxy allows every name for it).
+                g.patterns.push(match_all());
+                g.rule_of.push(i);
+            } else {
+                g.patterns.extend(rule.patterns.iter().cloned());
+                g.rule_of.extend(std::iter::repeat_n(i, rule.patterns.len()));
+            }
         }
         let groups = building
             .into_iter()
@@ -95,12 +119,33 @@ impl DnsRules {
                 rule_of: b.rule_of,
             })
             .collect();
-        DnsRules { rules, groups }
+        DnsRules { rules, groups, wildcards: Vec::new() }
     }
 
-    /// The rules, in policy order; [`RuleVerdict`] indexes into this.
+    /// These rules with the plain allows (in policy order) that lift them on their servers and
+    /// ports.
+    pub fn with_wildcards(mut self, wildcards: Vec<DnsWildcard>) -> Self {
+        self.wildcards = wildcards;
+        self
+    }
+
+    /// The rules, in policy order; [`RuleVerdict`] indexes into this (and past it, into
+    /// [`DnsRules::wildcards`]).
     pub fn rules(&self) -> &[DnsRule] {
         &self.rules
+    }
+
+    pub fn wildcards(&self) -> &[DnsWildcard] {
+        &self.wildcards
+    }
+
+    /// The rule or wildcard behind index `index` of a [`RuleVerdict`] of these rules.
+    pub fn decider(&self, index: u32) -> Decider<'_> {
+        let i = index as usize;
+        match self.rules.get(i) {
+            Some(rule) => Decider::Rule(rule),
+            None => Decider::Wildcard(&self.wildcards[i - self.rules.len()]),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -135,14 +180,26 @@ impl DnsRules {
         }
         match (allowed, covering) {
             (Some(r), _) => RuleVerdict::Allowed(r),
-            (None, Some(r)) => RuleVerdict::Refused(r),
+            (None, Some(r)) => match self.wildcard(server, port, proto) {
+                Some(w) => RuleVerdict::Allowed(w),
+                None => RuleVerdict::Refused(r),
+            },
             (None, None) => RuleVerdict::NotProxied,
         }
     }
 
+    /// The index (past the rules) of the first wildcard lifting the rules on `server:port`.
+    fn wildcard(&self, server: IpAddr, port: u16, proto: L4Proto) -> Option<u32> {
+        let w = self.wildcards.iter().position(|w| w.server.contains(server) && ports_allow(&w.ports, port, proto))?;
+        Some((self.rules.len() + w) as u32)
+    }
+
     /// The policy of rule `index` (from a [`RuleVerdict`] of these rules).
     pub fn policy(&self, index: u32) -> &PolicyRef {
-        &self.rules[index as usize].policy
+        match self.decider(index) {
+            Decider::Rule(r) => &r.policy,
+            Decider::Wildcard(w) => &w.policy,
+        }
     }
 
     /// [`DnsRules::decide`] with the policy named, for callers that keep the result.
@@ -174,17 +231,38 @@ mod tests {
 
     /// The rules walked one by one with the plain pattern matcher: what `decide` must agree with.
     fn reference(rules: &[DnsRule], server: IpAddr, port: u16, proto: L4Proto, qname: &str) -> RuleVerdict {
+        reference_with(rules, &[], server, port, proto, qname)
+    }
+
+    fn reference_with(
+        rules: &[DnsRule],
+        wildcards: &[DnsWildcard],
+        server: IpAddr,
+        port: u16,
+        proto: L4Proto,
+        qname: &str,
+    ) -> RuleVerdict {
         let mut covering = None;
         for (i, r) in rules.iter().enumerate() {
             if !r.server.contains(server) || !ports_allow(&r.ports, port, proto) {
                 continue;
             }
-            if r.patterns.iter().any(|p| p.matches(qname)) {
+            if r.patterns.is_empty() || r.patterns.iter().any(|p| p.matches(qname)) {
                 return RuleVerdict::Allowed(i as u32);
             }
             covering.get_or_insert(i as u32);
         }
-        covering.map_or(RuleVerdict::NotProxied, RuleVerdict::Refused)
+        let Some(covering) = covering else { return RuleVerdict::NotProxied };
+        for (i, w) in wildcards.iter().enumerate() {
+            if w.server.contains(server) && ports_allow(&w.ports, port, proto) {
+                return RuleVerdict::Allowed((rules.len() + i) as u32);
+            }
+        }
+        RuleVerdict::Refused(covering)
+    }
+
+    fn wildcard(server: Peer, ports: Vec<PortProto>, policy: &str) -> DnsWildcard {
+        DnsWildcard { server, ports, policy: PolicyRef { namespace: Some("default".into()), name: policy.into() } }
     }
 
     fn kube_dns() -> Peer {
@@ -223,13 +301,143 @@ mod tests {
         assert_eq!(DnsRules::default().decide(kube, 53, L4Proto::Udp, "a."), RuleVerdict::NotProxied);
     }
 
+    /// `rules.dns: []` places no restriction (Cilium's proxy compiles an empty list to
+    /// match-all): every name on that server and port is allowed, and still proxied.
+    #[test]
+    fn empty_rules_dns_allows_every_name() {
+        let kube: IpAddr = "10.96.0.10".parse().unwrap();
+        let rules = DnsRules::new(vec![
+            rule(kube_dns(), udp53(), &["*.microsoft.com"], "narrow"),
+            rule(kube_dns(), udp53(), &[], "empty"),
+            rule(kube_dns(), vec![PortProto { port: 53, proto: L4Proto::Tcp }], &[], "tcp-empty"),
+        ]);
+        for (proto, name, want) in [
+            (L4Proto::Udp, "www.microsoft.com.", RuleVerdict::Allowed(0)),
+            (L4Proto::Udp, "www.google.com.", RuleVerdict::Allowed(1)),
+            (L4Proto::Udp, "a\\032b.example.", RuleVerdict::Allowed(1)),
+            (L4Proto::Tcp, "www.google.com.", RuleVerdict::Allowed(2)),
+        ] {
+            assert_eq!(rules.decide(kube, 53, proto, name), want, "{proto} {name}");
+            assert_eq!(rules.decide(kube, 53, proto, name), reference(rules.rules(), kube, 53, proto, name));
+        }
+        assert_eq!(rules.decide("10.0.0.1".parse().unwrap(), 53, L4Proto::Udp, "a."), RuleVerdict::NotProxied);
+        assert!(!rules.is_empty(), "the endpoint's DNS is still proxied");
+    }
+
+    /// A plain allow of the same server and port lifts rules.dns (Cilium's L7 docs): names no
+    /// pattern allows are allowed there; other servers and ports keep the restriction, and the
+    /// wildcard proxies nothing on its own.
+    #[test]
+    fn a_plain_allow_of_the_same_server_and_port_lifts_dns_rules() {
+        let kube: IpAddr = "10.96.0.10".parse().unwrap();
+        let other: IpAddr = "10.0.0.1".parse().unwrap();
+        let tcp53 = vec![PortProto { port: 53, proto: L4Proto::Tcp }];
+        let any53 = vec![PortProto { port: 53, proto: L4Proto::Any }];
+        let dns = vec![
+            rule(kube_dns(), any53.clone(), &["*.microsoft.com"], "dns"),
+            rule(Peer::Endpoints { ips: vec![other] }, any53.clone(), &["*.microsoft.com"], "dns-other"),
+        ];
+        // (case, wildcards, server, proto, name, verdict)
+        let cases = [
+            ("no wildcard", vec![], kube, L4Proto::Udp, "www.google.com.", RuleVerdict::Refused(0)),
+            (
+                "same peer and port",
+                vec![wildcard(kube_dns(), udp53(), "l4")],
+                kube,
+                L4Proto::Udp,
+                "www.google.com.",
+                RuleVerdict::Allowed(2),
+            ),
+            (
+                "the pattern still decides first",
+                vec![wildcard(kube_dns(), udp53(), "l4")],
+                kube,
+                L4Proto::Udp,
+                "www.microsoft.com.",
+                RuleVerdict::Allowed(0),
+            ),
+            (
+                "other protocol",
+                vec![wildcard(kube_dns(), tcp53.clone(), "l4")],
+                kube,
+                L4Proto::Udp,
+                "www.google.com.",
+                RuleVerdict::Refused(0),
+            ),
+            (
+                "TCP only",
+                vec![wildcard(kube_dns(), tcp53.clone(), "l4")],
+                kube,
+                L4Proto::Tcp,
+                "www.google.com.",
+                RuleVerdict::Allowed(2),
+            ),
+            (
+                "other peer",
+                vec![wildcard(kube_dns(), vec![], "l3")],
+                other,
+                L4Proto::Udp,
+                "www.google.com.",
+                RuleVerdict::Refused(1),
+            ),
+            (
+                "L3-only: every port",
+                vec![wildcard(kube_dns(), vec![], "l3")],
+                kube,
+                L4Proto::Tcp,
+                "www.google.com.",
+                RuleVerdict::Allowed(2),
+            ),
+            (
+                "any peer",
+                vec![wildcard(Peer::Any, vec![PortProto { port: 53, proto: L4Proto::Any }], "l4")],
+                other,
+                L4Proto::Udp,
+                "x.",
+                RuleVerdict::Allowed(2),
+            ),
+            (
+                "port 0 is every port",
+                vec![wildcard(kube_dns(), vec![PortProto::ANY], "l4")],
+                kube,
+                L4Proto::Udp,
+                "x.",
+                RuleVerdict::Allowed(2),
+            ),
+            (
+                "other port",
+                vec![wildcard(kube_dns(), vec![PortProto { port: 5353, proto: L4Proto::Udp }], "l4")],
+                kube,
+                L4Proto::Udp,
+                "x.",
+                RuleVerdict::Refused(0),
+            ),
+        ];
+        for (name, wildcards, server, proto, qname, want) in cases {
+            let rules = DnsRules::new(dns.clone()).with_wildcards(wildcards.clone());
+            let got = rules.decide(server, 53, proto, qname);
+            assert_eq!(got, want, "case {name}");
+            assert_eq!(got, reference_with(&dns, &wildcards, server, 53, proto, qname), "case {name}");
+            if let RuleVerdict::Allowed(i) = got
+                && i >= 2
+            {
+                assert!(matches!(rules.decider(i), Decider::Wildcard(_)), "case {name}");
+                assert_eq!(rules.policy(i).name, wildcards[0].policy.name, "case {name}");
+            }
+        }
+        // Without rules.dns covering the server, a wildcard proxies nothing.
+        let only = DnsRules::new(vec![]).with_wildcards(vec![wildcard(Peer::Any, vec![], "l3")]);
+        assert_eq!(only.decide(kube, 53, L4Proto::Udp, "x."), RuleVerdict::NotProxied);
+    }
+
     proptest! {
         #[test]
         fn agrees_with_the_rule_by_rule_walk(
             rules in proptest::collection::vec(
-                (0usize..3, 0usize..3, proptest::collection::vec("(\\*|www|api|login)\\.(a|b|c)\\.(com|org)", 1..4)),
+                (0usize..3, 0usize..3, proptest::collection::vec("(\\*|www|api|login)\\.(a|b|c)\\.(com|org)", 0..4)),
                 0..8,
             ),
+            wildcards in proptest::collection::vec((0usize..3, 0usize..3), 0..3),
             names in proptest::collection::vec("(www|api|login|x)\\.(a|b|c)\\.(com|org)\\.", 1..6),
         ) {
             let servers = [Peer::Any, kube_dns(), Peer::Endpoints { ips: vec!["10.0.0.1".parse().unwrap()] }];
@@ -242,12 +450,20 @@ mod tests {
                     rule(servers[*s].clone(), ports[*p].clone(), &pats, &format!("p{i}"))
                 })
                 .collect();
-            let compiled = DnsRules::new(list.clone());
+            let wildcards: Vec<DnsWildcard> = wildcards
+                .iter()
+                .enumerate()
+                .map(|(i, (s, p))| wildcard(servers[*s].clone(), ports[*p].clone(), &format!("w{i}")))
+                .collect();
+            let compiled = DnsRules::new(list.clone()).with_wildcards(wildcards.clone());
             for name in &names {
                 for server in ["10.96.0.10", "10.0.0.1", "10.9.9.9"] {
                     for proto in [L4Proto::Udp, L4Proto::Tcp] {
                         let ip: IpAddr = server.parse().unwrap();
-                        prop_assert_eq!(compiled.decide(ip, 53, proto, name), reference(&list, ip, 53, proto, name));
+                        prop_assert_eq!(
+                            compiled.decide(ip, 53, proto, name),
+                            reference_with(&list, &wildcards, ip, 53, proto, name)
+                        );
                     }
                 }
             }

@@ -79,6 +79,14 @@ impl std::str::FromStr for EndpointKey {
     }
 }
 
+/// IPv4-mapped IPv6 (`::ffff:10.0.1.5`) is the IPv4 address: dual-stack sockets report it that way.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Read an endpoints file: a YAML list of [`Endpoint`].
 pub fn load_endpoints_file(path: &Path) -> Result<Vec<Endpoint>, PolicyError> {
     let text =
@@ -95,13 +103,34 @@ pub fn parse_endpoints(path: &Path, text: &str) -> Result<Vec<Endpoint>, PolicyE
         message: e.inner().to_string(),
     })?;
     let mut seen = std::collections::HashSet::new();
-    for ep in &endpoints {
+    // An IP names the endpoint a packet or query comes from: two owners would give one of them
+    // the other's rules (the later one's, in the snapshot), so the file is refused instead.
+    let mut owners: std::collections::HashMap<IpAddr, EndpointKey> = std::collections::HashMap::new();
+    for (i, ep) in endpoints.iter().enumerate() {
         if !seen.insert(ep.key()) {
             return Err(PolicyError::Endpoints {
                 path: PathBuf::from(path),
                 field: ep.key().to_string(),
                 message: "endpoint listed twice".to_string(),
             });
+        }
+        for (j, ip) in ep.ips.iter().enumerate() {
+            match owners.get(&canonical(*ip)) {
+                Some(first) if *first != ep.key() => {
+                    return Err(PolicyError::Endpoints {
+                        path: PathBuf::from(path),
+                        field: format!("[{i}].ips[{j}]"),
+                        message: format!(
+                            "IP {ip} of {} is already the IP of {first}; an IP belongs to one endpoint",
+                            ep.key()
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    owners.insert(canonical(*ip), ep.key());
+                }
+            }
         }
     }
     Ok(endpoints)
@@ -128,6 +157,48 @@ mod tests {
         assert_eq!(eps.len(), 2);
         assert_eq!(eps[1].interface.as_deref(), Some("lxc-alpine"));
         assert_eq!(eps[0].effective_labels().get(NAMESPACE_LABEL).map(String::as_str), Some("kube-system"));
+    }
+
+    /// Fault E: an IP listed for two endpoints would hand one of them the other's rules.
+    #[test]
+    fn an_ip_of_two_endpoints_is_refused_naming_both() {
+        let cases = [
+            (
+                "same address",
+                "10.0.1.5",
+                "10.0.1.5",
+                Some("[1].ips[0]: IP 10.0.1.5 of default/b is already the IP of default/a"),
+            ),
+            (
+                "IPv4-mapped form",
+                "10.0.1.5",
+                "::ffff:10.0.1.5",
+                Some("[1].ips[0]: IP ::ffff:10.0.1.5 of default/b is already the IP of default/a"),
+            ),
+            (
+                "IPv6",
+                "fd00::5",
+                "fd00:0::5",
+                Some("[1].ips[0]: IP fd00::5 of default/b is already the IP of default/a"),
+            ),
+            ("different addresses", "10.0.1.5", "10.0.1.6", None),
+        ];
+        for (name, a, b, want) in cases {
+            let text = format!(
+                "- {{namespace: default, name: a, ips: [\"{a}\"]}}\n- {{namespace: default, name: b, ips: [\"{b}\"]}}\n"
+            );
+            match (parse_endpoints(Path::new("eps.yaml"), &text), want) {
+                (Ok(eps), None) => assert_eq!(eps.len(), 2, "case {name}"),
+                (Err(e), Some(want)) => {
+                    let e = e.to_string();
+                    assert!(e.starts_with("eps.yaml: ") && e.contains(want), "case {name}: {e}");
+                }
+                (got, want) => panic!("case {name}: got {got:?}, want {want:?}"),
+            }
+        }
+        // One endpoint naming its own IP twice harms no one.
+        let same = "- {namespace: default, name: a, ips: [10.0.1.5, 10.0.1.5]}\n";
+        assert!(parse_endpoints(Path::new("eps.yaml"), same).is_ok());
     }
 
     #[test]

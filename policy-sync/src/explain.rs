@@ -133,10 +133,33 @@ pub fn explain_dns(t: &Traced, qname: &str, server: IpAddr, port: u16, proto: L4
             policy: conn.policy,
             reason: format!("{}; no rules.dns cover {dest}, so the query is not proxied", conn.reason),
         },
+        RuleVerdict::Allowed(i) if i as usize >= t.dns_rules.len() => {
+            let o = &t.dns_wildcards[i as usize - t.dns_rules.len()];
+            let covering = t
+                .policy
+                .dns
+                .rules()
+                .iter()
+                .position(|r| r.server.contains(server) && ports_allow(&r.ports, port, proto));
+            let lifted = covering.map_or_else(String::new, |r| format!(" (first in {})", at(&t.dns_rules[r])));
+            Explanation::new(
+                Verdict::Allowed,
+                Some(o),
+                format!(
+                    "{qname} to {dest} is allowed: {} allows {dest} without L7 rules, which lifts the rules.dns \
+                     there{lifted}, as in Cilium",
+                    at(o)
+                ),
+            )
+        }
         RuleVerdict::Allowed(i) => {
             let (rule, o) = (&t.policy.dns.rules()[i as usize], &t.dns_rules[i as usize]);
-            let pattern = rule.patterns.iter().find(|pat| pat.matches(qname));
-            let what = pattern.map_or_else(|| "a pattern".to_string(), ToString::to_string);
+            let what = if rule.patterns.is_empty() {
+                "[] (an empty list restricts no name)".to_string()
+            } else {
+                let pattern = rule.patterns.iter().find(|pat| pat.matches(qname));
+                pattern.map_or_else(|| "a pattern".to_string(), ToString::to_string)
+            };
             Explanation::new(
                 Verdict::Allowed,
                 Some(o),
@@ -177,7 +200,7 @@ pub fn explain_fqdn(t: &Traced, name: &str, port: u16, proto: L4Proto) -> Explan
         .fqdn_rules
         .iter()
         .zip(&t.fqdn_rules)
-        .find(|(r, _)| r.selector.matches(name) && ports_allow(&r.ports, port, proto))
+        .find(|(r, _)| r.selector.selects(name) && ports_allow(&r.ports, port, proto))
     {
         return Explanation::new(
             Verdict::Allowed,
@@ -245,6 +268,9 @@ mod tests {
         let proxied = format!(
             "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchName: api.example.com}}, {{matchPattern: '*.corp.example'}}]}}}}]\n"
         );
+        let empty = format!(
+            "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: UDP}}], rules: {{dns: []}}}}]\n"
+        );
         let not_proxied_open = format!(
             "{HEAD}  egress: [{{toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchPattern: '*.a.com'}}]}}}}]}}]\n  enableDefaultDeny: {{egress: false}}\n"
         );
@@ -256,7 +282,20 @@ mod tests {
             ("other port", proxied.as_str(), "api.example.com", 5353, L4Proto::Udp, Verdict::Denied),
             ("no default deny still proxies", not_proxied_open.as_str(), "b.com", 53, L4Proto::Udp, Verdict::Refused),
             ("no default deny, other port", not_proxied_open.as_str(), "b.com", 5353, L4Proto::Udp, Verdict::Allowed),
+            ("rules.dns: [] allows any name", empty.as_str(), "anything.example", 53, L4Proto::Udp, Verdict::Allowed),
+            (
+                "rules.dns: [] is for its port only",
+                empty.as_str(),
+                "anything.example",
+                53,
+                L4Proto::Tcp,
+                Verdict::Denied,
+            ),
         ];
+        let t = traced(&empty);
+        assert!(t.policy.has_dns_rules(), "rules.dns: [] is still proxied");
+        let e = explain_dns(&t, "x.example", server, 53, L4Proto::Udp);
+        assert!(e.reason.contains("rules.dns [] (an empty list restricts no name)"), "{}", e.reason);
         for (name, text, qname, port, proto, want) in cases {
             let e = explain_dns(&traced(text), qname, server, port, proto);
             assert_eq!(e.verdict, want, "case {name}: {}", e.reason);
@@ -264,6 +303,139 @@ mod tests {
                 assert_eq!(e.policy.as_deref(), Some("default/p"), "case {name}");
             }
         }
+    }
+
+    /// `matchPattern: "*"` in rules.dns allows any name the proxy can see; the same pattern in
+    /// toFQDNs holds only names of clean labels.
+    #[test]
+    fn match_all_allows_every_query_but_selects_clean_names_only() {
+        let t = traced(&format!(
+            "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchPattern: '*'}}]}}}}]\n  - toFQDNs: [{{matchPattern: '*'}}]\n"
+        ));
+        let server = "10.96.0.10".parse().unwrap();
+        for name in ["www.example.com", "*.example.com.", "a\\032b.example.", "a b.example.", "x.y.z.example"] {
+            let e = explain_dns(&t, name, server, 53, L4Proto::Udp);
+            assert_eq!(e.verdict, Verdict::Allowed, "{name}: {}", e.reason);
+        }
+        assert_eq!(explain_fqdn(&t, "www.example.com", 443, L4Proto::Tcp).verdict, Verdict::Allowed);
+        for name in ["*.example.com", "a\\032b.example"] {
+            assert_eq!(explain_fqdn(&t, name, 443, L4Proto::Tcp).verdict, Verdict::Denied, "{name}");
+        }
+    }
+
+    /// A rules.dns entry with both fields matches either; in toFQDNs that is invalid.
+    #[test]
+    fn dns_entry_with_name_and_pattern_matches_either() {
+        let t = traced(&format!(
+            "{HEAD}  egress:\n  - toEndpoints: [{{matchLabels: {{k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}}}]\n    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchName: api.example.com, matchPattern: '*.corp.example'}}]}}}}]\n"
+        ));
+        let server = "10.96.0.10".parse().unwrap();
+        for (name, want) in [
+            ("api.example.com", Verdict::Allowed),
+            ("x.corp.example", Verdict::Allowed),
+            ("www.example.com", Verdict::Refused),
+            ("corp.example", Verdict::Refused),
+        ] {
+            let e = explain_dns(&t, name, server, 53, L4Proto::Udp);
+            assert_eq!(e.verdict, want, "{name}: {}", e.reason);
+        }
+        let x = explain_dns(&t, "x.corp.example", server, 53, L4Proto::Udp);
+        assert!(x.reason.contains("matchPattern: \"*.corp.example.\""), "{}", x.reason);
+    }
+
+    /// Cilium's L7 docs: "If a layer 4 rule is specified in the policy, and a similar layer 4
+    /// rule with layer 7 rules is also specified, then the layer 7 portions of the latter rule
+    /// will have no effect." Same peer and port only.
+    #[test]
+    fn a_plain_allow_lifts_dns_rules_on_the_same_peer_and_port() {
+        let kube =
+            "  - toEndpoints: [{matchLabels: {k8s:k8s-app: kube-dns, k8s:io.kubernetes.pod.namespace: kube-system}}]\n";
+        let dns = format!(
+            "{kube}    toPorts: [{{ports: [{{port: '53', protocol: ANY}}], rules: {{dns: [{{matchPattern: '*.microsoft.com'}}]}}}}]\n"
+        );
+        let server = "10.96.0.10".parse().unwrap();
+        // (case, the other rule, protocol, verdict)
+        let cases = [
+            ("DNS rules alone", String::new(), L4Proto::Udp, Verdict::Refused),
+            (
+                "L4 on the same peer and port",
+                format!("{kube}    toPorts: [{{ports: [{{port: '53', protocol: UDP}}]}}]\n"),
+                L4Proto::Udp,
+                Verdict::Allowed,
+            ),
+            (
+                "L4 on the same peer, other protocol",
+                format!("{kube}    toPorts: [{{ports: [{{port: '53', protocol: UDP}}]}}]\n"),
+                L4Proto::Tcp,
+                Verdict::Refused,
+            ),
+            ("L3 only on the same peer", kube.to_string(), L4Proto::Tcp, Verdict::Allowed),
+            (
+                "L4 to every peer",
+                "  - toPorts: [{ports: [{port: '53'}]}]\n".to_string(),
+                L4Proto::Udp,
+                Verdict::Allowed,
+            ),
+            (
+                "L4 to another peer",
+                "  - toCIDR: [10.0.0.0/24]\n    toPorts: [{ports: [{port: '53'}]}]\n".to_string(),
+                L4Proto::Udp,
+                Verdict::Refused,
+            ),
+            (
+                "L4 on another port",
+                format!("{kube}    toPorts: [{{ports: [{{port: '5353'}}]}}]\n"),
+                L4Proto::Udp,
+                Verdict::Refused,
+            ),
+            (
+                "rules: {} is no L7 rule",
+                format!("{kube}    toPorts: [{{ports: [{{port: '53'}}], rules: {{}}}}]\n"),
+                L4Proto::Udp,
+                Verdict::Allowed,
+            ),
+            (
+                "L3 to every endpoint of kube-system",
+                "  - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system}}]\n".to_string(),
+                L4Proto::Udp,
+                Verdict::Allowed,
+            ),
+            (
+                "an empty peer list lifts nothing",
+                "  - toEndpoints: []\n    toPorts: [{ports: [{port: '53'}]}]\n".to_string(),
+                L4Proto::Udp,
+                Verdict::Refused,
+            ),
+        ];
+        for (name, other, proto, want) in cases {
+            let t = traced(&format!("{HEAD}  egress:\n{dns}{other}"));
+            let e = explain_dns(&t, "www.google.com", server, 53, proto);
+            assert_eq!(e.verdict, want, "case {name}: {}", e.reason);
+            assert_eq!(
+                explain_dns(&t, "www.microsoft.com", server, 53, proto).verdict,
+                Verdict::Allowed,
+                "case {name}"
+            );
+            if want == Verdict::Allowed {
+                assert!(
+                    e.reason.contains("spec.egress[1]") && e.reason.contains("lifts the rules.dns"),
+                    "{}",
+                    e.reason
+                );
+                assert!(e.reason.contains("first in rule spec.egress[0]"), "{}", e.reason);
+            }
+            // Still proxied: the redirect comes from the rules.dns alone.
+            assert_eq!(t.policy.dns.rules().len(), 1, "case {name}");
+        }
+        // The same rule's own plain port: a DNS entry on UDP with a plain TCP entry beside it.
+        let t = traced(&format!(
+            "{HEAD}  egress:\n{kube}    toPorts:\n    - {{ports: [{{port: '53', protocol: UDP}}], rules: {{dns: [{{matchName: a.com}}]}}}}\n    - {{ports: [{{port: '53', protocol: TCP}}]}}\n"
+        ));
+        assert_eq!(explain_dns(&t, "b.com", server, 53, L4Proto::Udp).verdict, Verdict::Refused);
+        // TCP/53 is not covered by rules.dns at all: not proxied, allowed.
+        let tcp = explain_dns(&t, "b.com", server, 53, L4Proto::Tcp);
+        assert_eq!(tcp.verdict, Verdict::Allowed);
+        assert!(tcp.reason.contains("not proxied"), "{}", tcp.reason);
     }
 
     #[test]

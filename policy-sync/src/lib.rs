@@ -20,11 +20,11 @@ pub mod selector;
 pub mod source;
 pub mod validate;
 
-pub use dns::{DnsRules, DnsVerdict, RuleVerdict};
+pub use dns::{Decider, DnsRules, DnsVerdict, RuleVerdict};
 pub use endpoint::{Endpoint, EndpointKey, load_endpoints_file};
 pub use error::PolicyError;
 pub use load::{LoadReport, Problem, load_paths, parse_file};
 pub use policy::{Policy, PolicyKind};
 pub use resolve::{NodeInfo, Traced, resolve, resolve_on, resolve_traced};
-pub use resolved::{DnsRule, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
-pub use source::{FilesSource, ResolvedEndpoint, Snapshot, Source};
+pub use resolved::{DnsRule, DnsWildcard, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
+pub use source::{FilesSource, ResolvedEndpoint, Snapshot, Source, SourceFault};

@@ -40,11 +40,12 @@ impl fmt::Display for Problem {
 }
 
 /// What loading found: the valid policies in a stable order (path order, then document order),
-/// and every problem.
+/// every problem, and every warning (valid, but worth a word).
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
     pub policies: Vec<Policy>,
     pub problems: Vec<Problem>,
+    pub warnings: Vec<Problem>,
     /// Files read (directories expanded), in the order read.
     pub files: Vec<PathBuf>,
 }
@@ -57,8 +58,19 @@ impl LoadReport {
 
 /// Load policies from files and directories. A directory contributes its `*.yaml`, `*.yml` and
 /// `*.json` files, sorted by name, not recursing. Never fails: unreadable paths are problems too.
-/// Deterministic for the same file contents, so the agent can reload on every change.
+/// Deterministic for the same file contents, so the agent can reload on every change. Policies
+/// of the same name: the last one read wins ([`last_wins`]).
 pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
+    let mut report = read_paths(paths);
+    let (policies, replaced) = last_wins(std::mem::take(&mut report.policies));
+    report.policies = policies;
+    report.warnings.extend(replaced);
+    report
+}
+
+/// [`load_paths`] without [`last_wins`]: every valid policy in the order read, same-named ones
+/// included (a source that keeps files' last good versions picks the winner itself).
+pub fn read_paths(paths: &[PathBuf]) -> LoadReport {
     let mut report = LoadReport::default();
     for path in paths {
         if path.is_dir() {
@@ -70,34 +82,67 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
             report.files.push(path.clone());
         }
     }
-    let mut seen: HashMap<PolicyRef, (PathBuf, usize)> = HashMap::new();
     for file in report.files.clone() {
         match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                let (policies, problems) = parse_file(&file, &text);
-                report.problems.extend(problems);
-                for policy in policies {
-                    if let Some((first, doc)) = seen.get(&policy.reference) {
-                        report.problems.push(Problem {
-                            path: file.clone(),
-                            doc: Some(policy.doc),
-                            field: "metadata.name".into(),
-                            message: format!(
-                                "policy {} is already defined in {} doc {doc}; this one is skipped",
-                                policy.reference,
-                                first.display()
-                            ),
-                        });
-                        continue;
-                    }
-                    seen.insert(policy.reference.clone(), (file.clone(), policy.doc));
-                    report.policies.push(policy);
-                }
-            }
+            Ok(text) => report.add_file(&file, &text),
             Err(e) => report.problems.push(file_problem(&file, format!("reading: {e}"))),
         }
     }
     report
+}
+
+impl LoadReport {
+    /// Parse one file's text (read by the caller: a file, or stdin) into this report.
+    pub fn add_file(&mut self, path: &Path, text: &str) {
+        let (policies, problems) = parse_file(path, text);
+        self.problems.extend(problems);
+        for policy in policies {
+            self.warnings.extend(policy.warnings.iter().map(|w| Problem {
+                path: path.to_path_buf(),
+                doc: Some(policy.doc),
+                field: w.field.clone(),
+                message: w.message.clone(),
+            }));
+            self.policies.push(policy);
+        }
+    }
+}
+
+/// Policies of the same name (and namespace): the last in `policies` wins, as `kubectl apply -f`
+/// of them in this order (for a directory: file names in lexical order) would leave the object.
+/// Each one replaced is a warning naming both places. The winners keep their order.
+pub fn last_wins(policies: Vec<Policy>) -> (Vec<Policy>, Vec<Problem>) {
+    let mut last: HashMap<PolicyRef, usize> = HashMap::new();
+    for (i, p) in policies.iter().enumerate() {
+        last.insert(p.reference.clone(), i);
+    }
+    let mut warnings = Vec::new();
+    let mut kept = Vec::with_capacity(last.len());
+    for (i, p) in policies.iter().enumerate() {
+        let winner = last[&p.reference];
+        if winner == i {
+            continue;
+        }
+        let w = &policies[winner];
+        warnings.push(Problem {
+            path: p.source.clone(),
+            doc: Some(p.doc),
+            field: "metadata.name".into(),
+            message: format!(
+                "policy {} is defined again in {} doc {}, which is read later and replaces this one \
+                 (as `kubectl apply -f` of both would leave it)",
+                p.reference,
+                w.source.display(),
+                w.doc
+            ),
+        });
+    }
+    for (i, p) in policies.into_iter().enumerate() {
+        if last[&p.reference] == i {
+            kept.push(p);
+        }
+    }
+    (kept, warnings)
 }
 
 fn file_problem(path: &Path, message: String) -> Problem {
@@ -137,12 +182,51 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Policy>, Vec<Problem>) {
         if value.is_null() {
             continue;
         }
-        match parse_value(path, doc_no, value) {
-            Ok(policy) => policies.push(policy),
-            Err(list) => problems.extend(list.into_iter().map(|fp| problem(fp.field, fp.message))),
+        let items = match list_items(value) {
+            Ok(items) => items,
+            Err(fp) => {
+                problems.push(problem(fp.field, fp.message));
+                continue;
+            }
+        };
+        for (prefix, value) in items {
+            match parse_value(path, doc_no, value) {
+                Ok(policy) => policies.push(policy),
+                Err(list) => problems.extend(list.into_iter().map(|fp| {
+                    let field = match (&prefix, fp.field.is_empty()) {
+                        (None, _) => fp.field,
+                        (Some(p), true) => p.clone(),
+                        (Some(p), false) => format!("{p}.{}", fp.field),
+                    };
+                    problem(field, fp.message)
+                })),
+            }
         }
     }
     (policies, problems)
+}
+
+/// A document, or the items of a `kind: List` (what `kubectl get cnp -o yaml` prints: `apiVersion:
+/// v1`, `items: [...]`, each item with its own apiVersion and kind), each with its field prefix.
+fn list_items(value: serde_norway::Value) -> Result<Vec<(Option<String>, serde_norway::Value)>, FieldProblem> {
+    let is_list = value.get("kind").and_then(serde_norway::Value::as_str) == Some("List");
+    if !is_list {
+        return Ok(vec![(None, value)]);
+    }
+    let problem = |field: &str, message: String| FieldProblem { field: field.into(), message };
+    match value.get("apiVersion").and_then(serde_norway::Value::as_str) {
+        Some("v1") => {}
+        Some(other) => {
+            return Err(problem("apiVersion", format!("{other:?} is not supported for kind List; expected \"v1\"")));
+        }
+        None => return Err(problem("apiVersion", "missing; expected \"v1\" for kind List".into())),
+    }
+    let items = match value.get("items") {
+        None | Some(serde_norway::Value::Null) => return Ok(Vec::new()),
+        Some(serde_norway::Value::Sequence(items)) => items.clone(),
+        Some(_) => return Err(problem("items", "not a list: expected the list's objects".into())),
+    };
+    Ok(items.into_iter().enumerate().map(|(i, v)| (Some(format!("items[{i}]")), v)).collect())
 }
 
 /// Parse and validate one document already read as a YAML value.
@@ -180,12 +264,24 @@ mod tests {
     fn seed_policies_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policies/seed");
         let report = load_paths(&[dir]);
-        // Four files, each defining default/locking-down-alpine: loaded together, the first wins
-        // and the others are reported as duplicates.
+        // Four files, each defining default/locking-down-alpine: loaded together, the last file
+        // wins (stage 4), as `kubectl apply -f seed/` would leave it, and each replaced one is a
+        // warning naming both files.
         assert_eq!(report.files.len(), 4);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.policies.len(), 1);
-        assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
-        assert!(report.problems.iter().all(|p| p.message.contains("already defined")));
+        assert!(report.policies[0].source.ends_with("4-allow-fqdn.yaml"), "{:?}", report.policies[0].source);
+        let replaced: Vec<String> =
+            report.warnings.iter().filter(|w| w.field == "metadata.name").map(|w| w.to_string()).collect();
+        assert_eq!(replaced.len(), 3, "{:?}", report.warnings);
+        for (stage, file) in
+            ["1-locking-down-alpine.yaml", "2-deny-everything.yaml", "3-allow-dns.yaml"].iter().enumerate()
+        {
+            assert!(
+                replaced[stage].contains(file) && replaced[stage].contains("4-allow-fqdn.yaml doc 1"),
+                "{replaced:?}"
+            );
+        }
         for file in &report.files {
             let text = std::fs::read_to_string(file).unwrap();
             let (policies, problems) = parse_file(file, &text);
@@ -276,6 +372,88 @@ mod tests {
         assert_eq!(policies.iter().map(|p| p.doc).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
+    /// The last one wins wherever the duplicate is: another file, the same file, another
+    /// path given; the namespace is part of the name; winners keep their order.
+    #[test]
+    fn same_named_policies_last_one_wins() {
+        let body = |name: &str, ns: &str, label: &str| {
+            format!(
+                "{CNP}metadata: {{name: {name}, namespace: {ns}}}\nspec: {{endpointSelector: {{matchLabels: {{v: {label}}}}}}}\n"
+            )
+        };
+        let text =
+            [body("a", "default", "x"), body("b", "default", "x"), body("a", "default", "y"), body("a", "prod", "x")]
+                .join("---\n");
+        let (policies, problems) = parse_file(Path::new("p.yaml"), &text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (kept, warnings) = last_wins(policies);
+        let refs: Vec<(String, usize)> = kept.iter().map(|p| (p.reference.to_string(), p.doc)).collect();
+        assert_eq!(refs, [("default/b".to_string(), 2), ("default/a".to_string(), 3), ("prod/a".to_string(), 4)]);
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(
+            warnings[0].to_string(),
+            "p.yaml: doc 1: metadata.name: policy default/a is defined again in p.yaml doc 3, which is read later and \
+             replaces this one (as `kubectl apply -f` of both would leave it)"
+        );
+    }
+
+    /// `kubectl get cnp,ccnp -o yaml` prints one `kind: List` (apiVersion v1); its items keep
+    /// their own apiVersion and kind and are checked one by one, problems named by item.
+    #[test]
+    fn kind_list_is_expanded() {
+        let item = |name: &str| {
+            format!(
+                "- apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {{name: {name}, namespace: default, resourceVersion: \"7\"}}\n  spec: {{endpointSelector: {{}}, egress: [{{}}]}}\n"
+            )
+        };
+        let ccnp = "- apiVersion: cilium.io/v2\n  kind: CiliumClusterwideNetworkPolicy\n  metadata: {name: cw}\n  spec: {endpointSelector: {}, egress: [{}]}\n";
+        let bad = "- apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {name: bad}\n  spec: {endpointSelector: {}, egress: [{toFQDN: []}]}\n";
+        let text = format!(
+            "apiVersion: v1\nkind: List\nmetadata: {{resourceVersion: \"\"}}\nitems:\n{}{}{ccnp}{bad}- kind: Pod\n  apiVersion: cilium.io/v2\n---\n{CNP}metadata: {{name: after}}\nspec: {{endpointSelector: {{}}, egress: [{{}}]}}\n",
+            item("a"),
+            item("b")
+        );
+        let (policies, problems) = parse(&text);
+        let refs: Vec<String> = policies.iter().map(|p| p.reference.to_string()).collect();
+        assert_eq!(refs, ["default/a", "default/b", "cw", "default/after"]);
+        assert_eq!(policies[2].kind, PolicyKind::Clusterwide);
+        assert_eq!(policies.iter().map(|p| p.doc).collect::<Vec<_>>(), [1, 1, 1, 2]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("p.yaml: doc 1: items[3].spec.egress[0].toFQDN: unknown field `toFQDN`"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            problems[1],
+            "p.yaml: doc 1: items[4].kind: \"Pod\" is not CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy"
+        );
+        // (case, text, problem)
+        let cases = [
+            ("empty list", "apiVersion: v1\nkind: List\nitems: []\n", None),
+            ("no items", "apiVersion: v1\nkind: List\n", None),
+            (
+                "wrong apiVersion",
+                "apiVersion: cilium.io/v2\nkind: List\nitems: []\n",
+                Some("p.yaml: doc 1: apiVersion: \"cilium.io/v2\" is not supported for kind List; expected \"v1\""),
+            ),
+            (
+                "items not a list",
+                "apiVersion: v1\nkind: List\nitems: {a: b}\n",
+                Some("p.yaml: doc 1: items: not a list: expected the list's objects"),
+            ),
+            (
+                "an item not a mapping",
+                "apiVersion: v1\nkind: List\nitems: [x]\n",
+                Some("p.yaml: doc 1: items[0]: not a mapping: expected a policy object"),
+            ),
+        ];
+        for (name, text, want) in cases {
+            let (policies, problems) = parse(text);
+            assert!(policies.is_empty(), "case {name}");
+            assert_eq!(problems, want.into_iter().map(String::from).collect::<Vec<_>>(), "case {name}");
+        }
+    }
+
     #[test]
     fn yaml_syntax_error_is_reported() {
         let (policies, problems) = parse(&format!("{CNP}metadata: {{name: a}}\nspec: [unclosed\n"));
@@ -298,9 +476,13 @@ mod tests {
             report.files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["a.yaml", "b.yml", "c.json"]);
         assert_eq!(report.policies.len(), 2);
-        assert_eq!(report.problems.len(), 1);
-        let msg = report.problems[0].to_string();
-        assert!(msg.contains("b.yml: doc 1: metadata.name: policy default/x is already defined in"), "{msg}");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let replaced: Vec<&Problem> = report.warnings.iter().filter(|w| w.field == "metadata.name").collect();
+        assert_eq!(replaced.len(), 1, "{:?}", report.warnings);
+        let msg = replaced[0].to_string();
+        assert!(msg.contains("a.yaml: doc 1: metadata.name: policy default/x is defined again in"), "{msg}");
+        assert!(msg.contains("b.yml doc 1, which is read later and replaces this one"), "{msg}");
+        assert!(report.policies[0].source.ends_with("b.yml"), "b.yml's version wins");
         let missing = load_paths(&[dir.join("missing.yaml")]);
         assert_eq!(missing.problems.len(), 1);
         assert!(missing.problems[0].to_string().contains("missing.yaml: reading:"));

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::resolved::{Entity, PolicyRef};
 use crate::selector::Selector;
+use crate::validate::FieldProblem;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyKind {
@@ -27,6 +28,9 @@ pub struct Policy {
     pub source: PathBuf,
     pub doc: usize,
     pub rules: Vec<Rule>,
+    /// What is valid but worth a word (`policy check` prints them): e.g. a rule newer Cilium
+    /// versions refuse.
+    pub warnings: Vec<FieldProblem>,
 }
 
 /// Whom a rule applies to.
@@ -76,14 +80,24 @@ pub struct DnsSpec {
 pub struct PeerRule {
     /// Field path, e.g. `spec.egress[1]`.
     pub path: String,
-    /// Whether any L3 field (`toEndpoints`, `toCIDR`, `toFQDNs`, ...) was given. A rule without one but with
-    /// `toPorts` allows those ports to every peer; a rule with neither (`{}`) selects nothing.
+    /// Whether any L3 field (`toEndpoints`, `toCIDR`, `toFQDNs`, ...) was given, an empty list
+    /// included. A rule without one but with `toPorts` allows those ports to every peer; a rule
+    /// with neither (`{}`) selects nothing.
     pub has_l3: bool,
+    /// An L3 field was given as an empty list (`toEndpoints: []`, `toCIDR: []`, `toCIDRSet: []`,
+    /// `toEntities: []` or a `from*` twin): as in Cilium, the rule then selects no peer at all,
+    /// and `peers` and `fqdns` are empty.
+    pub no_peer: bool,
     pub peers: Vec<PeerSpec>,
     /// Whether `toPorts` was given (non-empty).
     pub has_ports: bool,
     /// Union of the ports of every `toPorts` entry; empty = every port.
     pub ports: Vec<PortProto>,
+    /// The ports this rule allows without L7 rules (`toPorts` entries without `rules`, or every
+    /// port, `Some(vec![])`, for a rule without `toPorts`); `None` when every entry has L7 rules.
+    /// As in Cilium, such a plain allow of a peer and port lifts the `rules.dns` that other rules
+    /// put on the same peer and port: every name is allowed there (and still proxied).
+    pub plain_ports: Option<Vec<PortProto>>,
     pub dns: Vec<DnsSpec>,
     pub fqdns: Vec<NamePattern>,
 }
@@ -91,6 +105,6 @@ pub struct PeerRule {
 impl PeerRule {
     /// True for a rule that can allow (or deny) nothing, like `egress: [{}]`.
     pub fn selects_nothing(&self) -> bool {
-        !self.has_l3 && !self.has_ports
+        self.no_peer || (!self.has_l3 && !self.has_ports)
     }
 }

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::dns::DnsRules;
 use crate::endpoint::Endpoint;
 use crate::policy::{PeerRule, PeerSpec, Policy, Subject};
-use crate::resolved::{DnsRule, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
+use crate::resolved::{DnsRule, DnsWildcard, EndpointPolicy, Entity, FqdnRule, L3Rule, Peer, PolicyRef};
 
 /// What the node itself looks like, for the entities that are not endpoints.
 ///
@@ -50,6 +50,8 @@ pub struct Traced {
     pub egress_default_deny_from: Option<Origin>,
     pub ingress_default_deny_from: Option<Origin>,
     pub dns_rules: Vec<Origin>,
+    /// The origin of each of `policy.dns.wildcards()`.
+    pub dns_wildcards: Vec<Origin>,
     pub fqdn_rules: Vec<Origin>,
     pub egress_allows: Vec<Origin>,
     pub egress_denies: Vec<Origin>,
@@ -74,6 +76,7 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
     let mut ctx = Ctx { inventory, node, inventory_labels: None };
     let mut out = Traced::default();
     let mut dns_rules = Vec::new();
+    let mut wildcards = Vec::new();
     for policy in policies {
         let mut selected = false;
         for rule in &policy.rules {
@@ -103,6 +106,14 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
                         });
                         out.dns_rules.push(o.clone());
                     }
+                    if let Some(ports) = &r.plain_ports {
+                        wildcards.push(DnsWildcard {
+                            server: peer.clone(),
+                            ports: ports.clone(),
+                            policy: policy.reference.clone(),
+                        });
+                        out.dns_wildcards.push(o.clone());
+                    }
                     out.policy.egress_allows.push(L3Rule {
                         peer,
                         ports: r.ports.clone(),
@@ -127,7 +138,7 @@ pub fn resolve_traced(policies: &[Policy], endpoint: &Endpoint, inventory: &[End
             out.policy.policies.push(policy.reference.clone());
         }
     }
-    out.policy.dns = DnsRules::new(dns_rules);
+    out.policy.dns = DnsRules::new(dns_rules).with_wildcards(wildcards);
     out
 }
 
@@ -149,9 +160,13 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The resolved L3 peers of a rule. A rule with ports but no L3 field allows every peer;
-    /// a rule with neither (`{}`) has none, and toFQDNs peers are only known from DNS answers
-    /// (they become [`FqdnRule`]s).
+    /// a rule with neither (`{}`) has none, nor has one with an empty peer list
+    /// (`toEndpoints: []`); toFQDNs peers are only known from DNS answers (they become
+    /// [`FqdnRule`]s).
     fn peers(&mut self, r: &PeerRule) -> Vec<Peer> {
+        if r.no_peer {
+            return Vec::new();
+        }
         if !r.has_l3 {
             return if r.has_ports { vec![Peer::Any] } else { Vec::new() };
         }
@@ -379,6 +394,73 @@ pub(crate) mod tests {
         let web = inv.iter().find(|e| e.name == "web").unwrap();
         assert!(resolve(&policies(text), web, &inv).egress_default_deny);
         assert!(!resolve(&policies(text), &alpine(), &inv).egress_default_deny);
+    }
+
+    /// Cilium (`mergeEndpointSelectors`): an explicitly empty peer list selects no peer, so the
+    /// rule allows nothing, its `toPorts` included; without the field the ports open to every
+    /// peer. One case per field, each direction, allow and deny.
+    #[test]
+    fn empty_peer_lists_select_no_peer() {
+        let ports = "toPorts: [{ports: [{port: '443', protocol: TCP}]}]";
+        let fields = ["Endpoints", "CIDR", "CIDRSet", "Entities"];
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let probes = [ip("10.0.2.7"), ip("10.96.0.10"), ip("1.1.1.1"), ip("127.0.0.1"), ip("2001:db8::1")];
+        let anywhere = |rules: &[L3Rule]| probes.iter().any(|p| rules.iter().any(|r| r.peer.contains(*p)));
+        for field in fields {
+            for (dir, deny) in [("egress", false), ("egressDeny", true), ("ingress", false), ("ingressDeny", true)] {
+                let prefix = if dir.starts_with("egress") { "to" } else { "from" };
+                let text = cnp(
+                    "p",
+                    &format!(
+                        "  {dir}:\n  - {prefix}{field}: []\n    {ports}\n  enableDefaultDeny: {{egress: true, ingress: true}}\n"
+                    ),
+                );
+                let ep = resolve(&policies(&text), &alpine(), &inventory());
+                let rules = match (dir.starts_with("egress"), deny) {
+                    (true, false) => &ep.egress_allows,
+                    (true, true) => &ep.egress_denies,
+                    (false, false) => &ep.ingress_allows,
+                    (false, true) => &ep.ingress_denies,
+                };
+                assert!(!anywhere(rules), "{dir} {prefix}{field}: [] must select no peer: {rules:?}");
+                // The control: the same rule without the field opens (or denies) 443 everywhere.
+                let open = cnp("p", &format!("  {dir}:\n  - {ports}\n"));
+                let ep = resolve(&policies(&open), &alpine(), &inventory());
+                let rules = match (dir.starts_with("egress"), deny) {
+                    (true, false) => &ep.egress_allows,
+                    (true, true) => &ep.egress_denies,
+                    (false, false) => &ep.ingress_allows,
+                    (false, true) => &ep.ingress_denies,
+                };
+                assert!(probes.iter().all(|p| rules.iter().any(|r| r.peer.contains(*p))), "{dir} without {field}");
+            }
+        }
+        // One empty list voids the rule's other peers (Cilium checks each list before merging),
+        // toFQDNs included; the selectors are still validated.
+        let cases = [
+            ("toEndpoints: [] beside toCIDR", "  - toEndpoints: []\n    toCIDR: [1.1.1.0/24]\n"),
+            ("toEntities: [] beside toCIDRSet", "  - toEntities: []\n    toCIDRSet: [{cidr: 1.1.1.0/24}]\n"),
+            ("toCIDR: [] beside toFQDNs", "  - toCIDR: []\n    toFQDNs: [{matchName: one.one.one.one}]\n"),
+        ];
+        for (name, rule) in cases {
+            let ep = resolve(&policies(&cnp("p", &format!("  egress:\n{rule}"))), &alpine(), &inventory());
+            assert!(ep.egress_default_deny, "case {name}");
+            assert!(ep.egress_allows.is_empty() && ep.fqdn_rules.is_empty(), "case {name}: {ep:?}");
+        }
+        let (_, problems) = parse_file(
+            Path::new("t.yaml"),
+            &cnp("p", "  egress:\n  - toCIDR: []\n    toFQDNs: [{matchName: 'a b'}]\n"),
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        // `toFQDNs: []` is not among the lists Cilium checks: like an absent field, the rule's
+        // ports open to every peer.
+        let ep = resolve(
+            &policies(&cnp("p", &format!("  egress:\n  - toFQDNs: []\n    {ports}\n"))),
+            &alpine(),
+            &inventory(),
+        );
+        assert_eq!(ep.egress_allows.len(), 1);
+        assert_eq!(ep.egress_allows[0].peer, Peer::Any);
     }
 
     #[test]

@@ -141,7 +141,20 @@ pub fn ports_allow(ports: &[PortProto], port: u16, proto: L4Proto) -> bool {
 pub struct DnsRule {
     pub server: Peer,
     pub ports: Vec<PortProto>,
+    /// Empty for `rules.dns: []`, which restricts no name (the queries are still proxied).
     pub patterns: Vec<NamePattern>,
+    pub policy: PolicyRef,
+}
+
+/// A plain allow (no L7 rules) of `server` on `ports` (empty = every port). Where `rules.dns`
+/// of other rules cover the same server and port, it lifts their restriction, as Cilium's L7
+/// docs say: "If a layer 4 rule is specified in the policy, and a similar layer 4 rule with
+/// layer 7 rules is also specified, then the layer 7 portions of the latter rule will have no
+/// effect." The queries are still proxied and their answers learned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsWildcard {
+    pub server: Peer,
+    pub ports: Vec<PortProto>,
     pub policy: PolicyRef,
 }
 

@@ -6,13 +6,16 @@ use std::path::Path;
 use std::str::FromStr;
 
 use fqdn_cache::pattern::NamePattern;
-use fqdn_cache::{L4Proto, PortProto};
 use ipnet::IpNet;
 
 use crate::model::{self, Document, FqdnSelector, LabelSelector, Operator};
-use crate::policy::{DnsSpec, PeerRule, PeerSpec, Policy, PolicyKind, Rule, Subject};
+use crate::policy::{PeerRule, PeerSpec, Policy, PolicyKind, Rule, Subject};
+
+mod ports;
+
 use crate::resolved::{Entity, PolicyRef};
 use crate::selector::{Scope, Selector};
+use ports::{Direction, ports};
 
 /// Namespace of a CiliumNetworkPolicy that names none, as `kubectl apply` would place it.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -101,16 +104,33 @@ pub fn validate_document(
     }
     let all = doc.spec.iter().map(|r| ("spec".to_string(), r));
     let all = all.chain(doc.specs.iter().flatten().enumerate().map(|(i, r)| (format!("specs[{i}]"), r)));
+    let mut warnings = Problems::default();
     for (path, raw) in all {
         if let Some(rule) = validate_rule(raw, &path, kind, namespace.as_deref(), &mut p) {
             rules.push(rule);
+        }
+        if len(&raw.ingress) + len(&raw.ingress_deny) + len(&raw.egress) + len(&raw.egress_deny) == 0 {
+            warnings.push(&path, NO_DIRECTION_WARNING);
         }
     }
     if !p.0.is_empty() {
         return Err(p.0);
     }
-    Ok(Policy { reference: PolicyRef { namespace, name }, kind, source: source.to_path_buf(), doc: doc_no, rules })
+    Ok(Policy {
+        reference: PolicyRef { namespace, name },
+        kind,
+        source: source.to_path_buf(),
+        doc: doc_no,
+        rules,
+        warnings: warnings.0,
+    })
 }
+
+/// A rule with a selector and no direction (the seed tutorial's stage 1): the Cilium of the
+/// tutorial accepted it, newer Cilium refuses it.
+pub const NO_DIRECTION_WARNING: &str = "no ingress, ingressDeny, egress or egressDeny: fqdnd accepts this rule as \
+     the Cilium of the seed tutorial did (it selects endpoints and restricts nothing), but Cilium 1.17 and later \
+     reject it (\"rule must have at least one of Ingress, IngressDeny, Egress, EgressDeny\")";
 
 fn validate_rule(
     raw: &model::Rule,
@@ -248,7 +268,9 @@ fn egress_rule(r: &model::EgressRule, path: &str, deny: bool, ctx: &DirCtx<'_>, 
         rule.has_l3 = true;
     }
     for (i, sel) in r.to_fqdns.iter().flatten().enumerate() {
-        if let Some(pat) = fqdn_selector(sel, &format!("{path}.toFQDNs[{i}]"), p) {
+        if let Some(pat) = fqdn_selector(sel, &format!("{path}.toFQDNs[{i}]"), p)
+            && !rule.no_peer
+        {
             rule.fqdns.push(pat);
         }
     }
@@ -299,9 +321,14 @@ fn common(
     p: &mut Problems,
 ) -> PeerRule {
     let mut peers = Vec::new();
-    let mut has_l3 = false;
+    // A field given at all is an L3 restriction, even as an empty list: Cilium reads `[]` as
+    // "no peer", never as "no L3 field" (which would open the rule's ports to every peer).
+    let has_l3 = endpoints.1.is_some() || cidr.1.is_some() || cidr_set.1.is_some() || entities.1.is_some();
+    let no_peer = endpoints.1.as_ref().is_some_and(Vec::is_empty)
+        || cidr.1.as_ref().is_some_and(Vec::is_empty)
+        || cidr_set.1.as_ref().is_some_and(Vec::is_empty)
+        || entities.1.as_ref().is_some_and(Vec::is_empty);
     if let Some(sels) = endpoints.1.as_ref().filter(|v| !v.is_empty()) {
-        has_l3 = true;
         let mut compiled = Vec::with_capacity(sels.len());
         for (i, s) in sels.iter().enumerate() {
             check_selector(s, &format!("{path}.{}[{i}]", endpoints.0), p);
@@ -310,14 +337,12 @@ fn common(
         peers.push(PeerSpec::Endpoints(compiled));
     }
     for (i, text) in cidr.1.iter().flatten().enumerate() {
-        has_l3 = true;
         match parse_cidr(text) {
             Ok(net) => peers.push(PeerSpec::Cidr { net, except: Vec::new() }),
             Err(e) => p.push(format!("{path}.{}[{i}]", cidr.0), e),
         }
     }
     for (i, rule) in cidr_set.1.iter().flatten().enumerate() {
-        has_l3 = true;
         let field = format!("{path}.{}[{i}]", cidr_set.0);
         if rule.cidr_group_ref.is_some() || rule.cidr_group_selector.is_some() {
             p.push(&field, "CiliumCIDRGroup references are not supported by fqdnd; write the cidr here");
@@ -349,18 +374,23 @@ fn common(
         peers.push(PeerSpec::Cidr { net, except });
     }
     for (i, text) in entities.1.iter().flatten().enumerate() {
-        has_l3 = true;
         match Entity::from_str(text) {
             Ok(e) => peers.push(PeerSpec::Entity(e)),
             Err(msg) => p.push(format!("{path}.{}[{i}]", entities.0), msg),
         }
     }
+    if no_peer {
+        // Cilium's rule: one empty list and the rule selects no peer, whatever else it names.
+        peers.clear();
+    }
     PeerRule {
         path: path.to_string(),
         has_l3,
+        no_peer,
         peers,
         has_ports: false,
         ports: Vec::new(),
+        plain_ports: None,
         dns: Vec::new(),
         fqdns: Vec::new(),
     }
@@ -392,8 +422,23 @@ fn check_selector(s: &LabelSelector, path: &str, p: &mut Problems) {
     }
 }
 
-/// One `toFQDNs` or `rules.dns` entry: exactly one of matchName / matchPattern, in the allowed
-/// alphabet and length.
+/// One `rules.dns` entry: matchName, matchPattern or both (it then matches either, as Cilium's
+/// proxy compiles each into its own alternative), each in the allowed alphabet and length.
+fn dns_selector(s: &FqdnSelector, path: &str, p: &mut Problems) -> Vec<NamePattern> {
+    if s.match_name.is_none() && s.match_pattern.is_none() {
+        p.push(path, "one of matchName or matchPattern is required");
+    }
+    let name = s.match_name.as_deref().and_then(|name| {
+        NamePattern::match_name(name).map_err(|e| p.push(format!("{path}.matchName"), e.to_string())).ok()
+    });
+    let pattern = s.match_pattern.as_deref().and_then(|pattern| {
+        NamePattern::match_pattern(pattern).map_err(|e| p.push(format!("{path}.matchPattern"), e.to_string())).ok()
+    });
+    name.into_iter().chain(pattern).collect()
+}
+
+/// One `toFQDNs` entry: exactly one of matchName / matchPattern, in the allowed alphabet and
+/// length.
 fn fqdn_selector(s: &FqdnSelector, path: &str, p: &mut Problems) -> Option<NamePattern> {
     match (&s.match_name, &s.match_pattern) {
         (Some(_), Some(_)) => {
@@ -411,152 +456,6 @@ fn fqdn_selector(s: &FqdnSelector, path: &str, p: &mut Problems) -> Option<NameP
             NamePattern::match_pattern(pattern).map_err(|e| p.push(format!("{path}.matchPattern"), e.to_string())).ok()
         }
     }
-}
-
-#[derive(Clone, Copy)]
-struct Direction {
-    ingress: bool,
-    deny: bool,
-}
-
-fn ports(
-    rule: &mut PeerRule,
-    raw: &Option<Vec<model::PortRule>>,
-    path: &str,
-    dir: Direction,
-    ctx: &DirCtx<'_>,
-    p: &mut Problems,
-) {
-    for (i, pr) in raw.iter().flatten().enumerate() {
-        rule.has_ports = true;
-        let field = format!("{path}.toPorts[{i}]");
-        unsupported(p, pr.server_names.is_some(), format!("{field}.serverNames"), "serverNames");
-        unsupported(p, pr.listener.is_some(), format!("{field}.listener"), "listener");
-        unsupported(p, pr.terminating_tls.is_some(), format!("{field}.terminatingTLS"), "terminatingTLS");
-        unsupported(p, pr.originating_tls.is_some(), format!("{field}.originatingTLS"), "originatingTLS");
-
-        let dns = pr.rules.as_ref().and_then(|r| r.dns.as_ref());
-        let has_l7 = pr.rules.as_ref().is_some_and(|r| {
-            r.dns.is_some() || r.http.is_some() || r.kafka.is_some() || r.l7proto.is_some() || r.l7.is_some()
-        });
-        if let Some(rules) = &pr.rules {
-            let rf = format!("{field}.rules");
-            if dir.deny {
-                p.push(&rf, "deny rules take no L7 rules");
-            } else {
-                unsupported(p, rules.http.is_some(), format!("{rf}.http"), "rules.http");
-                unsupported(p, rules.kafka.is_some(), format!("{rf}.kafka"), "rules.kafka");
-                unsupported(p, rules.l7proto.is_some() || rules.l7.is_some(), format!("{rf}.l7proto"), "rules.l7proto");
-                if ctx.host_policy && has_l7 {
-                    p.push(&rf, "host policies do not support L7 rules");
-                }
-                if dir.ingress && dns.is_some() {
-                    p.push(format!("{rf}.dns"), "DNS rules are not allowed on ingress");
-                }
-            }
-        }
-        let mut these = Vec::new();
-        let raw_ports = pr.ports.as_deref().unwrap_or_default();
-        if raw_ports.is_empty() {
-            if dns.is_some() {
-                p.push(format!("{field}.ports"), "a port (53) must be specified for DNS rules");
-            }
-            // A toPorts entry without ports restricts no port.
-            these.push(PortProto::ANY);
-        }
-        for (j, pp) in raw_ports.iter().enumerate() {
-            let pf = format!("{field}.ports[{j}]");
-            let proto = match parse_proto(pp.protocol.as_deref()) {
-                Ok(proto) => proto,
-                Err(msg) => {
-                    p.push(format!("{pf}.protocol"), msg);
-                    continue;
-                }
-            };
-            let Some(text) = &pp.port else {
-                p.push(format!("{pf}.port"), "port must be specified");
-                continue;
-            };
-            let port = match parse_port(&text.0) {
-                Ok(port) => port,
-                Err(msg) => {
-                    p.push(format!("{pf}.port"), msg);
-                    continue;
-                }
-            };
-            if port == 0 && has_l7 {
-                p.push(format!("{pf}.port"), "L7 rules can not be used when a port is 0");
-            }
-            let end = pp.end_port.unwrap_or(0);
-            if end > i64::from(port) {
-                if dns.is_some() {
-                    p.push(format!("{pf}.endPort"), "DNS rules do not support port ranges");
-                    continue;
-                }
-                if end > i64::from(u16::MAX) {
-                    p.push(format!("{pf}.endPort"), format!("{end} is not a port number"));
-                    continue;
-                }
-                let width = (end - i64::from(port) + 1) as u32;
-                if port == 0 || width > MAX_PORT_RANGE {
-                    p.push(
-                        format!("{pf}.endPort"),
-                        format!(
-                            "port range {port}-{end} is wider than {MAX_PORT_RANGE} ports, which fqdnd does not expand"
-                        ),
-                    );
-                    continue;
-                }
-                these.extend((port..=end as u16).map(|port| PortProto { port, proto }));
-            } else {
-                // Cilium ignores an endPort that is not above port.
-                these.push(PortProto { port, proto });
-            }
-        }
-        if let Some(sels) = dns {
-            let mut pats = Vec::with_capacity(sels.len());
-            for (k, s) in sels.iter().enumerate() {
-                if let Some(pat) = fqdn_selector(s, &format!("{field}.rules.dns[{k}]"), p) {
-                    pats.push(pat);
-                }
-            }
-            rule.dns.push(DnsSpec { ports: these.clone(), patterns: pats });
-        }
-        for pp in these {
-            if !rule.ports.contains(&pp) {
-                rule.ports.push(pp);
-            }
-        }
-    }
-}
-
-/// Cilium fixes up the case of protocol names; an empty protocol means ANY.
-fn parse_proto(text: Option<&str>) -> Result<L4Proto, String> {
-    match text.map(str::to_ascii_uppercase).as_deref() {
-        None | Some("") | Some("ANY") => Ok(L4Proto::Any),
-        Some("TCP") => Ok(L4Proto::Tcp),
-        Some("UDP") => Ok(L4Proto::Udp),
-        Some(p @ ("SCTP" | "ICMP" | "ICMPV6")) => {
-            Err(format!("protocol {p} is not supported by fqdnd (TCP, UDP or ANY)"))
-        }
-        Some(_) => Err(format!("invalid protocol {:?}, must be one of TCP, UDP, ANY", text.unwrap_or_default())),
-    }
-}
-
-fn parse_port(text: &str) -> Result<u16, String> {
-    let t = text.trim();
-    if let Ok(n) = t.parse::<u32>() {
-        return u16::try_from(n).map_err(|_| format!("{n} is not a port number (0-65535)"));
-    }
-    // Cilium resolves an IANA service name against the destination pod's named container
-    // ports; the endpoint inventory has none.
-    if !t.is_empty()
-        && t.chars().any(|c| c.is_ascii_alphabetic())
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(format!("named port {t:?} is not supported by fqdnd: endpoints carry no container port names"));
-    }
-    Err(format!("unable to parse port {text:?}"))
 }
 
 #[cfg(test)]
@@ -600,6 +499,20 @@ mod tests {
                 vec!["spec.egress[0].toFQDNs[0]: one of matchName or matchPattern is required".into()],
             ),
             (
+                "both in rules.dns is valid (it matches either)",
+                format!("{SEL}  egress:\n  - toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchName: a.com, matchPattern: '*.b.com'}}]}}}}]\n"),
+                vec![],
+            ),
+            (
+                "neither in rules.dns, and each field of a pair checked",
+                format!("{SEL}  egress:\n  - toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{}}, {{matchName: 'a*.com', matchPattern: 'a b'}}]}}}}]\n"),
+                vec![
+                    "spec.egress[0].toPorts[0].rules.dns[0]: one of matchName or matchPattern is required".into(),
+                    "spec.egress[0].toPorts[0].rules.dns[1].matchName: matchName \"a*.com\" has character '*' outside [-a-zA-Z0-9_.]".into(),
+                    "spec.egress[0].toPorts[0].rules.dns[1].matchPattern: matchPattern \"a b\" has character ' ' outside [-a-zA-Z0-9_.*]".into(),
+                ],
+            ),
+            (
                 "bad character in a pattern, second rule",
                 format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: a.com}}]\n  - toFQDNs: [{{matchName: b.com}}, {{matchPattern: 'a/b.com'}}]\n"),
                 vec!["spec.egress[1].toFQDNs[1].matchPattern: matchPattern \"a/b.com\" has character '/' outside [-a-zA-Z0-9_.*]".into()],
@@ -613,6 +526,17 @@ mod tests {
                 "name over 255",
                 format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: {long}}}]\n"),
                 vec![format!("spec.egress[0].toFQDNs[0].matchName: matchName {long:?} is 256 characters long; the limit is 255")],
+            ),
+            (
+                "empty labels, as Cilium's schema refuses them",
+                format!("{SEL}  egress:\n  - toFQDNs: [{{matchName: 'a..b.com'}}, {{matchPattern: '.*.b.com'}}, {{matchName: 'b.com..'}}, {{matchPattern: '.'}}]\n  - toEndpoints: [{{}}]\n    toPorts: [{{ports: [{{port: '53'}}], rules: {{dns: [{{matchPattern: '*..com'}}]}}}}]\n"),
+                vec![
+                    "spec.egress[0].toFQDNs[0].matchName: matchName \"a..b.com\" has an empty label (labels are separated by exactly one dot)".into(),
+                    "spec.egress[0].toFQDNs[1].matchPattern: matchPattern \".*.b.com\" has an empty label (labels are separated by exactly one dot)".into(),
+                    "spec.egress[0].toFQDNs[2].matchName: matchName \"b.com..\" has an empty label (labels are separated by exactly one dot)".into(),
+                    "spec.egress[0].toFQDNs[3].matchPattern: matchPattern \".\" has an empty label (labels are separated by exactly one dot)".into(),
+                    "spec.egress[1].toPorts[0].rules.dns[0].matchPattern: matchPattern \"*..com\" has an empty label (labels are separated by exactly one dot)".into(),
+                ],
             ),
             (
                 "DNS rules on ingress",
@@ -696,6 +620,58 @@ mod tests {
             ),
             vec!["spec.egress[0].toPorts[0].rules: host policies do not support L7 rules".to_string()]
         );
+    }
+
+    /// Cilium 1.17+ refuses a rule without any direction; fqdnd accepts it (the seed's stage 1)
+    /// and warns. Empty lists count as none, as in Cilium's check (`len(...) == 0`).
+    #[test]
+    fn a_rule_without_direction_is_valid_with_a_warning() {
+        let warnings = |spec: &str| {
+            let text =
+                format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: t}}\nspec:\n{spec}");
+            let (policies, probs) = parse_file(Path::new("t.yaml"), &text);
+            assert!(probs.is_empty(), "{probs:?}");
+            policies[0].warnings.iter().map(|w| format!("{}: {}", w.field, w.message)).collect::<Vec<_>>()
+        };
+        let warned = format!("spec: {}", super::NO_DIRECTION_WARNING);
+        // (case, spec, warned)
+        let cases = [
+            ("selector only", SEL.to_string(), true),
+            ("empty lists", format!("{SEL}  egress: []\n  ingressDeny: []\n"), true),
+            ("enableDefaultDeny alone", format!("{SEL}  enableDefaultDeny: {{egress: true}}\n"), true),
+            ("egress [{}]", format!("{SEL}  egress: [{{}}]\n"), false),
+            ("ingressDeny", format!("{SEL}  ingressDeny: [{{fromEntities: [world]}}]\n"), false),
+        ];
+        for (name, spec, want) in cases {
+            let got = warnings(&spec);
+            assert_eq!(got, if want { vec![warned.clone()] } else { vec![] }, "case {name}");
+        }
+        assert!(
+            super::NO_DIRECTION_WARNING
+                .contains("rule must have at least one of Ingress, IngressDeny, Egress, EgressDeny")
+        );
+    }
+
+    /// Cilium: "too many ports, the max is 40", for allow and deny rules.
+    #[test]
+    fn at_most_forty_ports_in_one_to_ports_entry() {
+        let ports = |n: u16| (1..=n).map(|p| format!("{{port: '{p}'}}")).collect::<Vec<_>>().join(", ");
+        for (dir, peer) in [
+            ("egress", "toCIDR: [10.0.0.0/8]"),
+            ("egressDeny", "toCIDR: [10.0.0.0/8]"),
+            ("ingress", "fromCIDR: [10.0.0.0/8]"),
+        ] {
+            let spec = |n| format!("{SEL}  {dir}:\n  - {peer}\n    toPorts: [{{ports: [{}]}}]\n", ports(n));
+            assert_eq!(problems("CiliumNetworkPolicy", &spec(40)), Vec::<String>::new(), "{dir}: 40 ports");
+            assert_eq!(
+                problems("CiliumNetworkPolicy", &spec(41)),
+                [format!("spec.{dir}[0].toPorts[0].ports: too many ports, the max is 40")],
+                "{dir}: 41 ports"
+            );
+        }
+        // The limit is per toPorts entry, not per rule.
+        let two = format!("{SEL}  egress:\n  - toPorts: [{{ports: [{}]}}, {{ports: [{}]}}]\n", ports(40), ports(40));
+        assert_eq!(problems("CiliumNetworkPolicy", &two), Vec::<String>::new());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!  proxy ─Answer─► enforcer (Learner) ─Delta─► datapath ─ack─► enforcer ─► proxy releases the answer
 //!        └─DnsFlow─► FlowHub ◄─ drop events (kernel datapath)
 //!  FlowHub + enforcer + Readiness ─► admin socket <state-dir>/fqdnd.sock (observe, cache list, status)
-//!  registry (proxy, agent, cache, datapath metrics) ─► --metrics-addr (/metrics, /healthz, /readyz)
+//!  FlowHub ─► Hubble's Observer API on --hubble-listen (gRPC); every flow ─► Hubble's metrics
+//!  registries (fqdnd_*: proxy, agent, cache, datapath; hubble_*) ─► --metrics-addr (/metrics, /healthz, /readyz)
 //! ```
 //!
 //! Start order: bind the proxy's sockets (the datapath needs their ports), open the datapath,
@@ -23,7 +24,7 @@ mod summary;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -39,8 +40,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, PrintFlows};
 use datapath::AgentDatapath;
 
-/// The file in the state directory listing the bound listeners (JSON), written once they are
-/// bound: lets scripts and tests that asked for port 0 find the port.
+/// The file in the state directory listing the bound DNS listeners (JSON), written once every
+/// server (DNS, admin socket, metrics, Hubble) is bound and the first snapshot is enforced: lets
+/// scripts and tests that asked for port 0 find the port, and know the agent is up.
 pub const LISTENERS_FILE: &str = "listeners.json";
 
 /// How often expired cache entries are collected.
@@ -63,6 +65,9 @@ impl Parts {
         tracing::debug!(generation = snap.generation, policies = ?snap.policies, "policy snapshot");
         let snap = Arc::new(snap);
         self.metrics.policy_load_errors.inc_by(snap.rejected as u64);
+        for fault in &snap.faults {
+            self.metrics.source_fault(*fault).inc();
+        }
         self.current.store(snap.clone());
         if let Err(e) = self.enforcer.set_endpoints(snap.selector_rules()).await {
             tracing::warn!(error = %e, "datapath update after a policy change failed");
@@ -83,6 +88,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut registry = agent_metrics::new_registry();
     let metrics = AgentMetrics::register(&mut registry);
     let proxy_metrics = ProxyMetrics::register(&mut registry);
+    let mut hubble_registry = fqdnd::hubble::metrics::new_registry();
+    let hubble_metrics = (!config.hubble_metrics.is_empty())
+        .then(|| Arc::new(fqdnd::hubble::HubbleMetrics::register(&config.hubble_metrics, &mut hubble_registry)));
     let readiness = Arc::new(Readiness::default());
 
     // The proxy's sockets first: the transparent datapath redirects to their ports.
@@ -102,12 +110,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     agent_metrics::register_cache_stats(&mut registry, enforcer.clone());
     let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
 
-    let hub = Arc::new(FlowHub::with_config(
-        HubConfig { ring_capacity: config.flow_ring_size, node_name: config.node_name.clone(), ..Default::default() },
+    let mut hub = FlowHub::with_config(
+        HubConfig {
+            ring_capacity: config.flow_ring_size,
+            follower_queue: config.flow_follower_queue,
+            node_name: config.node_name.clone(),
+        },
         metrics.clone(),
-    ));
-    // A ring of 0 keeps no flows: the proxy then builds none, saving their cost.
-    let flows = (config.flow_ring_size > 0)
+    );
+    if let Some(m) = &hubble_metrics {
+        hub = hub.with_observer(m.clone());
+    }
+    let hub = Arc::new(hub);
+    // A ring of 0 keeps no flows: the proxy then builds none, saving their cost, unless Hubble's
+    // metrics count them.
+    let flows = (config.flow_ring_size > 0 || hubble_metrics.is_some())
         .then(|| Arc::new(DnsFlows { hub: hub.clone(), lookup: current.clone() }) as Arc<dyn FlowSink>);
     let proxy = Proxy::with_metrics(config.proxy.clone(), enforcer.clone(), flows, proxy_metrics)?;
     dns_proxy::metrics::register_stats(&mut registry, proxy.stats_handle());
@@ -115,7 +132,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for l in &listeners {
         tracing::info!(proto = %l.proto, addr = %l.addr, transparent = l.transparent, "DNS proxy listening");
     }
-    write_listeners(&config.state_dir, &listeners)?;
 
     let parts = Arc::new(Parts {
         proxy: proxy.clone(),
@@ -161,14 +177,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cache_view = Arc::new(status::AgentView::new(&config, enforcer.clone(), current.clone(), &parts.datapath));
     let _admin = admin::serve(
         &admin::socket_path(&config.state_dir),
-        AdminState { hub, cache: cache_view, readiness: readiness.clone(), started: SystemTime::now() },
+        AdminState { hub: hub.clone(), cache: cache_view, readiness: readiness.clone(), started: SystemTime::now() },
     )
     .context("starting the admin socket")?;
+    let _hubble = match &config.hubble_listen {
+        Some(listen) => Some(
+            fqdnd::hubble::serve(listen, fqdnd::hubble::ObserverState { hub: hub.clone(), started: Instant::now() })
+                .await
+                .context("starting Hubble's Observer API")?,
+        ),
+        None => None,
+    };
     let _metrics = match config.metrics_addr {
         Some(addr) => Some(
-            agent_metrics::serve(addr, Arc::new(registry), readiness.clone())
-                .await
-                .context("starting the metrics server")?,
+            agent_metrics::serve_registries(
+                addr,
+                vec![Arc::new(registry), Arc::new(hubble_registry)],
+                readiness.clone(),
+            )
+            .await
+            .context("starting the metrics server")?,
         ),
         None => None,
     };
@@ -208,6 +236,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }));
     }
 
+    // Last, once every server is bound: scripts and tests wait for this file as "the agent is up".
+    write_listeners(&config.state_dir, &listeners)?;
     tracing::info!(mode = ?config.proxy.mode, "fqdnd running");
     bound.serve(shutdown.clone()).await?;
     for t in &tasks {

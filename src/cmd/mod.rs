@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod observe;
+pub mod observe_grpc;
 pub mod policy;
 pub mod run;
 pub mod status;

@@ -17,7 +17,8 @@ const DEFAULT_LAST: usize = 20;
 
 #[derive(Debug, clap::Args)]
 pub struct ObserveArgs {
-    /// Flows from or to this pod: NAMESPACE/NAME (NAME is a prefix), NAMESPACE/ or NAME.
+    /// Flows from or to this pod: NAMESPACE/NAME (NAME is a prefix), NAMESPACE/ or NAME (with
+    /// --server, NAME alone is default/NAME, as Hubble reads it).
     #[arg(long, value_name = "NS/NAME")]
     pod: Option<PodSelector>,
     /// Flows from or to an endpoint in this namespace.
@@ -63,6 +64,10 @@ pub struct ObserveArgs {
     /// The agent's state directory (its admin socket is fqdnd.sock in it).
     #[arg(long, env = "FQDND_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Read from an agent's Hubble Observer API instead of the local admin socket: unix:PATH
+    /// (e.g. unix:///run/fqdnd/hubble.sock) or HOST:PORT. Works against Cilium's Hubble too.
+    #[arg(long, value_name = "ADDR")]
+    server: Option<fqdnd::hubble::ServerAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -95,15 +100,21 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         (None, None, true, None) => Some(0),
     };
     let mut remaining = args.first;
-    let path = admin::socket_path(&args.state_dir.unwrap_or_else(admin::default_state_dir));
-    let mut client =
-        AdminClient::request(&path, &Request::Flows { filter, last, follow: args.follow }).map_err(|e| anyhow!(e))?;
     let stdout = io::stdout();
     let color = match args.color {
         ColorWhen::Always => Color::Always,
         ColorWhen::Auto if stdout.is_terminal() => Color::Always,
         _ => Color::Never,
     };
+    if let Some(server) = &args.server {
+        if args.first.is_some() {
+            bail!("--first is not supported with --server yet (use --last)");
+        }
+        return super::observe_grpc::run(server, &filter, last, args.follow, args.output, color);
+    }
+    let path = admin::socket_path(&args.state_dir.unwrap_or_else(admin::default_state_dir));
+    let mut client =
+        AdminClient::request(&path, &Request::Flows { filter, last, follow: args.follow }).map_err(|e| anyhow!(e))?;
     let mut out = stdout.lock();
     let mut printer = Printer::new(args.output, color, args.follow);
     let mut write = |text: String| -> anyhow::Result<bool> {

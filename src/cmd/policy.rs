@@ -1,8 +1,9 @@
 //! `fqdnd policy check` and `fqdnd policy explain`.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -17,10 +18,16 @@ pub const DEFAULT_DNS_SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10));
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCmd {
-    /// Validate policy files or directories; print each problem; exit 1 if any.
+    /// Validate policy files or directories (`-` reads stdin; `kind: List` documents, as
+    /// `kubectl get cnp -o yaml` prints them, are expanded): print each problem and warning, then
+    /// a summary, all on stdout; exit 1 if there is a problem.
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// `text`: one line per problem (`path: doc N: field: message`) and warning (`warning:
+        /// ...`), then a summary line. `json`: one JSON object per line, the same, the summary last.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Explain what the policies decide for one endpoint's DNS query or connection.
     Explain(Box<ExplainArgs>),
@@ -41,10 +48,11 @@ pub struct ExplainArgs {
     #[arg(long, required = true, num_args = 1..)]
     policies: Vec<PathBuf>,
     /// The endpoint asking, NAMESPACE/NAME: looked up in --endpoints, or built from --labels.
+    /// An endpoint neither listed there nor given --labels is an error (exit 2).
     #[arg(long)]
     endpoint: EndpointKey,
     /// Labels of the endpoint (k=v,k2=v2), without the `k8s:` prefix; they replace the labels
-    /// the endpoints file gives it. The namespace label is implied.
+    /// the endpoints file gives it (`--labels ''`: none). The namespace label is implied.
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
     /// Endpoints file (a YAML list of namespace/name/labels/ips): the peers that toEndpoints
@@ -77,38 +85,116 @@ pub struct ExplainArgs {
 
 pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCmd::Check { paths } => Ok(check(&paths)),
+        PolicyCmd::Check { paths, output } => check(&paths, output),
         PolicyCmd::Explain(args) => explain_cmd(*args),
         PolicyCmd::Suggest(args) => super::suggest::run(*args),
     }
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
-    let report = policy_sync::load_paths(paths);
-    let mut problems = report.problems.len();
-    for p in &report.problems {
-        println!("{p}");
+/// How stdin is named in problems.
+const STDIN: &str = "<stdin>";
+
+/// One line of `policy check -o json`.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum CheckLine<'a> {
+    Problem { severity: &'static str, path: String, doc: Option<usize>, field: &'a str, message: &'a str },
+    Summary { files: usize, policies: usize, problems: usize, warnings: usize, ok: bool },
+}
+
+fn check(paths: &[PathBuf], output: Output) -> anyhow::Result<ExitCode> {
+    // Files and directories in the order given; `-` (once) is stdin, read in its turn.
+    let mut report = policy_sync::LoadReport::default();
+    let mut empty_dirs = Vec::new();
+    let mut stdin_read = false;
+    for path in paths {
+        if path.as_os_str() == "-" {
+            if std::mem::replace(&mut stdin_read, true) {
+                bail!("`-` (stdin) given twice");
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading stdin")?;
+            report.files.push(PathBuf::from(STDIN));
+            report.add_file(Path::new(STDIN), &text);
+            continue;
+        }
+        let part = policy_sync::load::read_paths(std::slice::from_ref(path));
+        // An empty directory would otherwise "pass": for a check, that is almost always a wrong
+        // path.
+        if path.is_dir() && part.files.is_empty() && part.problems.is_empty() {
+            empty_dirs.push(policy_sync::Problem {
+                path: path.clone(),
+                doc: None,
+                field: String::new(),
+                message: "no *.yaml, *.yml or *.json files".into(),
+            });
+        }
+        report.files.extend(part.files);
+        report.policies.extend(part.policies);
+        report.problems.extend(part.problems);
+        report.warnings.extend(part.warnings);
     }
-    // An empty directory would otherwise "pass": for a check, that is almost always a wrong path.
-    for path in paths.iter().filter(|p| p.is_dir()) {
-        if !report.files.iter().any(|f| f.parent() == Some(path.as_path())) {
-            println!("{}: no *.yaml, *.yml or *.json files", path.display());
-            problems += 1;
+    report.problems.extend(empty_dirs);
+    let (policies, replaced) = policy_sync::load::last_wins(std::mem::take(&mut report.policies));
+    report.policies = policies;
+    report.warnings.extend(replaced);
+
+    let ok = report.problems.is_empty();
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Text => {
+            for p in &report.problems {
+                writeln!(out, "{p}")?;
+            }
+            for w in &report.warnings {
+                writeln!(out, "warning: {w}")?;
+            }
+            writeln!(
+                out,
+                "{} file(s), {} valid policy document(s), {} problem(s), {} warning(s)",
+                report.files.len(),
+                report.policies.len(),
+                report.problems.len(),
+                report.warnings.len()
+            )?;
+        }
+        Output::Json => {
+            let line = |severity, p: &'_ policy_sync::Problem| {
+                let line = CheckLine::Problem {
+                    severity,
+                    path: p.path.display().to_string(),
+                    doc: p.doc,
+                    field: &p.field,
+                    message: &p.message,
+                };
+                serde_json::to_string(&line)
+            };
+            for p in &report.problems {
+                writeln!(out, "{}", line("error", p)?)?;
+            }
+            for w in &report.warnings {
+                writeln!(out, "{}", line("warning", w)?)?;
+            }
+            let summary = CheckLine::Summary {
+                files: report.files.len(),
+                policies: report.policies.len(),
+                problems: report.problems.len(),
+                warnings: report.warnings.len(),
+                ok,
+            };
+            writeln!(out, "{}", serde_json::to_string(&summary)?)?;
         }
     }
-    eprintln!(
-        "{} file(s), {} valid policy document(s), {} problem(s)",
-        report.files.len(),
-        report.policies.len(),
-        problems
-    );
-    if problems == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn explain_cmd(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let report = policy_sync::load_paths(&args.policies);
     for p in &report.problems {
         eprintln!("fqdnd: warning: skipped: {p}");
+    }
+    for w in &report.warnings {
+        eprintln!("fqdnd: warning: {w}");
     }
     let inventory = match &args.endpoints {
         Some(path) => policy_sync::load_endpoints_file(path)?,
@@ -118,6 +204,16 @@ fn explain_cmd(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let endpoint = match inventory.iter().find(|e| e.key() == args.endpoint) {
         Some(e) if args.labels.is_empty() => e.clone(),
         Some(e) => Endpoint { labels, ..e.clone() },
+        // Labels decide what selects it: without them, an unknown endpoint would be explained as
+        // one no policy selects, which is a guess, not an answer.
+        None if args.labels.is_empty() => match &args.endpoints {
+            Some(file) => bail!(
+                "endpoint {} is not in {}; give its --labels to explain an endpoint the file does not list",
+                args.endpoint,
+                file.display()
+            ),
+            None => bail!("endpoint {} is unknown: give --endpoints FILE listing it, or its --labels", args.endpoint),
+        },
         None => Endpoint {
             namespace: args.endpoint.namespace.clone(),
             name: args.endpoint.name.clone(),

@@ -72,9 +72,10 @@ fn everything_set(dir: &Path) -> String {
         "mode: transparent\nlisten: [\"127.0.0.1:10054\", \"[::1]:10054\"]\nupstream: \"192.0.2.9:5300\"\n\
          policies: {d}/pol\nendpoints: {d}/eps.yaml\nstate-dir: {d}/state2\ndns-reject-response-code: refused\n\
          response-max-delay: 250ms\nupstream-timeout: 3s\ntcp-idle-timeout: 4s\nmin-ttl: 5\nmax-inflight: 64\n\
-         max-inflight-per-endpoint: 8\npolicy-poll-interval: 2s\nudp-workers: 3\nmetrics-addr: none\n\
+         max-inflight-per-endpoint: 8\npolicy-poll-interval: 2s\nudp-workers: 3\nmetrics-addr: \"127.0.0.1:9968\"\n\
          bpffs-dir: {d}/bpf\nfqdn-scope: node\nmax-ips-per-name: 7\nidle-connection-grace-period: 1m\n\
-         max-zombies: 9\ncache-snapshot-interval: 5m\nflow-ring-size: 11\nnode-name: n1\nprint-flows: json\n",
+         max-zombies: 9\ncache-snapshot-interval: 5m\nflow-ring-size: 11\nflow-follower-queue: 12\nnode-name: n1\nprint-flows: json\n\
+         hubble-listen: \"127.0.0.1:4244\"\nhubble-metrics: [dns, drop]\n",
         d = dir.display()
     )
 }

@@ -96,6 +96,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Dns => "dns",
+        }
+    }
+
     fn matches(self, f: &Flow) -> bool {
         match self {
             Protocol::Tcp => matches!(f.l4, Some(Layer4::Tcp(_))),
@@ -123,6 +131,11 @@ impl FromStr for Protocol {
 pub struct FqdnFilter(NamePattern);
 
 impl FqdnFilter {
+    /// The pattern as written (normalized, with the root dot).
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
     fn matches(&self, f: &Flow) -> bool {
         let query = f.l7.as_ref().and_then(|l7| l7.dns.as_ref()).map(|d| d.query.as_str());
         query.into_iter().chain(f.destination_names.iter().map(String::as_str)).any(|n| self.0.matches(n))

@@ -42,6 +42,27 @@ pub struct FlowHub {
     config: HubConfig,
     metrics: AgentMetrics,
     inner: Mutex<Inner>,
+    /// Flows published since start (Hubble's `seen_flows`), whether or not the ring keeps them.
+    seen: AtomicU64,
+    observers: Vec<Arc<dyn FlowObserver>>,
+}
+
+/// Which flows a follower wants: `fqdnd observe`'s [`FlowFilter`], or another API's filters
+/// (Hubble's whitelist/blacklist). Runs under the hub's lock, on every published flow.
+pub trait FlowMatch: Send + Sync {
+    fn matches(&self, flow: &Flow) -> bool;
+}
+
+impl FlowMatch for FlowFilter {
+    fn matches(&self, flow: &Flow) -> bool {
+        FlowFilter::matches(self, flow)
+    }
+}
+
+/// Sees every published flow, synchronously and before followers do (Hubble's metrics). Must be
+/// cheap and must not block: it runs on the thread that publishes (the proxy's, for DNS flows).
+pub trait FlowObserver: Send + Sync {
+    fn observe(&self, flow: &Flow);
 }
 
 struct Inner {
@@ -50,7 +71,7 @@ struct Inner {
 }
 
 struct Slot {
-    filter: FlowFilter,
+    filter: Arc<dyn FlowMatch>,
     tx: mpsc::Sender<Arc<Flow>>,
     lost: Arc<AtomicU64>,
 }
@@ -89,6 +110,8 @@ pub struct HubStats {
     pub buffered: usize,
     pub capacity: usize,
     pub followers: usize,
+    /// Flows published since start.
+    pub seen: u64,
 }
 
 impl FlowHub {
@@ -98,7 +121,13 @@ impl FlowHub {
 
     pub fn with_config(config: HubConfig, metrics: AgentMetrics) -> Self {
         let inner = Inner { ring: VecDeque::with_capacity(config.ring_capacity.min(65_536)), followers: Vec::new() };
-        FlowHub { config, metrics, inner: Mutex::new(inner) }
+        FlowHub { config, metrics, inner: Mutex::new(inner), seen: AtomicU64::new(0), observers: Vec::new() }
+    }
+
+    /// Hand every published flow to `observer` as well.
+    pub fn with_observer(mut self, observer: Arc<dyn FlowObserver>) -> Self {
+        self.observers.push(observer);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -125,6 +154,10 @@ impl FlowHub {
 
     /// Keep a flow and hand it to every follower that wants it, without ever waiting.
     pub fn publish(&self, flow: Flow) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        for observer in &self.observers {
+            observer.observe(&flow);
+        }
         let flow = Arc::new(flow);
         let mut inner = self.lock();
         if self.config.ring_capacity > 0 {
@@ -153,6 +186,11 @@ impl FlowHub {
     /// The matching flows in the ring (the last `last` of them if given) and, if `follow`, a
     /// follower for what comes next.
     pub fn subscribe(&self, filter: &FlowFilter, last: Option<usize>, follow: bool) -> Subscription {
+        self.subscribe_with(Arc::new(filter.clone()), last, follow)
+    }
+
+    /// [`FlowHub::subscribe`] with any matcher.
+    pub fn subscribe_with(&self, filter: Arc<dyn FlowMatch>, last: Option<usize>, follow: bool) -> Subscription {
         let mut inner = self.lock();
         let mut history: Vec<Arc<Flow>> = inner.ring.iter().filter(|f| filter.matches(f)).cloned().collect();
         if let Some(n) = last {
@@ -162,7 +200,7 @@ impl FlowHub {
         let follower = follow.then(|| {
             let (tx, rx) = mpsc::channel(self.config.follower_queue.max(1));
             let lost = Arc::new(AtomicU64::new(0));
-            inner.followers.push(Slot { filter: filter.clone(), tx, lost: lost.clone() });
+            inner.followers.push(Slot { filter, tx, lost: lost.clone() });
             Follower { rx, lost }
         });
         Subscription { history, follower }
@@ -174,6 +212,7 @@ impl FlowHub {
             buffered: inner.ring.len(),
             capacity: self.config.ring_capacity,
             followers: inner.followers.iter().filter(|s| !s.tx.is_closed()).count(),
+            seen: self.seen.load(Ordering::Relaxed),
         }
     }
 }
@@ -304,5 +343,44 @@ mod tests {
         hub.ingest_drop(&deny, &table(), &NoNames);
         hub.ingest_drop(&deny, &table(), &NoNames);
         assert_eq!((metrics.policy_drops_denied.get(), metrics.policy_drops_deny.get()), (1, 2));
+    }
+
+    #[test]
+    fn observers_see_every_flow_and_seen_counts_without_a_ring() {
+        #[derive(Default)]
+        struct Count(AtomicU64);
+        impl FlowObserver for Count {
+            fn observe(&self, _: &Flow) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let sink = Arc::new(Count::default());
+        let hub = FlowHub::with_config(HubConfig { ring_capacity: 0, ..Default::default() }, AgentMetrics::default())
+            .with_observer(sink.clone());
+        for i in 0..5 {
+            hub.publish(numbered(i));
+        }
+        assert_eq!(sink.0.load(Ordering::Relaxed), 5);
+        assert_eq!((hub.stats().seen, hub.stats().buffered), (5, 0));
+    }
+
+    #[test]
+    fn any_matcher_can_follow() {
+        struct EvenSeconds;
+        impl FlowMatch for EvenSeconds {
+            fn matches(&self, f: &Flow) -> bool {
+                secs(f).is_multiple_of(2)
+            }
+        }
+        let hub = FlowHub::new(16);
+        hub.publish(numbered(1));
+        hub.publish(numbered(2));
+        let sub = hub.subscribe_with(Arc::new(EvenSeconds), None, true);
+        assert_eq!(sub.history.iter().map(|f| secs(f)).collect::<Vec<_>>(), [2]);
+        let mut f = sub.follower.unwrap();
+        hub.publish(numbered(3));
+        hub.publish(numbered(4));
+        assert_eq!(secs(&f.try_recv().unwrap()), 4);
+        assert!(f.try_recv().is_none());
     }
 }

@@ -9,5 +9,5 @@ pub mod model;
 
 pub use convert::{EndpointInfo, EndpointLookup, NamesLookup, NoNames};
 pub use filter::{FlowFilter, PodSelector};
-pub use hub::{DnsFlows, FlowHub, Follower, HubConfig, HubStats, Subscription};
+pub use hub::{DnsFlows, FlowHub, FlowMatch, FlowObserver, Follower, HubConfig, HubStats, Subscription};
 pub use model::{Flow, FlowKind, FlowResponse, Verdict};

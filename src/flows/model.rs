@@ -1,7 +1,8 @@
 //! The flow model, shaped like Hubble's `flow.Flow` as `hubble observe -o json` prints it: proto
 //! field names (`source_port`, `IP`, `Type`, `Summary`), enums by name, zero values and empty lists
-//! left out, 64-bit integers as strings and timestamps in RFC 3339 (the proto3 JSON mapping). Field
-//! order follows the proto field numbers, so our lines diff cleanly against Hubble's.
+//! left out (zero enums too), 64-bit integers as strings and timestamps in RFC 3339 (the proto3
+//! JSON mapping). Field order follows the proto field numbers, so our lines diff cleanly against
+//! Hubble's; `hubble::convert` tests that this text is the protobuf JSON of the gRPC message.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +19,7 @@ pub const EVENT_TYPE_DROP: i32 = 1;
 pub struct Flow {
     #[serde(with = "proto_time")]
     pub time: SystemTime,
+    #[serde(default, skip_serializing_if = "Verdict::is_unknown")]
     pub verdict: Verdict,
     /// Deprecated in Hubble in favour of `drop_reason_desc`, still filled by it for drops.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
@@ -30,7 +32,7 @@ pub struct Flow {
     pub source: Option<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Endpoint>,
-    #[serde(rename = "Type")]
+    #[serde(rename = "Type", default, skip_serializing_if = "FlowType::is_unknown")]
     pub flow_type: FlowType,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
@@ -84,8 +86,9 @@ impl FromStr for FlowKind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Verdict {
+    #[default]
     #[serde(rename = "VERDICT_UNKNOWN")]
     Unknown,
     #[serde(rename = "FORWARDED")]
@@ -97,6 +100,10 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    fn is_unknown(&self) -> bool {
+        *self == Verdict::Unknown
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Unknown => "VERDICT_UNKNOWN",
@@ -146,20 +153,35 @@ pub enum FlowType {
     L7,
 }
 
+impl FlowType {
+    fn is_unknown(&self) -> bool {
+        *self == FlowType::Unknown
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ip {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub destination: String,
-    #[serde(rename = "ipVersion")]
+    #[serde(rename = "ipVersion", default, skip_serializing_if = "IpVersion::is_not_used")]
     pub ip_version: IpVersion,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IpVersion {
+    #[default]
     #[serde(rename = "IP_NOT_USED")]
     NotUsed,
     IPv4,
     IPv6,
+}
+
+impl IpVersion {
+    fn is_not_used(&self) -> bool {
+        *self == IpVersion::NotUsed
+    }
 }
 
 /// Hubble's `oneof protocol`: `{"TCP": {...}}` or `{"UDP": {...}}`.
@@ -270,7 +292,7 @@ pub struct Endpoint {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layer7 {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, skip_serializing_if = "L7FlowType::is_unknown")]
     pub l7_type: L7FlowType,
     #[serde(default, skip_serializing_if = "is_zero_u64", with = "proto_u64")]
     pub latency_ns: u64,
@@ -278,14 +300,21 @@ pub struct Layer7 {
     pub dns: Option<Dns>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum L7FlowType {
+    #[default]
     #[serde(rename = "UNKNOWN_L7_TYPE")]
     Unknown,
     #[serde(rename = "REQUEST")]
     Request,
     #[serde(rename = "RESPONSE")]
     Response,
+}
+
+impl L7FlowType {
+    fn is_unknown(&self) -> bool {
+        *self == L7FlowType::Unknown
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,4 +4,5 @@
 #![allow(dead_code, unused_imports)]
 
 pub use fqdnd_testkit::{clients, dig, dns_server, fqdnd, kube, netns, paths, privileged, wait};
+pub mod hubble;
 pub mod topology;

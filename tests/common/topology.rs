@@ -122,13 +122,21 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// Node-side veth of the pod.
     pub pod_veth: String,
+    /// More `fqdnd run` flags for every start of the agent.
+    pub agent_args: Vec<String>,
 }
 
 impl Cluster {
     /// Build the namespaces, DNS and servers, then start the agent with an empty policy
     /// directory and wait until it is ready.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// [`Cluster::start`], the agent run with more flags.
+    pub fn start_with(agent_args: &[&str]) -> Cluster {
         let mut c = Cluster::build();
+        c.agent_args = agent_args.iter().map(|a| a.to_string()).collect();
         c.start_agent();
         c
     }
@@ -230,6 +238,7 @@ impl Cluster {
             bpffs: Bpffs::new(),
             dir,
             pod_veth,
+            agent_args: Vec::new(),
         }
     }
 
@@ -273,6 +282,7 @@ impl Cluster {
             .arg("--bpffs-dir")
             .arg(self.bpffs.datapath_dir())
             .args(["--metrics-addr", METRICS_ADDR])
+            .args(&self.agent_args)
             // The harness waits on the datapath's info line, whatever filter the caller set.
             .env(
                 "FQDND_LOG",

@@ -5,7 +5,6 @@ mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use fqdn_cache::{L4Proto, Learner};
@@ -31,15 +30,12 @@ pub struct Proxy {
 
 /// One bound listening socket, for logs and for the datapath: the eBPF program finds the
 /// transparent sockets by these addresses (`bpf_sk_lookup_udp` / `bpf_skc_lookup_tcp` on the
-/// listener's address and port), or takes them by file descriptor into a socket map.
+/// listener's address and port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ListenerInfo {
     pub proto: L4Proto,
     pub addr: SocketAddr,
     pub transparent: bool,
-    /// Valid while the [`Bound`] that reported it is alive.
-    #[serde(skip)]
-    pub fd: RawFd,
 }
 
 /// Listening sockets bound for a config, owned by no proxy yet: lets a caller learn the ports
@@ -135,12 +131,14 @@ impl Sockets {
 
     pub fn listeners(&self) -> Vec<ListenerInfo> {
         let transparent = self.transparent;
-        let udp = self.udp.iter().filter_map(|s| {
-            Some(ListenerInfo { proto: L4Proto::Udp, addr: s.local_addr().ok()?, transparent, fd: s.as_raw_fd() })
-        });
-        let tcp = self.tcp.iter().filter_map(|s| {
-            Some(ListenerInfo { proto: L4Proto::Tcp, addr: s.local_addr().ok()?, transparent, fd: s.as_raw_fd() })
-        });
+        let udp = self
+            .udp
+            .iter()
+            .filter_map(|s| Some(ListenerInfo { proto: L4Proto::Udp, addr: s.local_addr().ok()?, transparent }));
+        let tcp = self
+            .tcp
+            .iter()
+            .filter_map(|s| Some(ListenerInfo { proto: L4Proto::Tcp, addr: s.local_addr().ok()?, transparent }));
         udp.chain(tcp).collect()
     }
 }

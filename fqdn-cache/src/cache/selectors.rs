@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::pattern::{NamePattern, PatternKind, PatternSet};
+use crate::pattern::{NamePattern, PatternKind, PatternSet, is_selectable_name};
 use crate::{EndpointId, PortProto};
 
 /// One toFQDNs selector of an endpoint with the ports of its rule (empty: every port, i.e.
@@ -104,7 +104,8 @@ impl Selectors {
     /// they must see each one, and [`EndpointRules`] counts alike.
     pub(crate) fn grants(&mut self, name: &str, only: Option<EndpointId>, mut f: impl FnMut(EndpointId, PortProto)) {
         self.build();
-        if self.set.is_empty() {
+        // A selector holds clean names only, `*` included (`NamePattern::selects`).
+        if self.set.is_empty() || !is_selectable_name(name) {
             return;
         }
         let mut matched = std::mem::take(&mut self.scratch);
@@ -166,6 +167,9 @@ impl EndpointRules {
     /// [`Selectors::grants`] on counting).
     pub(crate) fn ports_for(&self, name: &str, scratch: &mut Vec<usize>, out: &mut Vec<PortProto>) {
         out.clear();
+        if !is_selectable_name(name) {
+            return;
+        }
         self.set.matching_into(name, scratch);
         for &i in scratch.iter() {
             out.extend_from_slice(&self.ports[i]);

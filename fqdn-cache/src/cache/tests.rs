@@ -181,6 +181,28 @@ fn scope_endpoint_versus_node() {
     }
 }
 
+/// A name the DNS allow-all let through but no selector can hold (a literal `*` label, an
+/// escaped byte) is cached, yet opens nothing, not even for `toFQDNs: [{matchPattern: "*"}]`.
+#[test]
+fn unclean_names_are_learned_but_never_selected() {
+    let t0 = Instant::now();
+    let mut c = Cache::new(CacheConfig::default(), t0);
+    c.set_selectors(ep(1), vec![rule("*"), rule("*.example.com")]);
+    for name in ["*.example.com", "a\\032b.example.com", "a b.example.com"] {
+        let d = c.learn(&answer(ep(1), name, &[], &["192.0.2.7"], 60), t0);
+        assert!(d.is_empty(), "{name}: {d:?}");
+        assert_eq!(c.names_for_ip(ep(1), ip("192.0.2.7")).len(), 1, "{name} is in the cache");
+        c.remove_endpoint(ep(1));
+        c.set_selectors(ep(1), vec![rule("*"), rule("*.example.com")]);
+    }
+    // Learned first, selected later: still nothing.
+    c.learn(&answer(ep(1), "*.example.com", &[], &["192.0.2.8"], 60), t0);
+    assert!(c.set_selectors(ep(1), vec![rule("*")]).is_empty());
+    // A clean name under the same selectors opens its IP.
+    let d = c.learn(&answer(ep(1), "www.example.com", &[], &["192.0.2.9"], 60), t0);
+    assert_eq!(d, adds(&[any(ep(1), "192.0.2.9")]));
+}
+
 #[test]
 fn selector_changes_rederive_from_the_cache() {
     let t0 = Instant::now();
@@ -384,7 +406,7 @@ impl Model {
         for pattern in self.rules.get(&endpoint).into_iter().flatten() {
             let p = NamePattern::match_pattern(pattern).unwrap();
             for (owner, name, ip) in self.entries.keys() {
-                if (scope == Scope::Node || *owner == endpoint) && p.matches(name) {
+                if (scope == Scope::Node || *owner == endpoint) && p.selects(name) {
                     out.insert(AllowKey { endpoint: EndpointId(endpoint), ip: *ip, port: PortProto::ANY });
                 }
             }
@@ -402,7 +424,11 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let name = prop::sample::select(vec!["a.x.com", "b.x.com", "x.com", "a.y.org", "B.X.COM."]).prop_map(String::from);
+    // Names a DNS allow-all lets through but no selector may hold: a literal `*` label, an
+    // escaped odd byte.
+    let name =
+        prop::sample::select(vec!["a.x.com", "b.x.com", "x.com", "a.y.org", "B.X.COM.", "*.x.com", "a\\032b.x.com"])
+            .prop_map(String::from);
     let pattern =
         prop::sample::select(vec!["*.x.com", "x.com", "**.com", "*", "a.*.org", "b*.x.com"]).prop_map(String::from);
     prop_oneof![

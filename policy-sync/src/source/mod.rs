@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use fqdn_cache::{EndpointId, SelectorRule};
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, canonical};
 use crate::resolved::{EndpointPolicy, PolicyRef};
 
 pub use files::FilesSource;
@@ -41,6 +41,27 @@ impl ResolvedEndpoint {
     }
 }
 
+/// A load that could not read part of its input, so what was in force before stays in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceFault {
+    /// The policy path is missing, cannot be listed or read, or is no longer the kind of entry
+    /// (directory or file) it was: the last good policies stay.
+    PoliciesUnreadable,
+    /// The endpoints file cannot be read or is invalid (a misspelled key, an endpoint or an IP
+    /// listed twice): the last good inventory stays.
+    EndpointsInvalid,
+}
+
+impl SourceFault {
+    /// A fixed label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFault::PoliciesUnreadable => "policies_unreadable",
+            SourceFault::EndpointsInvalid => "endpoints_invalid",
+        }
+    }
+}
+
 /// Everything in force after a load: every component reads it, none rebuilds its own table.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -51,6 +72,9 @@ pub struct Snapshot {
     /// Policy objects rejected by this load (each reported by the source; the last good
     /// version of each, if any, is still in `policies`).
     pub rejected: usize,
+    /// What this load could not read (each logged by the source); what was in force before
+    /// stays in this snapshot. Set with [`Snapshot::with_faults`].
+    pub faults: Vec<SourceFault>,
     by_ip: HashMap<IpAddr, usize>,
     by_id: HashMap<EndpointId, usize>,
 }
@@ -67,7 +91,13 @@ impl Snapshot {
                 by_ip.insert(canonical(*ip), i);
             }
         }
-        Snapshot { generation, endpoints, policies, rejected, by_ip, by_id }
+        Snapshot { generation, endpoints, policies, rejected, faults: Vec::new(), by_ip, by_id }
+    }
+
+    /// This snapshot with the faults of the load that made it.
+    pub fn with_faults(mut self, faults: Vec<SourceFault>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Endpoints without policies (an inventory: flows name peers with it).
@@ -89,14 +119,6 @@ impl Snapshot {
     /// Every endpoint's toFQDNs selectors, for the enforcer.
     pub fn selector_rules(&self) -> Vec<(EndpointId, Vec<SelectorRule>)> {
         self.endpoints.iter().map(|e| (e.id, e.selector_rules())).collect()
-    }
-}
-
-/// IPv4-mapped IPv6 (`::ffff:10.0.1.5`) is the IPv4 address: dual-stack sockets report it that way.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
