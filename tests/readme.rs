@@ -141,6 +141,18 @@ impl Place {
             }
         };
         c.current_dir(root()).env("PATH", &self.path).env_remove("FQDND_STATE_DIR").env_remove("FQDND_LOG");
+        // A person's shell, not the test runner's: the variables cargo and nextest set for a test
+        // would make the README's `cargo run` see a different build (and rebuild fqdnd).
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            let runner = (k.starts_with("CARGO") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+                || k.starts_with("NEXTEST")
+                || k.starts_with("RUST_TEST")
+                || k == "LD_LIBRARY_PATH";
+            if runner {
+                c.env_remove(&key);
+            }
+        }
         c
     }
 }
