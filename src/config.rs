@@ -1,48 +1,10 @@
 //! The agent's one typed config: defaults, then the YAML file (`--config`), then flags. Every
-//! problem is collected and reported together; the effective config is logged at start.
+//! problem is collected and reported together; the effective config is logged at start, under the
+//! same keys, so that line is valid `--config` input. Every key has a flag of the same name and an
+//! entry in docs/config.md; `config::surface` tests all three.
 //!
-//! ```yaml
-//! mode: plain                      # plain | transparent
-//! listen: ["127.0.0.1:5353"]       # UDP + TCP each
-//! upstream: "10.96.0.10:53"        # plain mode; default: first nameserver of /etc/resolv.conf
-//! policies: ./policies             # directory (or file) of CiliumNetworkPolicies, re-read on change
-//! endpoints: ./endpoints.yaml      # source IP -> endpoint (see policy_sync::endpoint)
-//! state-dir: /run/fqdnd
-//! dns-reject-response-code: nameError   # nameError | refused
-//! response-max-delay: 100ms
-//! upstream-timeout: 2s
-//! tcp-idle-timeout: 10s
-//! max-tcp-connections: 2048        # all clients; the oldest idle is closed for a new one
-//! max-tcp-connections-per-endpoint: 64
-//! min-ttl: 0                       # seconds
-//! max-ttl: 86400                   # seconds: longer TTLs are cut to this (learning and restore)
-//! max-inflight: 4096
-//! max-inflight-per-endpoint: 1024
-//! max-qps-per-endpoint: 1000       # queries/s per endpoint; beyond: shed (0: no limit)
-//! qps-burst-per-endpoint: 200      # what an endpoint may send at once above its rate
-//! policy-poll-interval: 10s        # rescan of the policy files (changes are watched with inotify at once)
-//! udp-workers: 0                  # plain mode: UDP receive threads (0 = half the CPUs)
-//! metrics-addr: 127.0.0.1:9967     # /metrics, /healthz, /readyz; "none" turns it off
-//! bpffs-dir: /sys/fs/bpf/fqdnd     # transparent mode: where the datapath pins maps and links
-//! fqdn-scope: endpoint             # endpoint | node: whose lookups a toFQDNs selector sees
-//! max-ips-per-name: 1000
-//! idle-connection-grace-period: 0s
-//! max-zombies: 10000
-//! max-learned-per-endpoint: 10000  # name/IP entries one endpoint's lookups may hold
-//! allow-map-size: 262144           # transparent mode: entries of each allow map (IPv4, IPv6)
-//! deny-response: drop              # drop | reject (TCP RST / ICMP port unreachable to the pod)
-//! policy-audit-mode: false         # nothing dropped or refused; flows say AUDIT instead
-//! cache-snapshot-interval: 60s
-//! flow-ring-size: 4096             # flows kept for `fqdnd observe`; 0: no DNS flows are built
-//! flow-follower-queue: 1024        # flows queued per live follower before it loses them
-//! hubble-listen: unix:/run/fqdnd/hubble.sock  # Hubble's Observer API (gRPC): unix:PATH or HOST:PORT;
-//!                                  # default <state-dir>/hubble.sock; "none" turns it off
-//! hubble-metrics: [dns, drop, flow] # Hubble's metrics on /metrics (Hubble's --metrics syntax); default none
-//! node-name: ""                    # in every flow, and the node whose pods are local (Kubernetes);
-//!                                  # default: $NODE_NAME, then the host name
-//! source: files                    # files | kubernetes (default in a pod: kubernetes)
-//! kubeconfig: ~/.kube/config       # kubernetes: default $KUBECONFIG, ~/.kube/config, in-cluster
-//! ```
+//! Every key, its default and what it does: docs/config.md (the reference; an example file is
+//! examples/quickstart/fqdnd.yaml).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -100,6 +62,7 @@ pub struct FileConfig {
     pub flow_ring_size: Option<usize>,
     pub flow_follower_queue: Option<usize>,
     pub node_name: Option<String>,
+    pub print_flows: Option<String>,
     pub hubble_listen: Option<String>,
     pub hubble_metrics: Option<fqdnd::hubble::MetricsSetting>,
     pub source: Option<String>,
@@ -200,6 +163,25 @@ pub struct Flags {
     /// Flows kept for `fqdnd observe` (default 4096); 0 turns DNS flows off (they cost per query).
     #[arg(long, value_name = "N")]
     pub flow_ring_size: Option<usize>,
+    /// How long an idle TCP DNS connection from a client is kept open (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub tcp_idle_timeout: Option<String>,
+    /// Queries in flight at once per endpoint (default: a quarter of --max-inflight).
+    #[arg(long, value_name = "N")]
+    pub max_inflight_per_endpoint: Option<usize>,
+    /// How often the policy directory and endpoints file are checked for changes (default 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub policy_poll_interval: Option<String>,
+    /// Plain mode: UDP receive threads per listen address (0, the default: half the CPUs).
+    #[arg(long, value_name = "N")]
+    pub udp_workers: Option<usize>,
+    /// How often the learned cache is written to the state directory (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    pub cache_snapshot_interval: Option<String>,
+    /// Print every flow on stdout as it happens: none (default), compact or json (as `fqdnd
+    /// observe -f` would).
+    #[arg(long, value_name = "none|compact|json")]
+    pub print_flows: Option<String>,
     /// Flows queued per live follower (observe -f, GetFlows follow) before it loses them and is
     /// told so (default 1024); publishing never waits on a follower.
     #[arg(long, value_name = "N")]
@@ -244,21 +226,22 @@ pub enum SourceKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Config {
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "display::display_proxy")]
     pub proxy: ProxyConfig,
     pub policies: Option<PathBuf>,
     pub endpoints: Option<PathBuf>,
     pub state_dir: PathBuf,
-    #[serde(serialize_with = "display_cache")]
+    #[serde(flatten, serialize_with = "display::display_cache")]
     pub cache: fqdn_cache::CacheConfig,
-    #[serde(serialize_with = "display_duration")]
+    #[serde(serialize_with = "display::display_duration")]
     pub policy_poll_interval: Duration,
-    #[serde(serialize_with = "display_duration")]
+    #[serde(serialize_with = "display::display_duration")]
     pub cache_snapshot_interval: Duration,
+    #[serde(serialize_with = "display::display_metrics_addr")]
     pub metrics_addr: Option<SocketAddr>,
     pub bpffs_dir: PathBuf,
     pub allow_map_size: u32,
-    #[serde(serialize_with = "display_value")]
+    #[serde(serialize_with = "display::display_value")]
     pub deny_response: ebpf_redirect::DenyResponse,
     pub flow_ring_size: usize,
     pub flow_follower_queue: usize,
@@ -268,42 +251,33 @@ pub struct Config {
     pub source: SourceKind,
     pub kubeconfig: Option<PathBuf>,
     /// `--takeover`: replace the agent running on this state directory (the restart handover).
+    /// An action of this start, not a setting: not logged, no file key.
+    #[serde(skip)]
     pub takeover: bool,
+    pub print_flows: PrintFlows,
 }
 
-fn display_value<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
+/// `print-flows`: the agent prints flows on its stdout (the quickstart shows them this way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrintFlows {
+    #[default]
+    None,
+    Compact,
+    Json,
 }
 
-fn display_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
-}
+impl std::str::FromStr for PrintFlows {
+    type Err = String;
 
-/// The cache settings under their flag names, durations as people write them (`30s`, not
-/// `{secs, nanos}`).
-fn display_cache<S: serde::Serializer>(c: &fqdn_cache::CacheConfig, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "kebab-case")]
-    struct View {
-        min_ttl: u32,
-        max_ttl: u32,
-        max_ips_per_name: usize,
-        fqdn_scope: fqdn_cache::Scope,
-        #[serde(serialize_with = "display_duration")]
-        idle_connection_grace_period: Duration,
-        max_zombies: usize,
-        max_learned_per_endpoint: usize,
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(PrintFlows::None),
+            "compact" => Ok(PrintFlows::Compact),
+            "json" => Ok(PrintFlows::Json),
+            other => Err(format!("{other:?} is not none, compact or json")),
+        }
     }
-    View {
-        min_ttl: c.min_ttl,
-        max_ttl: c.max_ttl,
-        max_ips_per_name: c.max_ips_per_name,
-        fqdn_scope: c.scope,
-        idle_connection_grace_period: c.idle_grace,
-        max_zombies: c.max_zombies,
-        max_learned_per_endpoint: c.max_learned_per_endpoint,
-    }
-    .serialize(s)
 }
 
 /// Every problem found in the config, each naming its source and key.
@@ -469,20 +443,31 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         duration(&flags.response_max_delay, &file.response_max_delay, "response-max-delay", Duration::from_millis(100));
     let upstream_timeout =
         duration(&flags.upstream_timeout, &file.upstream_timeout, "upstream-timeout", Duration::from_secs(2));
-    let tcp_idle_timeout = duration(&None, &file.tcp_idle_timeout, "tcp-idle-timeout", Duration::from_secs(10));
-    let policy_poll_interval =
-        duration(&None, &file.policy_poll_interval, "policy-poll-interval", Duration::from_secs(10));
-    let cache_snapshot_interval =
-        duration(&None, &file.cache_snapshot_interval, "cache-snapshot-interval", Duration::from_secs(60));
+    let tcp_idle_timeout =
+        duration(&flags.tcp_idle_timeout, &file.tcp_idle_timeout, "tcp-idle-timeout", Duration::from_secs(10));
+    let policy_poll_interval = duration(
+        &flags.policy_poll_interval,
+        &file.policy_poll_interval,
+        "policy-poll-interval",
+        Duration::from_secs(10),
+    );
+    let cache_snapshot_interval = duration(
+        &flags.cache_snapshot_interval,
+        &file.cache_snapshot_interval,
+        "cache-snapshot-interval",
+        Duration::from_secs(60),
+    );
 
     let max_inflight = flags.max_inflight.or(file.max_inflight).unwrap_or(4096);
     if max_inflight == 0 {
         problems.push(format!("{}: must be at least 1", src(flags.max_inflight.is_some(), "max-inflight")));
     }
-    let max_inflight_per_endpoint = file.max_inflight_per_endpoint.unwrap_or((max_inflight / 4).max(1));
+    let max_inflight_per_endpoint =
+        flags.max_inflight_per_endpoint.or(file.max_inflight_per_endpoint).unwrap_or((max_inflight / 4).max(1));
     if max_inflight_per_endpoint == 0 || max_inflight_per_endpoint > max_inflight.max(1) {
         problems.push(format!(
-            "config max-inflight-per-endpoint: {max_inflight_per_endpoint} must be between 1 and max-inflight ({max_inflight})"
+            "{}: {max_inflight_per_endpoint} must be between 1 and max-inflight ({max_inflight})",
+            src(flags.max_inflight_per_endpoint.is_some(), "max-inflight-per-endpoint")
         ));
     }
 
@@ -660,6 +645,13 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
     } else if kubeconfig.is_some() {
         problems.push(format!("{}: only for --source kubernetes", src(flags.kubeconfig.is_some(), "kubeconfig")));
     }
+    let print_flows = match pick!(flags.print_flows.clone(), file.print_flows.clone(), "print-flows") {
+        None => PrintFlows::None,
+        Some((v, from)) => v.parse().unwrap_or_else(|e| {
+            problems.push(format!("{from}: {e}"));
+            PrintFlows::None
+        }),
+    };
 
     let hubble_listen = match pick!(flags.hubble_listen.clone(), file.hubble_listen.clone(), "hubble-listen") {
         None => Some(fqdnd::hubble::ListenAddr::default_in(&state_dir)),
@@ -714,7 +706,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
             tcp_max_connections,
             tcp_max_connections_per_endpoint,
             upstream_sockets: 4,
-            udp_workers: file.udp_workers.unwrap_or(0),
+            udp_workers: flags.udp_workers.or(file.udp_workers).unwrap_or(0),
             policy_audit_mode: flags.policy_audit_mode || file.policy_audit_mode.unwrap_or(false),
         },
         // The default ./policies directory is for the files source only.
@@ -735,6 +727,7 @@ pub fn resolve(file: &FileConfig, flags: &Flags, env: &Environment) -> Result<Co
         flow_ring_size,
         flow_follower_queue,
         node_name,
+        print_flows,
         hubble_listen,
         hubble_metrics,
         source,
@@ -767,326 +760,9 @@ pub fn first_nameserver(path: &Path) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{} lists no nameserver", path.display()))
 }
 
+mod display;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod surface;
 
-    fn env(dir: &Path) -> Environment {
-        let resolv = dir.join("resolv.conf");
-        std::fs::write(&resolv, "# comment\nsearch example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n").unwrap();
-        Environment {
-            resolv_conf: resolv,
-            cwd: dir.to_path_buf(),
-            default_state_dir: dir.join("state"),
-            in_cluster: false,
-        }
-    }
-
-    #[test]
-    fn defaults_without_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.proxy.mode, Mode::Plain);
-        assert_eq!(c.proxy.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
-        assert_eq!(c.proxy.upstream, Some("192.0.2.53:53".parse().unwrap()));
-        assert_eq!(c.proxy.reject, RejectCode::NameError);
-        assert_eq!(c.proxy.response_max_delay, Duration::from_millis(100));
-        assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(2));
-        assert_eq!(c.metrics_addr, Some("127.0.0.1:9967".parse().unwrap()));
-        assert_eq!(c.cache, fqdn_cache::CacheConfig::default());
-        assert_eq!(c.policies, None, "no ./policies directory here");
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.policies, Some(dir.path().join("policies")));
-    }
-
-    #[test]
-    fn misspelled_key_is_rejected_with_its_name() {
-        let err = parse_file(Path::new("fqdnd.yaml"), "mode: plain\nlisten: [\"127.0.0.1:53\"]\nupstrem: 1.1.1.1\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("upstrem"), "{err}");
-        assert!(err.contains("fqdnd.yaml"), "{err}");
-    }
-
-    #[test]
-    fn flags_override_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = parse_file(
-            Path::new("f.yaml"),
-            "mode: plain\nupstream: 192.0.2.1:5300\ndns-reject-response-code: refused\nresponse-max-delay: 250ms\n",
-        )
-        .unwrap();
-        let flags = Flags {
-            upstream: Some("[2001:db8::1]:53".into()),
-            listen: vec!["127.0.0.1:5400".into(), "[::1]:5400".into()],
-            ..Flags::default()
-        };
-        let c = resolve(&file, &flags, &env(dir.path())).unwrap();
-        assert_eq!(c.proxy.upstream, Some("[2001:db8::1]:53".parse().unwrap()));
-        assert_eq!(c.proxy.listen.len(), 2);
-        assert_eq!(c.proxy.reject, RejectCode::Refused);
-        assert_eq!(c.proxy.response_max_delay, Duration::from_millis(250));
-    }
-
-    #[test]
-    fn all_problems_reported_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = parse_file(Path::new("f.yaml"), "response-max-delay: soon\nmax-inflight: 0\n").unwrap();
-        let flags = Flags {
-            mode: Some("sideways".into()),
-            listen: vec!["localhost".into()],
-            upstream: Some("nowhere".into()),
-            dns_reject_response_code: Some("NXDOMAIN".into()),
-            upstream_timeout: Some("0s".into()),
-            policies: Some(dir.path().join("missing")),
-            ..Flags::default()
-        };
-        let errs = resolve(&file, &flags, &env(dir.path())).unwrap_err();
-        let text = errs.to_string();
-        for needle in [
-            "--mode: \"sideways\"",
-            "--listen: \"localhost\"",
-            "--upstream: \"nowhere\"",
-            "--dns-reject-response-code: \"NXDOMAIN\"",
-            "config response-max-delay: \"soon\"",
-            "--upstream-timeout: must be more than zero",
-            "config max-inflight: must be at least 1",
-            "--policies:",
-        ] {
-            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
-        }
-        assert_eq!(errs.0.len(), 8, "{text}");
-    }
-
-    #[test]
-    fn hubble_keys_and_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.hubble_listen, Some(fqdnd::hubble::ListenAddr::Unix(dir.path().join("state/hubble.sock"))));
-        assert!(c.hubble_metrics.is_empty());
-        let file = parse_file(
-            Path::new("f.yaml"),
-            "hubble-listen: 127.0.0.1:4244\nhubble-metrics: [dns, \"flow:labelsContext=source_namespace,source_app\"]\n",
-        )
-        .unwrap();
-        let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.hubble_listen, Some(fqdnd::hubble::ListenAddr::Tcp("127.0.0.1:4244".parse().unwrap())));
-        assert_eq!(c.hubble_metrics.to_string(), "dns flow:labelsContext=source_namespace,source_app");
-        let flags =
-            Flags { hubble_listen: Some("none".into()), hubble_metrics: Some("drop".into()), ..Flags::default() };
-        let c = resolve(&file, &flags, &env(dir.path())).unwrap();
-        assert_eq!((c.hubble_listen, c.hubble_metrics.to_string()), (None, "drop".to_string()));
-        let logged = serde_json::to_value(resolve(&file, &Flags::default(), &env(dir.path())).unwrap()).unwrap();
-        assert_eq!(logged["hubble-listen"], "127.0.0.1:4244");
-        assert_eq!(logged["hubble-metrics"], "dns flow:labelsContext=source_namespace,source_app");
-
-        let bad = Flags {
-            hubble_listen: Some("localhost:4244".into()),
-            hubble_metrics: Some("dns:query,http".into()),
-            metrics_addr: Some("none".into()),
-            ..Flags::default()
-        };
-        let text = resolve(&FileConfig::default(), &bad, &env(dir.path())).unwrap_err().to_string();
-        for needle in ["--hubble-listen: \"localhost:4244\"", "--hubble-metrics: dns:query:", "--hubble-metrics: http:"]
-        {
-            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
-        }
-        let admin = Flags {
-            hubble_listen: Some(format!("unix:{}/state/fqdnd.sock", dir.path().display())),
-            ..Flags::default()
-        };
-        let text = resolve(&FileConfig::default(), &admin, &env(dir.path())).unwrap_err().to_string();
-        assert!(text.contains("is the admin socket"), "{text}");
-        let no_server =
-            Flags { hubble_metrics: Some("flow".into()), metrics_addr: Some("none".into()), ..Flags::default() };
-        let text = resolve(&FileConfig::default(), &no_server, &env(dir.path())).unwrap_err().to_string();
-        assert!(
-            text.contains("--hubble-metrics: Hubble's metrics are served on /metrics, but metrics-addr is none"),
-            "{text}"
-        );
-        let typo = parse_file(Path::new("f.yaml"), "hubble-listn: none\n").unwrap_err().to_string();
-        assert!(typo.contains("hubble-listn"), "{typo}");
-    }
-
-    #[test]
-    fn flow_follower_queue_key_and_flag() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.flow_follower_queue, 1024);
-        let queue = parse_file(Path::new("f.yaml"), "flow-follower-queue: 0\n").unwrap();
-        let text = resolve(&queue, &Flags::default(), &env(dir.path())).unwrap_err().to_string();
-        assert!(text.contains("config flow-follower-queue: must be at least 1"), "{text}");
-        let c = resolve(&queue, &Flags { flow_follower_queue: Some(8), ..Flags::default() }, &env(dir.path())).unwrap();
-        assert_eq!(c.flow_follower_queue, 8);
-    }
-
-    #[test]
-    fn quota_and_map_size_are_validated_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = parse_file(Path::new("f.yaml"), "max-learned-per-endpoint: 0\nallow-map-size: 4096\n").unwrap();
-        let errs =
-            resolve(&file, &Flags { allow_map_size: Some(0), ..Flags::default() }, &env(dir.path())).unwrap_err();
-        assert_eq!(
-            errs.0,
-            [
-                "config max-learned-per-endpoint: must be at least 1".to_string(),
-                format!("--allow-map-size: 0 must be between 1 and {MAX_ALLOW_MAP_SIZE}"),
-            ]
-        );
-        let file = parse_file(Path::new("f.yaml"), "max-learned-per-endpoint: 64\nallow-map-size: 4096\n").unwrap();
-        let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!((c.cache.max_learned_per_endpoint, c.allow_map_size), (64, 4096));
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!((c.cache.max_learned_per_endpoint, c.allow_map_size), (10_000, 262_144));
-        let text = serde_json::to_string(&c).unwrap();
-        assert!(
-            text.contains("\"max-learned-per-endpoint\":10000") && text.contains("\"allow-map-size\":262144"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn deny_response_is_drop_or_reject() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.deny_response, ebpf_redirect::DenyResponse::Drop);
-        let file = parse_file(Path::new("f.yaml"), "deny-response: reject\n").unwrap();
-        let c = resolve(&file, &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.deny_response, ebpf_redirect::DenyResponse::Reject);
-        assert!(serde_json::to_string(&c).unwrap().contains("\"deny-response\":\"reject\""));
-        assert!(!c.proxy.policy_audit_mode);
-        let file = parse_file(Path::new("f.yaml"), "policy-audit-mode: true\n").unwrap();
-        assert!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().proxy.policy_audit_mode);
-        let flags = Flags { policy_audit_mode: true, ..Flags::default() };
-        assert!(resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap().proxy.policy_audit_mode);
-        let flags = Flags { deny_response: Some("RST".into()), ..Flags::default() };
-        let errs = resolve(&file, &flags, &env(dir.path())).unwrap_err();
-        assert_eq!(errs.0, ["--deny-response: \"RST\" is not a deny response; expected drop or reject"]);
-    }
-
-    #[test]
-    fn source_defaults_and_kubernetes_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.source, SourceKind::Files, "off-cluster default");
-        let in_pod = Environment { in_cluster: true, ..env(dir.path()) };
-        let c = resolve(&FileConfig::default(), &Flags::default(), &in_pod).unwrap();
-        assert_eq!(c.source, SourceKind::Kubernetes, "in a pod, Kubernetes is the default");
-        assert_eq!(c.policies, None, "./policies is not read in Kubernetes mode");
-        let c = resolve(&FileConfig::default(), &Flags { source: Some("files".into()), ..Flags::default() }, &in_pod)
-            .unwrap();
-        assert_eq!(c.source, SourceKind::Files, "the flag wins");
-
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
-        let flags = Flags {
-            source: Some("kubernetes".into()),
-            kubeconfig: Some(kubeconfig.clone()),
-            node_name: Some("node-a".into()),
-            ..Flags::default()
-        };
-        let c = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap();
-        assert_eq!(
-            (c.source, c.kubeconfig.as_deref(), c.node_name.as_str()),
-            (SourceKind::Kubernetes, Some(kubeconfig.as_path()), "node-a")
-        );
-        let file = parse_file(Path::new("f.yaml"), "source: kubernetes\nnode-name: from-file\n").unwrap();
-        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().node_name, "from-file");
-
-        let bad = Flags { source: Some("k8s".into()), ..Flags::default() };
-        let err = resolve(&FileConfig::default(), &bad, &env(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("--source: \"k8s\" is not a source"), "{err}");
-        let mixed = Flags {
-            source: Some("kubernetes".into()),
-            policies: Some(dir.path().join("policies")),
-            kubeconfig: Some(dir.path().join("missing")),
-            ..Flags::default()
-        };
-        let err = resolve(&FileConfig::default(), &mixed, &env(dir.path())).unwrap_err();
-        assert_eq!(err.0.len(), 2, "{err}");
-        assert!(err.0[0].starts_with("--policies: only for --source files"), "{err}");
-        assert!(err.0[1].starts_with("--kubeconfig:"), "{err}");
-        let err = resolve(
-            &FileConfig::default(),
-            &Flags { kubeconfig: Some(kubeconfig), ..Flags::default() },
-            &env(dir.path()),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("--kubeconfig: only for --source kubernetes"), "{err}");
-    }
-
-    #[test]
-    fn max_ttl_default_flag_and_checks() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.cache.max_ttl, 86_400, "one day by default");
-        let file = parse_file(Path::new("f.yaml"), "max-ttl: 600\nmin-ttl: 30\n").unwrap();
-        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().cache.max_ttl, 600);
-        let flags = Flags { max_ttl: Some(3600), ..Flags::default() };
-        assert_eq!(resolve(&file, &flags, &env(dir.path())).unwrap().cache.max_ttl, 3600, "the flag wins");
-        for (file, flags, needle) in [
-            ("max-ttl: 0\n", Flags::default(), "config max-ttl: must be at least 1 second"),
-            (
-                "min-ttl: 100\n",
-                Flags { max_ttl: Some(50), ..Flags::default() },
-                "--max-ttl: 50 is below config min-ttl (100)",
-            ),
-        ] {
-            let file = parse_file(Path::new("f.yaml"), file).unwrap();
-            let err = resolve(&file, &flags, &env(dir.path())).unwrap_err().to_string();
-            assert!(err.contains(needle), "{needle:?} not in {err}");
-        }
-        let logged = serde_json::to_string(&c).unwrap();
-        assert!(logged.contains("\"max-ttl\":86400"), "{logged}");
-    }
-
-    #[test]
-    fn query_rate_per_endpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!((c.proxy.max_qps_per_endpoint, c.proxy.qps_burst_per_endpoint), (1000, 200));
-        let file = parse_file(Path::new("f.yaml"), "max-qps-per-endpoint: 0\nqps-burst-per-endpoint: 0\n").unwrap();
-        assert_eq!(resolve(&file, &Flags::default(), &env(dir.path())).unwrap().proxy.max_qps_per_endpoint, 0);
-        let flags = Flags { max_qps_per_endpoint: Some(50), qps_burst_per_endpoint: Some(0), ..Flags::default() };
-        let err = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("--qps-burst-per-endpoint: must be at least 1"), "{err}");
-    }
-
-    #[test]
-    fn tcp_connection_caps() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = resolve(&FileConfig::default(), &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!((c.proxy.tcp_max_connections, c.proxy.tcp_max_connections_per_endpoint), (2048, 64));
-        let file = parse_file(Path::new("f.yaml"), "max-tcp-connections: 100\n").unwrap();
-        let flags = Flags { max_tcp_connections_per_endpoint: Some(8), ..Flags::default() };
-        let c = resolve(&file, &flags, &env(dir.path())).unwrap();
-        assert_eq!((c.proxy.tcp_max_connections, c.proxy.tcp_max_connections_per_endpoint), (100, 8));
-        let small = parse_file(Path::new("f.yaml"), "max-tcp-connections: 10\n").unwrap();
-        let c = resolve(&small, &Flags::default(), &env(dir.path())).unwrap();
-        assert_eq!(c.proxy.tcp_max_connections_per_endpoint, 10, "the default share never exceeds the total");
-        let flags =
-            Flags { max_tcp_connections: Some(0), max_tcp_connections_per_endpoint: Some(5), ..Flags::default() };
-        let err = resolve(&FileConfig::default(), &flags, &env(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("--max-tcp-connections: must be at least 1"), "{err}");
-        assert!(err.contains("--max-tcp-connections-per-endpoint: 5 must be between 1 and"), "{err}");
-    }
-
-    #[test]
-    fn resolv_conf_cases() {
-        let dir = tempfile::tempdir().unwrap();
-        for (text, want) in [
-            ("nameserver 10.0.0.2\n", Ok("10.0.0.2:53")),
-            ("options ndots:5\nnameserver fe80::1%eth0\n", Ok("[fe80::1]:53")),
-            ("#nameserver 1.1.1.1\n", Err(())),
-            ("nameserver bogus\nnameserver 10.1.1.1\n", Ok("10.1.1.1:53")),
-        ] {
-            let p = dir.path().join("r");
-            std::fs::write(&p, text).unwrap();
-            let got = first_nameserver(&p).map_err(|_| ());
-            assert_eq!(got, want.map(|s| s.parse().unwrap()), "{text:?}");
-        }
-    }
-}
+#[cfg(test)]
+mod tests;

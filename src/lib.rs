@@ -7,3 +7,5 @@ pub mod hubble;
 pub mod kube_metrics;
 pub mod metrics;
 pub mod pod_interface;
+pub mod suggest;
+pub mod version;

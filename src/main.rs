@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "fqdnd", version, about = "DNS-aware egress policy: a transparent DNS proxy and FQDN policy engine")]
+#[command(name = "fqdnd", version = fqdnd::version::LONG, about = "DNS-aware egress policy: a transparent DNS proxy and FQDN policy engine")]
 struct Cli {
     /// Log format on stderr. The filter comes from FQDND_LOG (e.g. `info`, `fqdnd=debug,dns=debug`).
     #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Plain)]
@@ -28,10 +28,17 @@ enum Command {
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
     /// Show the running agent's flows (DNS requests/responses, policy drops), like `hubble observe`.
-    Observe(cmd::observe::ObserveArgs),
+    Observe(Box<cmd::observe::ObserveArgs>),
     /// Read the running agent's DNS cache.
     #[command(subcommand)]
     Cache(cmd::cache::CacheCmd),
+    /// What the running agent is doing: mode, source, policies, endpoints, datapath, cache, errors.
+    Status(cmd::status::StatusArgs),
+    /// This build's version and git commit (and the running agent's, if there is one).
+    Version(cmd::status::VersionArgs),
+    /// Remove fqdnd from the kernel: detach every program, remove the pins and the policy route
+    /// (root; the agent must be stopped first). The pods' traffic then flows unfiltered.
+    Uninstall(cmd::uninstall::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,8 +50,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(*a),
         Command::Policy(c) => cmd::policy::run(c),
-        Command::Observe(a) => cmd::observe::run(a),
+        Command::Observe(a) => cmd::observe::run(*a),
         Command::Cache(c) => cmd::cache::run(c),
+        Command::Status(a) => cmd::status::status(a),
+        Command::Version(a) => cmd::status::version(a),
+        Command::Uninstall(a) => cmd::uninstall::run(a),
     };
     match result {
         Ok(code) => code,

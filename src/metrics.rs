@@ -27,8 +27,15 @@ use tokio::task::JoinHandle;
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9967";
 
 /// The registry every fqdnd metric lives in; names come out as `fqdnd_<name>[_<unit>][_total]`.
+/// It starts with `fqdnd_build_info{version,commit} 1`, which build this agent is.
 pub fn new_registry() -> Registry {
-    Registry::with_prefix("fqdnd")
+    let mut registry = Registry::with_prefix("fqdnd");
+    let info = prometheus_client::metrics::info::Info::new([
+        ("version", crate::version::VERSION),
+        ("commit", crate::version::COMMIT),
+    ]);
+    registry.register("build", "The agent's version and the git commit it was built from", info);
+    registry
 }
 
 type OneLabel = [(&'static str, &'static str); 1];
@@ -534,6 +541,11 @@ mod tests {
             "fqdnd_cache_zombies 3",
             "fqdnd_cache_evictions_total 7",
             "fqdnd_cache_quota_evictions_total 2",
+            &format!(
+                "fqdnd_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                crate::version::VERSION,
+                crate::version::COMMIT
+            ),
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

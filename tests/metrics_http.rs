@@ -115,6 +115,11 @@ async fn counters_move_and_names_follow_conventions() {
                 ),
                 "histogram" => assert!(name.ends_with("_seconds"), "histogram {name} is not in seconds"),
                 "gauge" => {}
+                // OpenMetrics info: one `<name>_info{labels} 1` series (fqdnd_build_info).
+                "info" => assert!(
+                    after.lines().any(|l| l.starts_with(&format!("{name}_info{{")) && l.ends_with(" 1")),
+                    "info {name} has no _info series"
+                ),
                 other => panic!("unexpected metric type {other} for {name}"),
             }
         } else if !line.starts_with('#') && !line.is_empty() {

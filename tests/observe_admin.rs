@@ -195,10 +195,10 @@ async fn observe_prints_hubble_compact_lines_without_colour_when_piped() {
     let agent = Agent::start(64);
     let lines = stdout_lines(&agent.cli(&["observe"]).await);
     let want = [
-        "Nov 27 10:00:01.000: default/alpine:41234 -> kube-system/kube-dns:53 dns-request proxy FORWARDED (DNS Query www.microsoft.com. A)",
-        "Nov 27 10:00:01.000: default/alpine:41234 <- kube-system/kube-dns:53 dns-response proxy FORWARDED (DNS Answer \"13.107.1.1\" TTL: 300 (Proxy www.microsoft.com. A))",
-        "Nov 27 10:00:02.000: default/alpine:43344 -> www.microsoft.com:443 Policy denied DROPPED (TCP Flags: SYN)",
-        "Nov 27 10:00:03.000: default/alpine:41234 -> kube-system/kube-dns:53 dns-request proxy DROPPED (DNS Query evil.example. A)",
+        "Nov 27 10:00:01.000: default/alpine:41234 (ID:257) -> kube-system/kube-dns:53 (ID:258) dns-request proxy FORWARDED (DNS Query www.microsoft.com. A)",
+        "Nov 27 10:00:01.000: default/alpine:41234 (ID:257) <- kube-system/kube-dns:53 (ID:258) dns-response proxy FORWARDED (DNS Answer \"13.107.1.1\" TTL: 300 (Proxy www.microsoft.com. A))",
+        "Nov 27 10:00:02.000: default/alpine:43344 (ID:257) -> www.microsoft.com:443 (world) Policy denied DROPPED (TCP Flags: SYN)",
+        "Nov 27 10:00:03.000: default/alpine:41234 (ID:257) -> kube-system/kube-dns:53 (ID:258) dns-request proxy DROPPED (DNS Query evil.example. A)",
     ];
     assert_eq!(lines, want);
 }
@@ -259,6 +259,17 @@ async fn observe_filters() {
         (&["--last", "1"], &[e]),
         (&["--since", "2023-11-27T10:00:02Z"], &[d, e]),
         (&["--since", "1m"], &[]),
+        // Hubble's --protocol, --from-pod/--to-pod, --fqdn and --first.
+        (&["--protocol", "tcp"], &[d]),
+        (&["--protocol", "udp"], &[q, a, e]),
+        (&["--protocol", "dns", "--verdict", "FORWARDED"], &[q, a]),
+        (&["--from-pod", "default/alpine"], &[q, d, e]),
+        (&["--to-pod", "default/alpine"], &[a]),
+        (&["--from-pod", "kube-system/kube-dns"], &[a]),
+        (&["--fqdn", "*.microsoft.com"], &[q, a, d]),
+        (&["--fqdn", "evil.example"], &[e]),
+        (&["--first", "2"], &[q, a]),
+        (&["--first", "1", "--verdict", "DROPPED"], &[d]),
     ];
     for (args, want) in cases {
         let mut argv = vec!["observe", "-o", "json"];
@@ -268,6 +279,30 @@ async fn observe_filters() {
     let bad = agent.cli(&["observe", "--verdict", "ALLOWED"]).await;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ALLOWED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_table_and_dict() {
+    let agent = Agent::start(64);
+    let table = stdout_lines(&agent.cli(&["observe", "-o", "table", "--first", "3"]).await);
+    assert_eq!(table.len(), 4, "{table:?}");
+    let header = &table[0];
+    for (col, name) in ["TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"].iter().enumerate() {
+        let at = header.find(name).unwrap_or_else(|| panic!("{name} in {header:?}"));
+        // Every row's cell starts where its column's title does (aligned), skipping the time.
+        if col > 0 {
+            for row in &table[1..] {
+                assert!(row[..at].ends_with("   "), "column {name} of {row:?} starts at {at}");
+            }
+        }
+    }
+    assert!(table[3].contains("www.microsoft.com:443") && table[3].contains("Policy denied"), "{table:?}");
+    let dict = stdout_lines(&agent.cli(&["observe", "-o", "dict", "--last", "2"]).await);
+    assert_eq!(dict.iter().filter(|l| *l == "------------").count(), 1, "{dict:?}");
+    assert!(dict.contains(&"    VERDICT: DROPPED".to_string()), "{dict:?}");
+    assert!(dict.contains(&"DESTINATION: www.microsoft.com:443".to_string()), "{dict:?}");
+    let both = agent.cli(&["observe", "--first", "1", "--last", "1"]).await;
+    assert!(!both.status.success(), "--first and --last together are refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

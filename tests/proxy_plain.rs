@@ -199,7 +199,7 @@ fn hickory_resolver_as_client() {
 
 #[test]
 fn no_config_defaults_and_graceful_shutdown() {
-    // The README's command: no config, no policies directory, plain mode on 127.0.0.1:5353 with
+    // `fqdnd run` alone: no config, no policies directory, plain mode on 127.0.0.1:5353 with
     // the system resolver as upstream. Nothing is queried (that upstream is not on loopback).
     // As root it runs in a network namespace of its own, so a developer's agent on 5353 cannot
     // get in the way; otherwise 5353 must be free on this machine.
@@ -214,6 +214,8 @@ fn no_config_defaults_and_graceful_shutdown() {
     assert_eq!(f.addr, "127.0.0.1:5353".parse::<SocketAddr>().unwrap(), "{}", f.log());
     let log = f.log();
     assert!(log.contains("effective configuration"), "{log}");
+    // Nothing is policed, and the agent says so instead of forwarding everything silently.
+    assert!(log.contains("WARN") && log.contains("NOTHING IS POLICED: no policies"), "{log}");
     let expected_upstream = std::fs::read_to_string("/etc/resolv.conf")
         .unwrap()
         .lines()

@@ -1,5 +1,6 @@
 //! The agent's local admin socket: a Unix socket `<state-dir>/fqdnd.sock` speaking newline-delimited
-//! JSON. `fqdnd observe` streams flows from it, `fqdnd cache list` reads the DNS cache through it.
+//! JSON. `fqdnd observe` streams flows from it, `fqdnd cache list` reads the DNS cache through it,
+//! `fqdnd status` asks it what the agent is doing.
 //!
 //! One request line per connection, then response lines until the server closes (or, for
 //! `{"op":"flows","follow":true}`, until the client goes away):
@@ -28,7 +29,9 @@ use std::path::{Path, PathBuf};
 
 pub use cache::EnforcerCache;
 pub use client::{AdminClient, ConnectError};
-pub use protocol::{AgentStatus, CacheEntryView, CacheSource, LostEvent, Request, Response};
+pub use protocol::{
+    AgentDetails, AgentStatus, CacheEntryView, CacheSource, DatapathStatus, LostEvent, Request, Response,
+};
 pub use server::{AdminServer, AdminState, CacheLister, ServeOptions, serve, serve_with};
 
 /// The socket's file name inside the state directory.

@@ -103,6 +103,9 @@ pub struct CacheEntryView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub version: String,
+    /// The git commit the agent was built from.
+    #[serde(default)]
+    pub commit: String,
     pub ready: bool,
     /// What keeps the agent from being ready (`policies`, `datapath`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -111,6 +114,49 @@ pub struct AgentStatus {
     pub flows_buffered: usize,
     pub flows_capacity: usize,
     pub followers: usize,
+    /// What `fqdnd status` shows beyond readiness (absent from agents that cannot tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<AgentDetails>>,
+}
+
+/// The agent as `fqdnd status` describes it, like `cilium status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentDetails {
+    /// `plain` or `transparent`.
+    pub mode: String,
+    pub listen: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Where policies and endpoints come from (`files: policies DIR, endpoints FILE`).
+    pub source: String,
+    /// Policies in force, `namespace/name`.
+    pub policies: Vec<String>,
+    /// Policy objects the last load rejected.
+    pub policies_rejected: usize,
+    /// Snapshots loaded since start.
+    pub generation: u64,
+    pub endpoints: usize,
+    /// The endpoints policed in this mode: `namespace/name (how they are found)`.
+    pub policed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<DatapathStatus>,
+    pub cache_entries: u64,
+    pub cache_zombies: u64,
+    /// The last warnings and errors the agent logged, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_errors: Vec<String>,
+}
+
+/// The kernel datapath (transparent mode).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathStatus {
+    pub bpffs_dir: String,
+    /// `interface (namespace/name)` of every attached endpoint.
+    pub attached: Vec<String>,
+    /// The programs' packet counters by name (`seen`, `allowed`, `dropped_denied`, ...).
+    pub counters: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters_error: Option<String>,
 }
 
 #[cfg(test)]

@@ -15,14 +15,20 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use super::handover::{HandoverDone, HandoverInfo, HandoverSource, STEP_LIMIT, send_with_fds};
-use super::protocol::{AgentStatus, CacheEntryView, LostEvent, Request, Response};
+use super::protocol::{AgentDetails, AgentStatus, CacheEntryView, LostEvent, Request, Response};
 use crate::flows::{Flow, FlowFilter, FlowHub, FlowResponse};
 use crate::metrics::Readiness;
 
-/// What `fqdnd cache list` reads. The agent implements it over the fqdn cache.
+/// What `fqdnd cache list` and `fqdnd status` read. The agent implements it over the fqdn cache,
+/// its snapshot and its datapath.
 pub trait CacheLister: Send + Sync + 'static {
     /// Every entry of `endpoint`, or of every endpoint when `None`; any order.
     fn list(&self, endpoint: Option<&EndpointKey>) -> Vec<CacheEntryView>;
+
+    /// The agent's mode, policies, endpoints, datapath and recent errors, for `fqdnd status`.
+    fn details(&self) -> Option<AgentDetails> {
+        None
+    }
 }
 
 /// What the admin socket serves.
@@ -327,13 +333,15 @@ fn status(state: &AdminState) -> AgentStatus {
     let stats = state.hub.stats();
     let not_loaded: Vec<String> = state.readiness.missing().into_iter().map(String::from).collect();
     AgentStatus {
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: crate::version::VERSION.to_string(),
+        commit: crate::version::COMMIT.to_string(),
         ready: not_loaded.is_empty(),
         not_loaded,
         uptime_seconds: SystemTime::now().duration_since(state.started).map(|d| d.as_secs()).unwrap_or(0),
         flows_buffered: stats.buffered,
         flows_capacity: stats.capacity,
         followers: stats.followers,
+        details: state.cache.details().map(Box::new),
     }
 }
 

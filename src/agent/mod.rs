@@ -23,6 +23,8 @@ pub mod kubernetes;
 pub mod lock;
 pub mod rlimit;
 pub mod state_dir;
+mod status;
+mod summary;
 pub mod takeover;
 
 use std::os::fd::{AsFd as _, OwnedFd};
@@ -36,13 +38,13 @@ use dns_proxy::metrics::ProxyMetrics;
 use dns_proxy::{FlowSink, ListenerInfo, Mode, Proxy, Sockets};
 use fqdn_cache::{Enforcer, L4Proto};
 use fqdnd::admin::handover::{FdKind, HandedFd};
-use fqdnd::admin::{self, AdminState, EnforcerCache, ServeOptions};
+use fqdnd::admin::{self, AdminState, ServeOptions};
 use fqdnd::flows::{DnsFlows, FlowHub, HubConfig};
 use fqdnd::metrics::{self as agent_metrics, AgentMetrics, Readiness};
 use policy_sync::{FilesSource, Snapshot, Source};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, PrintFlows, SourceKind};
 use datapath::AgentDatapath;
 use lock::DirLock;
 use takeover::AgentHandover;
@@ -204,6 +206,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     };
 
     let mut tasks = Vec::new();
+    if config.print_flows != PrintFlows::None {
+        tasks.push(print_flows(hub.clone(), config.print_flows));
+    }
     if let AgentDatapath::Kernel(dp) = &parts.datapath {
         match dp.drop_events() {
             Ok(mut events) => {
@@ -223,7 +228,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
             Err(e) => tracing::warn!(error = %e, "drop events unavailable; drops will not show as flows"),
         }
     }
-    let cache_view = Arc::new(EnforcerCache { enforcer: enforcer.clone(), snapshot: current.clone() });
+    let cache_view = Arc::new(status::AgentView::new(&config, enforcer.clone(), current.clone(), &parts.datapath));
     let _hubble = match &config.hubble_listen {
         Some(listen) => {
             let state = fqdnd::hubble::ObserverState { hub: hub.clone(), started: Instant::now() };
@@ -292,6 +297,12 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
         () = shutdown.cancelled() => return Ok(()),
     };
     parts.apply(first, true).await;
+    let ready = summary::summary(&config, &current.load());
+    if ready.warn {
+        tracing::warn!("{}", ready.text);
+    } else {
+        tracing::info!("{}", ready.text);
+    }
     readiness.set_policies_loaded(true);
     readiness.set_datapath_loaded(true);
 
@@ -390,6 +401,29 @@ fn lock_bpffs_early(dir: &Path) -> anyhow::Result<Option<DirLock>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating the bpffs directory {}", dir.display()))?;
     }
     Ok(Some(DirLock::try_lock(dir, BPFFS_DIR)?))
+}
+
+/// `print-flows`: every flow on stdout, as `fqdnd observe -f` prints it. The follower's queue is
+/// bounded like any other's: a stdout that does not keep up loses flows, never slows queries.
+fn print_flows(hub: Arc<FlowHub>, how: PrintFlows) -> tokio::task::JoinHandle<()> {
+    use std::io::Write as _;
+
+    use fqdnd::flows::FlowResponse;
+    use fqdnd::flows::format::{Color, OutputFormat, render};
+
+    let format = if how == PrintFlows::Json { OutputFormat::Json } else { OutputFormat::Compact };
+    let sub = hub.subscribe(&fqdnd::flows::FlowFilter::default(), Some(0), true);
+    let Some(mut follower) = sub.follower else { return tokio::spawn(async {}) };
+    tokio::spawn(async move {
+        while let Some(flow) = follower.recv().await {
+            let resp = FlowResponse { time: flow.time, node_name: hub.node_name().to_string(), flow: (*flow).clone() };
+            let line = render(&resp, format, Color::Never);
+            let mut out = std::io::stdout().lock();
+            if out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 fn write_listeners(state_dir: &Path, listeners: &[ListenerInfo]) -> anyhow::Result<()> {

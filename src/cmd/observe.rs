@@ -8,7 +8,8 @@ use std::time::SystemTime;
 use anyhow::{Context, anyhow, bail};
 use fqdnd::admin::{self, AdminClient, Request, Response};
 use fqdnd::flows::filter::parse_since;
-use fqdnd::flows::format::{Color, OutputFormat, render};
+use fqdnd::flows::filter::{FqdnFilter, Protocol};
+use fqdnd::flows::format::{Color, OutputFormat, Printer};
 use fqdnd::flows::{FlowFilter, FlowKind, PodSelector, Verdict};
 
 /// Flows printed without `-f`, `--last` or `--since` (Hubble's default too).
@@ -35,10 +36,26 @@ pub struct ObserveArgs {
     /// The last N matching flows of the agent's buffer.
     #[arg(long, value_name = "N")]
     last: Option<usize>,
+    /// The first N matching flows of the agent's buffer (the oldest).
+    #[arg(long, value_name = "N", conflicts_with_all = ["last", "follow"])]
+    first: Option<usize>,
     /// Keep printing new flows as they come.
     #[arg(long, short = 'f')]
     follow: bool,
-    /// compact, json or jsonpb (json is jsonpb, as in Hubble).
+    /// tcp, udp (the flow's L4 protocol) or dns (DNS requests and responses).
+    #[arg(long, value_name = "tcp|udp|dns")]
+    protocol: Option<Protocol>,
+    /// Flows from this pod (their source): NAMESPACE/NAME (NAME is a prefix), NAMESPACE/ or NAME.
+    #[arg(long, value_name = "NS/NAME")]
+    from_pod: Option<PodSelector>,
+    /// Flows to this pod (their destination).
+    #[arg(long, value_name = "NS/NAME")]
+    to_pod: Option<PodSelector>,
+    /// Flows about names matching this pattern (`*.microsoft.com`): DNS queries for them, and drops
+    /// of connections to IPs they resolved to.
+    #[arg(long, value_name = "PATTERN")]
+    fqdn: Option<FqdnFilter>,
+    /// compact, table, dict, json or jsonpb (json is jsonpb, as in Hubble).
     #[arg(long, short = 'o', default_value = "compact")]
     output: OutputFormat,
     /// Colours in compact output: auto (on a terminal), always or never.
@@ -62,14 +79,27 @@ pub enum ColorWhen {
 
 pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
     let since = args.since.as_deref().map(|s| parse_since(s, SystemTime::now())).transpose().map_err(|e| anyhow!(e))?;
-    let filter = FlowFilter { pod: args.pod, namespace: args.namespace, verdict: args.verdict, kind: args.kind, since };
-    // `-f` alone starts from now, as `hubble observe -f` does.
-    let last = match (args.last, args.follow, since) {
-        (Some(n), _, _) => Some(n),
-        (None, _, Some(_)) => None,
-        (None, false, None) => Some(DEFAULT_LAST),
-        (None, true, None) => Some(0),
+    let filter = FlowFilter {
+        pod: args.pod,
+        namespace: args.namespace,
+        verdict: args.verdict,
+        kind: args.kind,
+        since,
+        protocol: args.protocol,
+        from_pod: args.from_pod,
+        to_pod: args.to_pod,
+        fqdn: args.fqdn,
     };
+    // `-f` alone starts from now, as `hubble observe -f` does. `--first` reads the whole buffer
+    // and keeps its beginning.
+    let last = match (args.first, args.last, args.follow, since) {
+        (Some(_), _, _, _) => None,
+        (None, Some(n), _, _) => Some(n),
+        (None, None, _, Some(_)) => None,
+        (None, None, false, None) => Some(DEFAULT_LAST),
+        (None, None, true, None) => Some(0),
+    };
+    let mut remaining = args.first;
     let stdout = io::stdout();
     let color = match args.color {
         ColorWhen::Always => Color::Always,
@@ -77,20 +107,32 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         _ => Color::Never,
     };
     if let Some(server) = &args.server {
+        if args.first.is_some() {
+            bail!("--first is not supported with --server yet (use --last)");
+        }
         return super::observe_grpc::run(server, &filter, last, args.follow, args.output, color);
     }
     let path = admin::socket_path(&args.state_dir.unwrap_or_else(admin::default_state_dir));
     let mut client =
         AdminClient::request(&path, &Request::Flows { filter, last, follow: args.follow }).map_err(|e| anyhow!(e))?;
     let mut out = stdout.lock();
+    let mut printer = Printer::new(args.output, color, args.follow);
+    let mut write = |text: String| -> anyhow::Result<bool> {
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            // `fqdnd observe | head`: the reader is done, so are we.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+            other => other.context("writing flows to stdout").map(|()| true),
+        }
+    };
     while let Some(response) = client.next_response() {
         match response.map_err(|e| anyhow!(e))? {
             Response::Flow(flow) => {
-                let written = out.write_all(render(&flow, args.output, color).as_bytes()).and_then(|()| out.flush());
-                match written {
-                    // `fqdnd observe | head`: the reader is done, so are we.
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-                    other => other.context("writing flows to stdout")?,
+                if remaining == Some(0) {
+                    break;
+                }
+                remaining = remaining.map(|n| n - 1);
+                if !write(printer.flow(&flow))? {
+                    return Ok(ExitCode::SUCCESS);
                 }
             }
             Response::LostEvents { lost_events } => {
@@ -100,5 +142,6 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             other => bail!("agent at {}: unexpected response {other:?}", path.display()),
         }
     }
+    write(printer.finish())?;
     Ok(ExitCode::SUCCESS)
 }

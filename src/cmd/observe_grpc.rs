@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use fqdnd::flows::FlowFilter;
-use fqdnd::flows::format::{Color, OutputFormat, render};
+use fqdnd::flows::format::{Color, OutputFormat, Printer};
 use fqdnd::hubble::ServerAddr;
 use fqdnd::hubble::client::{connect, flows_request};
 use fqdnd::hubble::convert::flow_response_from_proto;
@@ -36,14 +36,17 @@ pub fn run(
         let mut stream = client.get_flows(request).await.map_err(status)?.into_inner();
         let stdout = io::stdout();
         let mut out = stdout.lock();
+        let mut printer = Printer::new(output, color, follow);
         while let Some(response) = stream.message().await.map_err(status)? {
             let line = match &response.response_types {
                 Some(ResponseTypes::Flow(_)) => match output {
                     OutputFormat::Json | OutputFormat::Jsonpb => response_json(&response) + "\n",
-                    OutputFormat::Compact => match flow_response_from_proto(&response) {
-                        Some(flow) => render(&flow, output, color),
-                        None => continue,
-                    },
+                    OutputFormat::Compact | OutputFormat::Table | OutputFormat::Dict => {
+                        match flow_response_from_proto(&response) {
+                            Some(flow) => printer.flow(&flow),
+                            None => continue,
+                        }
+                    }
                 },
                 Some(ResponseTypes::LostEvents(lost)) => {
                     eprintln!("fqdnd: {} flows lost: this client did not keep up with the agent", lost.num_events_lost);
@@ -62,6 +65,10 @@ pub fn run(
                 other => other.context("writing flows to stdout")?,
             }
         }
-        Ok(ExitCode::SUCCESS)
+        let rest = printer.finish();
+        match out.write_all(rest.as_bytes()).and_then(|()| out.flush()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+            other => other.context("writing flows to stdout").map(|()| ExitCode::SUCCESS),
+        }
     })
 }

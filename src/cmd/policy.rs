@@ -31,6 +31,8 @@ pub enum PolicyCmd {
     },
     /// Explain what the policies decide for one endpoint's DNS query or connection.
     Explain(Box<ExplainArgs>),
+    /// Write the CiliumNetworkPolicy that allows exactly what an endpoint's flows show.
+    Suggest(Box<super::suggest::SuggestArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,6 +87,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCmd::Check { paths, output } => check(&paths, output),
         PolicyCmd::Explain(args) => explain_cmd(*args),
+        PolicyCmd::Suggest(args) => super::suggest::run(*args),
     }
 }
 

@@ -38,12 +38,19 @@ impl EndpointInfo {
     fn to_flow_endpoint(&self) -> Endpoint {
         Endpoint {
             id: self.id.0,
-            identity: 0,
+            identity: identity_of(self.id),
             namespace: self.namespace.clone(),
             labels: self.labels.clone(),
             pod_name: self.name.clone(),
         }
     }
+}
+
+/// The security identity flows give an endpoint: its id (a 31-bit hash of namespace/name), moved
+/// past Cilium's reserved identities (below 256) in the rare case it falls among them, so Hubble's
+/// tools never read a pod as `world` or `host`.
+pub fn identity_of(id: EndpointId) -> u32 {
+    if id.0 < 256 { id.0 + 256 } else { id.0 }
 }
 
 /// A peer that is no endpoint fqdnd knows, as Hubble names it: Cilium's reserved identities

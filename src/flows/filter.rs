@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Endpoint, Flow, FlowKind, Verdict};
+use fqdn_cache::pattern::NamePattern;
+
+use super::model::{Endpoint, Flow, FlowKind, Layer4, Verdict};
 
 /// Every set field must match (like one Hubble `FlowFilter`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,18 @@ pub struct FlowFilter {
     /// Flows at or after this time.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time")]
     pub since: Option<SystemTime>,
+    /// `hubble observe --protocol`: the flow's L4 protocol, or `dns` for DNS flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// Flows whose source is this pod (`hubble observe --from-pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_pod: Option<PodSelector>,
+    /// Flows whose destination is this pod (`hubble observe --to-pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_pod: Option<PodSelector>,
+    /// Flows about a name matching this pattern: the DNS query, or a name an end resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<FqdnFilter>,
 }
 
 impl FlowFilter {
@@ -50,7 +64,101 @@ impl FlowFilter {
         if self.since.is_some_and(|t| f.time < t) {
             return false;
         }
+        if self.protocol.is_some_and(|p| !p.matches(f)) {
+            return false;
+        }
+        if let Some(pod) = &self.from_pod
+            && !f.source.as_ref().is_some_and(|e| pod.matches(e))
+        {
+            return false;
+        }
+        if let Some(pod) = &self.to_pod
+            && !f.destination.as_ref().is_some_and(|e| pod.matches(e))
+        {
+            return false;
+        }
+        if let Some(fqdn) = &self.fqdn
+            && !fqdn.matches(f)
+        {
+            return false;
+        }
         true
+    }
+}
+
+/// `--protocol` values fqdnd's flows can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Dns,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Dns => "dns",
+        }
+    }
+
+    fn matches(self, f: &Flow) -> bool {
+        match self {
+            Protocol::Tcp => matches!(f.l4, Some(Layer4::Tcp(_))),
+            Protocol::Udp => matches!(f.l4, Some(Layer4::Udp(_))),
+            Protocol::Dns => f.l7.as_ref().is_some_and(|l7| l7.dns.is_some()),
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "dns" => Ok(Protocol::Dns),
+            _ => Err(format!("unknown protocol {s:?}: expected tcp, udp or dns")),
+        }
+    }
+}
+
+/// `--fqdn`: a `matchPattern` (`*.microsoft.com`) or name, compiled once. Travels as its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FqdnFilter(NamePattern);
+
+impl FqdnFilter {
+    /// The pattern as written (normalized, with the root dot).
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    fn matches(&self, f: &Flow) -> bool {
+        let query = f.l7.as_ref().and_then(|l7| l7.dns.as_ref()).map(|d| d.query.as_str());
+        query.into_iter().chain(f.destination_names.iter().map(String::as_str)).any(|n| self.0.matches(n))
+    }
+}
+
+impl FromStr for FqdnFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NamePattern::match_pattern(s).map(FqdnFilter).map_err(|e| format!("{s:?} is not a name pattern: {e}"))
+    }
+}
+
+impl Serialize for FqdnFilter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FqdnFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -180,6 +288,39 @@ mod tests {
     }
 
     #[test]
+    fn hubble_style_filters() {
+        let t = table();
+        let (req, resp, drop) = (
+            dns_flow(&dns_request(), &t, ""),
+            dns_flow(&dns_response(), &t, ""),
+            drop_flow(&drop_event(), &t, &crate::flows::convert::tests::Names, ""),
+        );
+        let pod = |s: &str| Some(s.parse::<PodSelector>().unwrap());
+        let cases = [
+            (filter(|f| f.protocol = Some(Protocol::Udp)), [true, true, false]),
+            (filter(|f| f.protocol = Some(Protocol::Tcp)), [false, false, true]),
+            (filter(|f| f.protocol = Some(Protocol::Dns)), [true, true, false]),
+            // The response's source is kube-dns: --from-pod is about the flow's source only.
+            (filter(|f| f.from_pod = pod("default/alpine")), [true, false, true]),
+            (filter(|f| f.to_pod = pod("default/alpine")), [false, true, false]),
+            (filter(|f| f.to_pod = pod("kube-system/kube-dns")), [true, false, false]),
+            (filter(|f| f.fqdn = Some("*.microsoft.com".parse().unwrap())), [true, true, true]),
+            (filter(|f| f.fqdn = Some("www.microsoft.com".parse().unwrap())), [true, true, true]),
+            (filter(|f| f.fqdn = Some("*.google.com".parse().unwrap())), [false, false, false]),
+        ];
+        for (flt, want) in cases {
+            let got = [flt.matches(&req), flt.matches(&resp), flt.matches(&drop)];
+            assert_eq!(got, want, "filter {flt:?}");
+        }
+        assert!("icmp".parse::<Protocol>().is_err());
+        assert!("exa mple.com".parse::<FqdnFilter>().is_err());
+        let f = filter(|f| f.fqdn = Some("*.microsoft.com".parse().unwrap()));
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(text, r#"{"fqdn":"*.microsoft.com."}"#);
+        assert_eq!(serde_json::from_str::<FlowFilter>(&text).unwrap(), f);
+    }
+
+    #[test]
     fn pod_selector_parse() {
         for bad in ["", "/x", "a/b/c"] {
             assert!(bad.parse::<PodSelector>().is_err(), "{bad:?}");
@@ -205,6 +346,7 @@ mod tests {
             verdict: Some(Verdict::Dropped),
             kind: Some(FlowKind::Drop),
             since: Some(UNIX_EPOCH + Duration::from_millis(1500)),
+            ..FlowFilter::default()
         };
         let text = serde_json::to_string(&f).unwrap();
         assert_eq!(serde_json::from_str::<FlowFilter>(&text).unwrap(), f);

@@ -1,10 +1,11 @@
-//! Printing flows like `hubble observe`: `compact` lines, and `json`/`jsonpb` (both Hubble's
+//! Printing flows like `hubble observe`: `compact` lines, `table` (aligned columns under a
+//! header), `dict` (one `KEY: value` block per flow), and `json`/`jsonpb` (both Hubble's
 //! `GetFlowsResponse` per line: `{"flow":{...},"node_name":...,"time":...}`).
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use super::model::{DropReason, EVENT_TYPE_DROP, Flow, FlowResponse, L7FlowType, Verdict};
+use super::model::{DropReason, EVENT_TYPE_DROP, Endpoint, Flow, FlowResponse, L7FlowType, Verdict};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -12,6 +13,8 @@ pub enum OutputFormat {
     /// Hubble made `json` an alias of `jsonpb`; so do we.
     Json,
     Jsonpb,
+    Table,
+    Dict,
 }
 
 impl std::str::FromStr for OutputFormat {
@@ -22,7 +25,9 @@ impl std::str::FromStr for OutputFormat {
             "compact" => Ok(OutputFormat::Compact),
             "json" => Ok(OutputFormat::Json),
             "jsonpb" => Ok(OutputFormat::Jsonpb),
-            _ => Err(format!("unknown output format {s:?}: expected compact, json or jsonpb")),
+            "table" => Ok(OutputFormat::Table),
+            "dict" => Ok(OutputFormat::Dict),
+            _ => Err(format!("unknown output format {s:?}: expected compact, table, dict, json or jsonpb")),
         }
     }
 }
@@ -43,7 +48,8 @@ impl Color {
     }
 }
 
-/// One line (newline included) in the chosen format.
+/// One flow (newline included) in the chosen format. `table` and `dict` need the state of a
+/// [`Printer`] (header, alignment, separators); alone they give one tab-separated row and one block.
 pub fn render(resp: &FlowResponse, format: OutputFormat, color: Color) -> String {
     match format {
         OutputFormat::Compact => compact(&resp.flow, color),
@@ -53,30 +59,163 @@ pub fn render(resp: &FlowResponse, format: OutputFormat, color: Color) -> String
             line.push('\n');
             line
         }
+        OutputFormat::Table => table_row(&resp.flow).join("\t") + "\n",
+        OutputFormat::Dict => dict(&resp.flow),
     }
 }
 
-/// `Nov 27 10:00:01.123: default/alpine:41234 -> kube-system/kube-dns:53 dns-request proxy FORWARDED (DNS Query www.microsoft.com. A)`
-pub fn compact(f: &Flow, color: Color) -> String {
+/// Prints a stream of flows: `table` lines up its columns under one header (all at the end, or
+/// row by row when following), `dict` separates blocks with Hubble's `------------`.
+pub struct Printer {
+    format: OutputFormat,
+    color: Color,
+    follow: bool,
+    rows: Vec<[String; 6]>,
+    printed: usize,
+}
+
+const TABLE_HEADER: [&str; 6] = ["TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"];
+
+impl Printer {
+    pub fn new(format: OutputFormat, color: Color, follow: bool) -> Self {
+        Printer { format, color, follow, rows: Vec::new(), printed: 0 }
+    }
+
+    /// What to write now for this flow (possibly nothing: a table waits for its last row).
+    pub fn flow(&mut self, resp: &FlowResponse) -> String {
+        let out = match self.format {
+            OutputFormat::Table if !self.follow => {
+                self.rows.push(table_row(&resp.flow));
+                String::new()
+            }
+            OutputFormat::Table => {
+                let row = table_row(&resp.flow);
+                let mut out = String::new();
+                if self.printed == 0 {
+                    out = aligned(&[header_row()], &widths(&[header_row(), row.clone()]));
+                }
+                let widths = widths(&[header_row(), row.clone()]);
+                out + &aligned(std::slice::from_ref(&row), &widths)
+            }
+            OutputFormat::Dict if self.printed > 0 => format!("------------\n{}", dict(&resp.flow)),
+            _ => render(resp, self.format, self.color),
+        };
+        self.printed += 1;
+        out
+    }
+
+    /// What is left to write when the stream ends.
+    pub fn finish(&mut self) -> String {
+        if self.format != OutputFormat::Table || self.follow || self.rows.is_empty() {
+            return String::new();
+        }
+        let mut rows = vec![header_row()];
+        rows.append(&mut self.rows);
+        aligned(&rows, &widths(&rows))
+    }
+}
+
+fn header_row() -> [String; 6] {
+    TABLE_HEADER.map(str::to_string)
+}
+
+fn widths(rows: &[[String; 6]]) -> [usize; 6] {
+    let mut w = [0; 6];
+    for row in rows {
+        for (w, cell) in w.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    w
+}
+
+/// Go's tabwriter as Hubble sets it up: columns padded to the widest cell plus three spaces.
+fn aligned(rows: &[[String; 6]], widths: &[usize; 6]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}   ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Source and destination as Hubble's table and dict show them: not flipped for replies.
+fn ends(f: &Flow) -> (String, String) {
     let (src_port, dst_port) = f.l4.as_ref().map(|l4| l4.ports()).unwrap_or((0, 0));
     let ip = f.ip.as_ref();
-    let mut src = host(
+    let src = host(
         ip.map(|i| i.source.as_str()).unwrap_or(""),
         src_port,
         f.source.as_ref().map(|e| (e.namespace.as_str(), e.pod_name.as_str())),
         &f.source_names,
     );
-    let mut dst = host(
+    let dst = host(
         ip.map(|i| i.destination.as_str()).unwrap_or(""),
         dst_port,
         f.destination.as_ref().map(|e| (e.namespace.as_str(), e.pod_name.as_str())),
         &f.destination_names,
     );
+    (src, dst)
+}
+
+fn table_row(f: &Flow) -> [String; 6] {
+    let (src, dst) = ends(f);
+    [stamp_milli(f.time), src, dst, flow_type(f), f.verdict.as_str().to_string(), f.summary.clone()]
+}
+
+fn dict(f: &Flow) -> String {
+    let (src, dst) = ends(f);
+    format!(
+        "  TIMESTAMP: {}\n     SOURCE: {src}\nDESTINATION: {dst}\n       TYPE: {}\n    VERDICT: {}\n    SUMMARY: {}\n",
+        stamp_milli(f.time),
+        flow_type(f),
+        f.verdict.as_str(),
+        f.summary
+    )
+}
+
+/// Cilium's reserved identities (`identity.NumericIdentity` below 256), by their names.
+const RESERVED_IDENTITIES: [&str; 10] = [
+    "host",
+    "world",
+    "unmanaged",
+    "health",
+    "init",
+    "remote-node",
+    "kube-apiserver",
+    "ingress",
+    "world-ipv4",
+    "world-ipv6",
+];
+
+/// Hubble's identity column: `(world)` for a reserved identity, `(ID:n)` for any other.
+pub fn identity(e: Option<&Endpoint>) -> String {
+    let id = e.map_or(0, |e| e.identity);
+    match id {
+        1..=10 => format!("({})", RESERVED_IDENTITIES[id as usize - 1]),
+        11..=255 => format!("({id})"),
+        _ => format!("(ID:{id})"),
+    }
+}
+
+/// `Nov 27 10:00:01.123: default/alpine:41234 (ID:263) -> kube-system/kube-dns:53 (ID:265) dns-request proxy FORWARDED (DNS Query www.microsoft.com. A)`
+pub fn compact(f: &Flow, color: Color) -> String {
+    let (mut src, mut dst) = ends(f);
+    let (mut src_id, mut dst_id) = (identity(f.source.as_ref()), identity(f.destination.as_ref()));
     let arrow = match f.is_reply {
         None => "<>",
         Some(false) => "->",
         Some(true) => {
             std::mem::swap(&mut src, &mut dst);
+            std::mem::swap(&mut src_id, &mut dst_id);
             "<-"
         }
     };
@@ -89,10 +228,12 @@ pub fn compact(f: &Flow, color: Color) -> String {
     let mut line = String::with_capacity(160);
     let _ = writeln!(
         line,
-        "{}: {} {arrow} {} {} {verdict} ({})",
+        "{}: {} {} {arrow} {} {} {} {verdict} ({})",
         stamp_milli(f.time),
         color.paint("36", &src),
+        color.paint("35", &src_id),
         color.paint("36", &dst),
+        color.paint("35", &dst_id),
         flow_type(f),
         f.summary
     );
@@ -168,15 +309,15 @@ mod tests {
         for (flow, want) in [
             (
                 dns_flow(&dns_request(), &t, "node1"),
-                "Nov 27 10:00:01.123: default/alpine:41234 -> kube-system/kube-dns:53 dns-request proxy FORWARDED (DNS Query www.microsoft.com. A)\n",
+                "Nov 27 10:00:01.123: default/alpine:41234 (ID:263) -> kube-system/kube-dns:53 (ID:265) dns-request proxy FORWARDED (DNS Query www.microsoft.com. A)\n",
             ),
             (
                 dns_flow(&dns_response(), &t, "node1"),
-                "Nov 27 10:00:01.123: default/alpine:41234 <- kube-system/kube-dns:53 dns-response proxy FORWARDED (DNS Answer \"13.107.1.1\" TTL: 300 (Proxy www.microsoft.com. A))\n",
+                "Nov 27 10:00:01.123: default/alpine:41234 (ID:263) <- kube-system/kube-dns:53 (ID:265) dns-response proxy FORWARDED (DNS Answer \"13.107.1.1\" TTL: 300 (Proxy www.microsoft.com. A))\n",
             ),
             (
                 drop_flow(&drop_event(), &t, &Names, "node1"),
-                "Nov 27 10:00:02.000: default/alpine:43344 -> www.microsoft.com:443 Policy denied DROPPED (TCP Flags: SYN)\n",
+                "Nov 27 10:00:02.000: default/alpine:43344 (ID:263) -> www.microsoft.com:443 (world) Policy denied DROPPED (TCP Flags: SYN)\n",
             ),
         ] {
             assert_eq!(compact(&flow, Color::Never), want);
@@ -196,12 +337,62 @@ mod tests {
         let f = drop_flow(&ev, &table(), &crate::flows::convert::NoNames, "");
         let line = compact(&f, Color::Never);
         assert!(
-            line.ends_with(": [fd00::5]:43344 <> [2001:db8::1]:443 Policy denied DROPPED (TCP Flags: ACK)\n"),
+            line.ends_with(
+                ": [fd00::5]:43344 (world) <> [2001:db8::1]:443 (world) Policy denied DROPPED (TCP Flags: ACK)\n"
+            ),
             "{line}"
         );
         let coloured = compact(&f, Color::Always);
         assert!(coloured.contains("\x1b[31mDROPPED\x1b[0m"), "{coloured:?}");
         assert!(!line.contains('\x1b'));
+    }
+
+    #[test]
+    fn table_and_dict_like_hubble() {
+        let t = table();
+        let flows = [resp(dns_flow(&dns_request(), &t, "node1")), resp(drop_flow(&drop_event(), &t, &Names, "node1"))];
+        let mut p = Printer::new(OutputFormat::Table, Color::Never, false);
+        let streamed: String = flows.iter().map(|f| p.flow(f)).collect();
+        assert_eq!(streamed, "", "a table waits for its last row to align");
+        let want = "\
+TIMESTAMP             SOURCE                 DESTINATION               TYPE                VERDICT     SUMMARY
+Nov 27 10:00:01.123   default/alpine:41234   kube-system/kube-dns:53   dns-request proxy   FORWARDED   DNS Query www.microsoft.com. A
+Nov 27 10:00:02.000   default/alpine:43344   www.microsoft.com:443     Policy denied       DROPPED     TCP Flags: SYN
+";
+        assert_eq!(p.finish(), want);
+        let mut p = Printer::new(OutputFormat::Dict, Color::Never, false);
+        let text: String = flows.iter().map(|f| p.flow(f)).collect::<String>() + &p.finish();
+        let want = [
+            "  TIMESTAMP: Nov 27 10:00:01.123",
+            "     SOURCE: default/alpine:41234",
+            "DESTINATION: kube-system/kube-dns:53",
+            "       TYPE: dns-request proxy",
+            "    VERDICT: FORWARDED",
+            "    SUMMARY: DNS Query www.microsoft.com. A",
+            "------------",
+            "  TIMESTAMP: Nov 27 10:00:02.000",
+            "     SOURCE: default/alpine:43344",
+            "DESTINATION: www.microsoft.com:443",
+            "       TYPE: Policy denied",
+            "    VERDICT: DROPPED",
+            "    SUMMARY: TCP Flags: SYN",
+            "",
+        ]
+        .join("\n");
+        assert_eq!(text, want);
+        let mut p = Printer::new(OutputFormat::Table, Color::Never, true);
+        let first = p.flow(&flows[0]);
+        assert!(first.starts_with("TIMESTAMP") && first.lines().count() == 2, "{first}");
+        assert_eq!(p.flow(&flows[1]).lines().count(), 1);
+    }
+
+    #[test]
+    fn identities_as_hubble_prints_them() {
+        let id = |n: u32| identity(Some(&Endpoint { identity: n, ..Endpoint::default() }));
+        assert_eq!(
+            [id(1), id(2), id(7), id(200), id(0), id(4242)],
+            ["(host)", "(world)", "(kube-apiserver)", "(200)", "(ID:0)", "(ID:4242)"]
+        );
     }
 
     #[test]

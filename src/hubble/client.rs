@@ -87,6 +87,20 @@ pub fn flows_request(filter: &FlowFilter, last: Option<usize>, follow: bool) -> 
         }
         None => {}
     }
+    // observe's Hubble-named filters, as `hubble observe` sends them.
+    if let Some(p) = filter.protocol {
+        base.protocol.push(p.as_str().to_string());
+    }
+    if let Some(p) = &filter.from_pod {
+        base.source_pod = vec![pod_text(p)];
+    }
+    if let Some(p) = &filter.to_pod {
+        base.destination_pod = vec![pod_text(p)];
+    }
+    if let Some(f) = &filter.fqdn {
+        // Hubble matches the names of a flow's ends; a DNS query's name is not one of them.
+        base.destination_fqdn = vec![f.as_str().trim_end_matches('.').to_string()];
+    }
     let ends = [End::Source, End::Destination];
     let mut whitelist = Vec::new();
     match (&filter.pod, &filter.namespace) {
@@ -147,6 +161,24 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn observes_hubble_named_filters_as_hubble_sends_them() {
+        let f = FlowFilter {
+            protocol: Some("tcp".parse().unwrap()),
+            from_pod: Some("default/alpine".parse().unwrap()),
+            to_pod: Some("kube-system/kube-dns".parse().unwrap()),
+            fqdn: Some("*.microsoft.com".parse().unwrap()),
+            ..FlowFilter::default()
+        };
+        let r = flows_request(&f, None, false);
+        assert_eq!(r.whitelist.len(), 1, "{r:?}");
+        let w = &r.whitelist[0];
+        assert_eq!(w.protocol, ["tcp"]);
+        assert_eq!(w.source_pod, ["default/alpine"]);
+        assert_eq!(w.destination_pod, ["kube-system/kube-dns"]);
+        assert_eq!(w.destination_fqdn, ["*.microsoft.com"]);
+    }
     use crate::flows::Verdict;
     use crate::hubble::convert::tests::real_flows;
     use crate::hubble::filter::FilterSet;
@@ -160,7 +192,13 @@ mod tests {
             for ns in [None, Some("default".to_string()), Some("kube-system".to_string())] {
                 for verdict in [None, Some(Verdict::Dropped), Some(Verdict::Forwarded)] {
                     for kind in [None, Some(FlowKind::Dns), Some(FlowKind::Drop), Some(FlowKind::Other)] {
-                        cases.push(FlowFilter { pod: p.clone(), namespace: ns.clone(), verdict, kind, since: None });
+                        cases.push(FlowFilter {
+                            pod: p.clone(),
+                            namespace: ns.clone(),
+                            verdict,
+                            kind,
+                            ..FlowFilter::default()
+                        });
                     }
                 }
             }

@@ -357,7 +357,7 @@ impl KubeCluster {
         assert!(self.agent.is_none(), "the agent is already running");
         let log = File::options().create(true).append(true).open(self.log_path()).expect("agent log");
         let ns = File::open(self.node.path()).expect("node netns");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fqdnd"));
+        let mut cmd = Command::new(super::topology::agent_binary());
         cmd.arg("run")
             .args(["--mode", "transparent", "--source", "kubernetes", "--node-name", NODE])
             .arg("--state-dir")
@@ -510,7 +510,7 @@ impl KubeCluster {
     // ---- the agent's view ----------------------------------------------------------------------
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fqdnd"));
+        let mut cmd = Command::new(super::topology::agent_binary());
         cmd.args(args).arg("--state-dir").arg(self.state_dir());
         run_bounded(cmd, AGENT_WAIT)
     }

@@ -71,9 +71,15 @@ pub const CONNECT: Duration = Duration::from_secs(5);
 /// bound only saves time (the kernel's first SYN retransmit is after 1 s).
 pub const DROPPED_CONNECT: Duration = Duration::from_millis(400);
 /// Bound on waits for the agent (start, policy reload, flows): failures say what was awaited.
-const AGENT_WAIT: Duration = Duration::from_secs(30);
+pub const AGENT_WAIT: Duration = Duration::from_secs(30);
 /// Bound on one client process (musl's worst case is a few 5 s timeouts).
 const CLIENT_LIMIT: Duration = Duration::from_secs(40);
+
+/// The `fqdnd` binary: the one cargo built for this test, or (the demo example, which cargo gives
+/// no such variable) the one beside it in the target directory.
+pub fn agent_binary() -> PathBuf {
+    option_env!("CARGO_BIN_EXE_fqdnd").map(PathBuf::from).unwrap_or_else(super::paths::fqdnd_binary)
+}
 
 /// The fixture of a seed stage (1..=4).
 pub fn seed_stage(n: u8) -> PathBuf {
@@ -298,7 +304,7 @@ impl Cluster {
     fn agent_command(&self, extra: &[&str]) -> Command {
         let log = File::options().create(true).append(true).open(self.log_path()).expect("agent log");
         // FQDND_BIN: measure another build (benches/restart.sh compares with main's).
-        let bin = std::env::var_os("FQDND_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_fqdnd").into());
+        let bin = std::env::var_os("FQDND_BIN").map(PathBuf::from).unwrap_or_else(agent_binary);
         let mut cmd = Command::new(bin);
         cmd.arg("run")
             .args(["--mode", "transparent"])
@@ -483,7 +489,7 @@ impl Cluster {
 
     /// `fqdnd <args> --state-dir <state>` as a process, bounded.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fqdnd"));
+        let mut cmd = Command::new(agent_binary());
         cmd.args(args).arg("--state-dir").arg(self.state_dir());
         run_bounded(cmd, AGENT_WAIT)
     }
