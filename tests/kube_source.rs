@@ -215,6 +215,38 @@ fn relabelled_pod_is_released_and_enforced_again() {
     assert_dropped(&c, "alpine", GOOGLE80, "selected again");
 }
 
+#[test]
+fn audit_annotation_puts_one_pod_in_audit_mode() {
+    if !available("audit_annotation_puts_one_pod_in_audit_mode") {
+        return;
+    }
+    let mut c = KubeCluster::start(PodNet::Routed);
+    c.apply_file(&seed_stage(4));
+    assert_dropped(&c, "alpine", GOOGLE80, "stage 4 does not allow www.google.com's address");
+    c.changed("annotate audit mode on", |k| {
+        k.kubectl_ok(&["annotate", "pod", "-n", "default", "alpine", "fqdnd.io/policy-audit-mode=true"]).unwrap();
+    });
+    let (sport, res) = c.connect("alpine", GOOGLE80, CONNECT);
+    assert_eq!(res.unwrap_or_else(|e| panic!("audit mode lets it through: {e}\n{}", c.log())), GREETING);
+    let f = c.wait_flow(&["--verdict", "AUDIT"], "for the audited connect", |f| {
+        str_at(f, &["verdict"]) == "AUDIT" && u64_at(f, &["l4", "TCP", "source_port"]) == u64::from(sport)
+    });
+    assert_eq!(str_at(&f, &["IP", "destination"]), WWW_GOOGLE4.to_string(), "{f}");
+    c.changed("annotate audit mode off", |k| {
+        k.kubectl_ok(&[
+            "annotate",
+            "pod",
+            "-n",
+            "default",
+            "alpine",
+            "fqdnd.io/policy-audit-mode=false",
+            "--overwrite",
+        ])
+        .unwrap();
+    });
+    assert_dropped(&c, "alpine", GOOGLE80, "audit mode off: enforced again");
+}
+
 const LOCKED_NAMESPACES: &str = r#"
 apiVersion: cilium.io/v2
 kind: CiliumClusterwideNetworkPolicy

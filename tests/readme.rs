@@ -4,7 +4,8 @@
 //! block after a `sh` block is what those commands print (its lines must appear, in order; digits,
 //! month names and spacing may differ); a `text agent` block is what the agent's terminal shows.
 //! `scripts/test` and `scripts/demo` are run by .ci/run itself (this test runs inside the first, and
-//! tests/demo.rs checks the second's output), so they must appear there as written.
+//! tests/demo.rs checks the second's output), so they must appear there as written. A `sh kubernetes`
+//! block needs a cluster: tests/kube_readme.rs runs its `kubectl` lines against a real API server.
 //!
 //! As root everything runs in a network namespace of its own (the README's fixed ports cannot
 //! collide with anything); otherwise on this host's loopback. The first command is

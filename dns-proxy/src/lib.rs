@@ -24,6 +24,7 @@ pub mod limits;
 pub mod log_limit;
 pub mod metrics;
 pub mod name_lock;
+mod netlink;
 pub mod origin;
 pub mod refusal;
 mod server;

@@ -10,6 +10,13 @@
 //! be one of its addresses. A query from an interface no endpoint owns is served only as an
 //! endpoint the snapshot lists without an interface (nothing to check it against); any other is
 //! refused, never forwarded.
+//!
+//! Behind a bridge CNI (the `bridge` plugin, flannel's `cni0`) the pod's veth is a bridge port and
+//! the stack delivers the packet from the bridge, so the arrival interface is the bridge, shared
+//! by every pod on it. There the endpoint is the one that owns the source address, accepted only
+//! if its own interface is a port of that bridge: the datapath's anti-spoofing on that port has
+//! already dropped any packet whose source is not the endpoint's, and a pod the datapath does not
+//! police has no redirect to the proxy at all.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -51,16 +58,21 @@ impl std::fmt::Display for Unverified {
 #[derive(Debug, Default)]
 pub(crate) struct Interfaces {
     by_index: HashMap<u32, EndpointId>,
+    /// Bridges (by index) and the endpoints whose interface is one of their ports.
+    bridges: HashMap<u32, Vec<EndpointId>>,
 }
 
 impl Interfaces {
     pub(crate) fn of(snapshot: &Snapshot) -> Self {
-        let by_index = snapshot
-            .endpoints
-            .iter()
-            .filter_map(|e| Some((ifindex_of(e.endpoint.interface.as_deref()?)?, e.id)))
-            .collect();
-        Interfaces { by_index }
+        let mut table = Interfaces::default();
+        for e in &snapshot.endpoints {
+            let Some(index) = e.endpoint.interface.as_deref().and_then(ifindex_of) else { continue };
+            table.by_index.insert(index, e.id);
+            if let Some(bridge) = crate::netlink::master_of(index) {
+                table.bridges.entry(bridge).or_default().push(e.id);
+            }
+        }
+        table
     }
 }
 
@@ -81,6 +93,10 @@ pub(crate) fn establish(
         None => Ok(ep.clone()),
         // The interface may be newer than the snapshot's table (a pod recreated under its name).
         Some(name) if ifindex.is_some() && ifindex_of(name) == ifindex => Ok(ep.clone()),
+        // Delivered from the bridge its interface is a port of (see the module's doc).
+        Some(_) if ifindex.and_then(|i| interfaces.bridges.get(&i)).is_some_and(|ports| ports.contains(&ep.id)) => {
+            Ok(ep.clone())
+        }
         Some(_) => Err(Unverified::WrongInterface { endpoint: ep.id }),
     }
 }
