@@ -1,6 +1,7 @@
 //! fqdnd: a transparent DNS proxy and FQDN egress-policy engine.
 
 mod agent;
+mod alloc;
 mod cmd;
 mod config;
 mod logging;
@@ -8,6 +9,9 @@ mod logging;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOC: alloc::AgentAlloc = alloc::AgentAlloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "fqdnd", version = fqdnd::version::LONG, about = "DNS-aware egress policy: a transparent DNS proxy and FQDN policy engine")]

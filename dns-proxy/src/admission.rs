@@ -15,7 +15,7 @@
 //! [`FLOWS_PER_SECOND`] per endpoint: the flow ring is shared too, and a flood must not push the
 //! other pods' flows out of it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! anything else is dropped and counted (cache-poisoning defence). TCP queries go over a fresh TCP
 //! connection per query.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};

@@ -6,7 +6,9 @@
 //! pod waits for the next freed permit with at most one waiting query of each flooder before it.
 //! Sources that are no endpoint count per address ([`Owner`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -18,7 +18,7 @@
 //! already dropped any packet whose source is not the endpoint's, and a pod the datapath does not
 //! police has no redirect to the proxy at all.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::ffi::CString;
 use std::mem;
 use std::net::IpAddr;

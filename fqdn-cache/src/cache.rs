@@ -15,7 +15,9 @@
 //! Snapshots identify endpoints by [`EndpointId`]; the agent keeps those ids stable across
 //! restarts (assigned by namespace/name), or the restored entries land on the wrong endpoints.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt as _};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;

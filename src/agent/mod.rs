@@ -178,7 +178,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     // A ring of 0 keeps no flows: the proxy then builds none, saving their cost, unless Hubble's
     // metrics count them.
     let flows = (config.flow_ring_size > 0 || hubble_metrics.is_some())
-        .then(|| Arc::new(DnsFlows { hub: hub.clone(), lookup: current.clone() }) as Arc<dyn FlowSink>);
+        .then(|| Arc::new(DnsFlows::new(hub.clone(), current.clone())) as Arc<dyn FlowSink>);
     let proxy = Proxy::with_metrics(config.proxy.clone(), enforcer.clone(), flows, proxy_metrics)?;
     dns_proxy::metrics::register_stats(&mut registry, proxy.stats_handle());
     let mut handed: Vec<(HandedFd, OwnedFd)> = Vec::new();

@@ -61,7 +61,7 @@ fn reserved_peer(ip: IpAddr) -> Endpoint {
 }
 
 /// The flow endpoint of `ip`: the endpoint found for it, else its reserved identity.
-fn peer(ep: Option<EndpointInfo>, ip: IpAddr) -> Endpoint {
+fn peer(ep: Option<&EndpointInfo>, ip: IpAddr) -> Endpoint {
     ep.map(|e| e.to_flow_endpoint()).unwrap_or_else(|| reserved_peer(ip))
 }
 
@@ -152,6 +152,16 @@ impl NamesLookup for Enforcer {
 pub fn dns_flow(f: &DnsFlow, lookup: &dyn EndpointLookup, node_name: &str) -> Flow {
     let client_ep = f.endpoint.and_then(|id| lookup.by_id(id)).or_else(|| lookup.by_ip(f.client.ip()));
     let server_ep = lookup.by_ip(f.server.ip());
+    dns_flow_of(f, client_ep.as_ref(), server_ep.as_ref(), node_name)
+}
+
+/// [`dns_flow`] with its endpoints already found: the querying one (`client_ep`) and the server's.
+pub fn dns_flow_of(
+    f: &DnsFlow,
+    client_ep: Option<&EndpointInfo>,
+    server_ep: Option<&EndpointInfo>,
+    node_name: &str,
+) -> Flow {
     let is_reply = f.kind == DnsFlowKind::Response;
     let (src, dst, src_ep, dst_ep) =
         if is_reply { (f.server, f.client, server_ep, client_ep) } else { (f.client, f.server, client_ep, server_ep) };
@@ -253,8 +263,8 @@ pub fn drop_flow(ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesL
         drop_reason: reason.code(),
         ip: Some(ip_of(ev.src, ev.dst)),
         l4: l4_of(ev.proto, ev.src, ev.dst, Some(flags)),
-        source: Some(peer(src_ep, ev.src.ip())),
-        destination: Some(peer(dst_ep, ev.dst.ip())),
+        source: Some(peer(src_ep.as_ref(), ev.src.ip())),
+        destination: Some(peer(dst_ep.as_ref(), ev.dst.ip())),
         flow_type: FlowType::L3L4,
         node_name: node_name.to_string(),
         source_names,

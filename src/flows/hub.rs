@@ -3,14 +3,19 @@
 //! is counted (per follower, so it can be told, and in `fqdnd_flows_dropped_total`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use foldhash::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+
+use arc_swap::ArcSwap;
 use dns_proxy::{DnsFlow, FlowSink};
 use ebpf_redirect::DropEvent;
+use fqdn_cache::EndpointId;
+use policy_sync::{ResolvedEndpoint, Snapshot};
 use tokio::sync::mpsc;
 
-use super::convert::{EndpointLookup, NamesLookup, dns_flow, drop_flow};
+use super::convert::{EndpointInfo, EndpointLookup, NamesLookup, dns_flow, dns_flow_of, drop_flow};
 use super::filter::FlowFilter;
 use super::model::{DropReason, Flow};
 use crate::metrics::AgentMetrics;
@@ -40,6 +45,7 @@ impl Default for HubConfig {
 
 pub struct FlowHub {
     config: HubConfig,
+    node_name: Arc<str>,
     metrics: AgentMetrics,
     inner: Mutex<Inner>,
     /// Flows published since start (Hubble's `seen_flows`), whether or not the ring keeps them.
@@ -48,7 +54,7 @@ pub struct FlowHub {
 }
 
 /// Which flows a follower wants: `fqdnd observe`'s [`FlowFilter`], or another API's filters
-/// (Hubble's whitelist/blacklist). Runs under the hub's lock, on every published flow.
+/// (Hubble's whitelist/blacklist). Runs on the reader's side, on every flow it is handed.
 pub trait FlowMatch: Send + Sync {
     fn matches(&self, flow: &Flow) -> bool;
 }
@@ -65,14 +71,37 @@ pub trait FlowObserver: Send + Sync {
     fn observe(&self, flow: &Flow);
 }
 
+/// A flow as the ring and the followers' queues hold it. The proxy's DNS flows stay in their
+/// compact form, with the endpoints they named at the time, until a reader asks: the query path
+/// never pays for Hubble's shape (strings, labels, the summary). Converted once, shared by readers.
+pub struct Entry {
+    kind: EntryKind,
+}
+
+enum EntryKind {
+    Ready(Arc<Flow>),
+    Dns { flow: DnsFlow, client: Option<Arc<EndpointInfo>>, server: Option<Arc<EndpointInfo>>, shaped: OnceLock<Arc<Flow>> },
+}
+
+impl Entry {
+    /// The flow in Hubble's shape.
+    pub fn flow(&self, node_name: &str) -> Arc<Flow> {
+        match &self.kind {
+            EntryKind::Ready(f) => f.clone(),
+            EntryKind::Dns { flow, client, server, shaped } => shaped
+                .get_or_init(|| Arc::new(dns_flow_of(flow, client.as_deref(), server.as_deref(), node_name)))
+                .clone(),
+        }
+    }
+}
+
 struct Inner {
-    ring: VecDeque<Arc<Flow>>,
+    ring: VecDeque<Arc<Entry>>,
     followers: Vec<Slot>,
 }
 
 struct Slot {
-    filter: Arc<dyn FlowMatch>,
-    tx: mpsc::Sender<Arc<Flow>>,
+    tx: mpsc::Sender<Arc<Entry>>,
     lost: Arc<AtomicU64>,
 }
 
@@ -83,19 +112,34 @@ pub struct Subscription {
     pub follower: Option<Follower>,
 }
 
-/// A live follower. Dropping it unsubscribes.
+/// A live follower. Dropping it unsubscribes. Flows are shaped and filtered here, on the reader's
+/// task, not on the publisher's.
 pub struct Follower {
-    rx: mpsc::Receiver<Arc<Flow>>,
+    rx: mpsc::Receiver<Arc<Entry>>,
     lost: Arc<AtomicU64>,
+    filter: Arc<dyn FlowMatch>,
+    node_name: Arc<str>,
 }
 
 impl Follower {
     pub async fn recv(&mut self) -> Option<Arc<Flow>> {
-        self.rx.recv().await
+        loop {
+            let entry = self.rx.recv().await?;
+            let flow = entry.flow(&self.node_name);
+            if self.filter.matches(&flow) {
+                return Some(flow);
+            }
+        }
     }
 
     pub fn try_recv(&mut self) -> Option<Arc<Flow>> {
-        self.rx.try_recv().ok()
+        loop {
+            let entry = self.rx.try_recv().ok()?;
+            let flow = entry.flow(&self.node_name);
+            if self.filter.matches(&flow) {
+                return Some(flow);
+            }
+        }
     }
 
     /// Flows lost since the last call (the queue was full).
@@ -121,7 +165,14 @@ impl FlowHub {
 
     pub fn with_config(config: HubConfig, metrics: AgentMetrics) -> Self {
         let inner = Inner { ring: VecDeque::with_capacity(config.ring_capacity.min(65_536)), followers: Vec::new() };
-        FlowHub { config, metrics, inner: Mutex::new(inner), seen: AtomicU64::new(0), observers: Vec::new() }
+        FlowHub {
+            node_name: config.node_name.as_str().into(),
+            config,
+            metrics,
+            inner: Mutex::new(inner),
+            seen: AtomicU64::new(0),
+            observers: Vec::new(),
+        }
     }
 
     /// Hand every published flow to `observer` as well.
@@ -139,8 +190,23 @@ impl FlowHub {
         &self.config.node_name
     }
 
+    /// A DNS flow, its endpoints looked up in `lookup` now.
     pub fn ingest_dns(&self, f: &DnsFlow, lookup: &dyn EndpointLookup) {
         self.publish(dns_flow(f, lookup, &self.config.node_name));
+    }
+
+    /// A DNS flow with the endpoints it names (the querying one and the server's), kept compact
+    /// until a reader asks for it.
+    pub fn publish_dns(&self, flow: DnsFlow, client: Option<Arc<EndpointInfo>>, server: Option<Arc<EndpointInfo>>) {
+        let entry = Entry { kind: EntryKind::Dns { flow, client, server, shaped: OnceLock::new() } };
+        if !self.observers.is_empty() {
+            // Observers see every flow in Hubble's shape as it happens; shape it now, once.
+            let shaped = entry.flow(&self.node_name);
+            for observer in &self.observers {
+                observer.observe(&shaped);
+            }
+        }
+        self.keep(Arc::new(entry));
     }
 
     pub fn ingest_drop(&self, ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesLookup) {
@@ -164,26 +230,28 @@ impl FlowHub {
         self.publish(flow);
     }
 
-    /// Keep a flow and hand it to every follower that wants it, without ever waiting.
+    /// Keep a flow and hand it to every follower, without ever waiting.
     pub fn publish(&self, flow: Flow) {
-        self.seen.fetch_add(1, Ordering::Relaxed);
         for observer in &self.observers {
             observer.observe(&flow);
         }
-        let flow = Arc::new(flow);
+        self.keep(Arc::new(Entry { kind: EntryKind::Ready(Arc::new(flow)) }));
+    }
+
+    fn keep(&self, entry: Arc<Entry>) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
+        // The evicted entry is freed after the lock is let go.
+        let mut evicted = None;
         if self.config.ring_capacity > 0 {
             if inner.ring.len() >= self.config.ring_capacity {
-                inner.ring.pop_front();
+                evicted = inner.ring.pop_front();
             }
-            inner.ring.push_back(flow.clone());
+            inner.ring.push_back(entry.clone());
         }
-        let metrics = &self.metrics;
-        inner.followers.retain(|slot| {
-            if !slot.filter.matches(&flow) {
-                return !slot.tx.is_closed();
-            }
-            match slot.tx.try_send(flow.clone()) {
+        if !inner.followers.is_empty() {
+            let metrics = &self.metrics;
+            inner.followers.retain(|slot| match slot.tx.try_send(entry.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     slot.lost.fetch_add(1, Ordering::Relaxed);
@@ -191,8 +259,10 @@ impl FlowHub {
                     true
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+            });
+        }
+        drop(inner);
+        drop(evicted);
     }
 
     /// The matching flows in the ring (the last `last` of them if given) and, if `follow`, a
@@ -203,18 +273,24 @@ impl FlowHub {
 
     /// [`FlowHub::subscribe`] with any matcher.
     pub fn subscribe_with(&self, filter: Arc<dyn FlowMatch>, last: Option<usize>, follow: bool) -> Subscription {
-        let mut inner = self.lock();
-        let mut history: Vec<Arc<Flow>> = inner.ring.iter().filter(|f| filter.matches(f)).cloned().collect();
+        // Under the lock only the entries are taken; shaping and filtering them happens after.
+        let (entries, follower) = {
+            let mut inner = self.lock();
+            let entries: Vec<Arc<Entry>> = inner.ring.iter().cloned().collect();
+            let follower = follow.then(|| {
+                let (tx, rx) = mpsc::channel(self.config.follower_queue.max(1));
+                let lost = Arc::new(AtomicU64::new(0));
+                inner.followers.push(Slot { tx, lost: lost.clone() });
+                Follower { rx, lost, filter: filter.clone(), node_name: self.node_name.clone() }
+            });
+            (entries, follower)
+        };
+        let mut history: Vec<Arc<Flow>> =
+            entries.iter().map(|e| e.flow(&self.node_name)).filter(|f| filter.matches(f)).collect();
         if let Some(n) = last {
             let skip = history.len().saturating_sub(n);
             history.drain(..skip);
         }
-        let follower = follow.then(|| {
-            let (tx, rx) = mpsc::channel(self.config.follower_queue.max(1));
-            let lost = Arc::new(AtomicU64::new(0));
-            inner.followers.push(Slot { filter, tx, lost: lost.clone() });
-            Follower { rx, lost }
-        });
         Subscription { history, follower }
     }
 
@@ -229,10 +305,43 @@ impl FlowHub {
     }
 }
 
-/// The proxy's flows into the hub, endpoints named from `lookup` (the snapshot in force).
+/// Endpoints as flows name them, built once per endpoint version (a policy or pod change makes a
+/// new `ResolvedEndpoint`) instead of once per flow.
+#[derive(Default)]
+struct InfoCache {
+    by_id: HashMap<EndpointId, (Weak<ResolvedEndpoint>, Arc<EndpointInfo>)>,
+}
+
+/// Entries past this and the cache starts over (endpoints come and go).
+const INFO_CACHE_MAX: usize = 16_384;
+
+impl InfoCache {
+    fn get(&mut self, ep: &Arc<ResolvedEndpoint>) -> Arc<EndpointInfo> {
+        if let Some((weak, info)) = self.by_id.get(&ep.id)
+            && std::ptr::eq(weak.as_ptr(), Arc::as_ptr(ep))
+        {
+            return info.clone();
+        }
+        if self.by_id.len() >= INFO_CACHE_MAX {
+            self.by_id.clear();
+        }
+        let info = Arc::new(EndpointInfo::from_resolved(ep));
+        self.by_id.insert(ep.id, (Arc::downgrade(ep), info.clone()));
+        info
+    }
+}
+
+/// The proxy's flows into the hub, endpoints named from the snapshot in force.
 pub struct DnsFlows {
-    pub hub: Arc<FlowHub>,
-    pub lookup: Arc<dyn EndpointLookup>,
+    hub: Arc<FlowHub>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    infos: Mutex<InfoCache>,
+}
+
+impl DnsFlows {
+    pub fn new(hub: Arc<FlowHub>, snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        DnsFlows { hub, snapshot, infos: Mutex::default() }
+    }
 }
 
 impl FlowSink for DnsFlows {
@@ -241,7 +350,14 @@ impl FlowSink for DnsFlows {
     }
 
     fn dns_flow(&self, flow: DnsFlow) {
-        self.hub.ingest_dns(&flow, self.lookup.as_ref());
+        let snapshot = self.snapshot.load();
+        let client = flow.endpoint.and_then(|id| snapshot.by_id(id)).or_else(|| snapshot.by_ip(flow.client.ip()));
+        let server = snapshot.by_ip(flow.server.ip());
+        let (client, server) = {
+            let mut infos = self.infos.lock().unwrap_or_else(PoisonError::into_inner);
+            (client.map(|e| infos.get(e)), server.map(|e| infos.get(e)))
+        };
+        self.hub.publish_dns(flow, client, server);
     }
 }
 

@@ -5,7 +5,7 @@
 //! reported) is oldest, the earliest looked up among equals. Room is made a few entries at a time, so a pod at its quota costs the cache lock one
 //! scan of its own entries per batch, not per answer.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::IpAddr;
 
 use super::store::Store;

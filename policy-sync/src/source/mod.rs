@@ -11,7 +11,7 @@ pub mod ids;
 pub mod kubernetes;
 mod watch;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
