@@ -44,13 +44,13 @@ fn flows() -> Vec<(&'static str, Flow)> {
         server: "10.96.0.10:53".parse().unwrap(),
         protocol: L4Proto::Udp,
         qname: "www.microsoft.com.".into(),
-        qtypes: vec!["A".into()],
-        rcode: Some("NoError".into()),
+        qtype: 1,
+        rcode: Some(0),
         ips: vec!["13.107.246.1".parse().unwrap(), "13.107.213.1".parse().unwrap()],
         ttl: Some(300),
         cnames: vec!["www.microsoft.com-c-3.edgekey.net.".into()],
-        rrtypes: vec!["CNAME".into(), "A".into()],
-        policy: Some("default/allow".into()),
+        rrtypes: vec![5, 1],
+        policy: Some(policy_sync::PolicyRef { namespace: Some("default".into()), name: "allow".into() }),
         latency: Some(Duration::from_micros(900)),
     };
     let drop = ebpf_redirect::DropEvent {

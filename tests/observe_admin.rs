@@ -78,7 +78,7 @@ fn request(secs: u64, qname: &str) -> DnsFlow {
         server: "10.96.0.10:53".parse().unwrap(),
         protocol: L4Proto::Udp,
         qname: qname.into(),
-        qtypes: vec!["A".into()],
+        qtype: 1,
         rcode: None,
         ips: vec![],
         ttl: None,
@@ -92,10 +92,10 @@ fn request(secs: u64, qname: &str) -> DnsFlow {
 fn response(secs: u64, qname: &str, ip: &str) -> DnsFlow {
     DnsFlow {
         kind: DnsFlowKind::Response,
-        rcode: Some("NoError".into()),
+        rcode: Some(0),
         ips: vec![ip.parse().unwrap()],
         ttl: Some(300),
-        rrtypes: vec!["A".into()],
+        rrtypes: vec![1],
         latency: Some(Duration::from_millis(2)),
         ..request(secs, qname)
     }

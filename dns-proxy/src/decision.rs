@@ -55,7 +55,7 @@ impl Decider {
             Step::Reply(None) => Decision::Drop,
             Step::Forward(p) => {
                 let q = p.query();
-                Decision::Forward { qname: q.qname.clone(), question: q.question(packet).to_vec() }
+                Decision::Forward { qname: q.qname.to_string(), question: q.question(packet).to_vec() }
             }
         }
     }

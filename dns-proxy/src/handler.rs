@@ -197,13 +197,13 @@ impl Shared {
         if refused {
             inc(&self.stats.refused);
             let policy = asker.policy().cloned().expect("a refusal names its policy");
-            let err = ProxyError::Refused { qname: query.qname.clone(), policy };
+            let err = ProxyError::Refused { qname: query.qname.to_string(), policy };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
         if query.question_compressed() {
             // Forwarded, the pointer would be read against the header with the proxy's ID.
             inc(&self.stats.malformed);
-            let err = ProxyError::CompressedQuestion { client: meta.client, qname: query.qname.clone() };
+            let err = ProxyError::CompressedQuestion { client: meta.client, qname: query.qname.to_string() };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
 
@@ -258,7 +258,7 @@ impl Shared {
         inc(&self.stats.unverified);
         let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied, audited: false };
         self.request_flow(query, meta, &asker, Verdict::Dropped);
-        let err = ProxyError::UnverifiedOrigin { client: meta.client, qname: query.qname.clone(), reason };
+        let err = ProxyError::UnverifiedOrigin { client: meta.client, qname: query.qname.to_string(), reason };
         tracing::debug!(dns.qname = %query.qname, src.ip = %meta.client.ip(), ifindex = ?meta.ifindex, error = %err, "query refused");
         self.fail(query, packet, &err, meta, &asker)
     }
@@ -266,7 +266,7 @@ impl Shared {
     fn overloaded(&self, query: &ParsedQuery, packet: &[u8], meta: QueryMeta, asker: &Asker) -> Option<Vec<u8>> {
         inc(&self.stats.overloaded);
         let endpoint = asker.endpoint.as_ref().map(|e| e.id);
-        let err = ProxyError::Overloaded { client: meta.client, endpoint, qname: query.qname.clone() };
+        let err = ProxyError::Overloaded { client: meta.client, endpoint, qname: query.qname.to_string() };
         self.fail(query, packet, &err, meta, asker)
     }
 
@@ -302,7 +302,7 @@ impl Shared {
     }
 
     fn forward_error(&self, e: ForwardError, query: &ParsedQuery, meta: QueryMeta, fwd: &Forwarder) -> ProxyError {
-        let qname = query.qname.clone();
+        let qname = query.qname.to_string();
         match e {
             ForwardError::Timeout => {
                 inc(&self.stats.upstream_timeouts);
@@ -366,7 +366,7 @@ impl Shared {
     }
 
     async fn learn(&self, endpoint: EndpointId, query: &ParsedQuery, chain: Chain) {
-        let answer = chain.into_answer(endpoint, query.qname.clone());
+        let answer = chain.into_answer(endpoint, query.qname.to_string());
         let names = std::iter::once(answer.qname.as_str()).chain(answer.cnames.iter().map(String::as_str));
         let _serialized = self.names.lock(names).await;
         inc(&self.stats.learned);
@@ -474,11 +474,11 @@ impl Shared {
     ) {
         let Some(sink) = self.flow_sink() else { return };
         let mut flow = base_flow(query, meta, asker, DnsFlowKind::Response, verdict);
-        flow.rcode = Some(rcode.to_str().to_string());
+        flow.rcode = Some(u16::from(rcode));
         flow.latency = Some(meta.received.elapsed());
         if let Some(c) = chain {
             flow.ttl = c.ttl;
-            flow.rrtypes = c.rrtypes.iter().map(|t| t.to_string()).collect();
+            flow.rrtypes = c.rrtypes.iter().map(|&t| u16::from(t)).collect();
             flow.ips = c.ips;
             flow.cnames = c.cnames;
         }
@@ -496,13 +496,13 @@ fn base_flow(query: &ParsedQuery, meta: QueryMeta, asker: &Asker, kind: DnsFlowK
         server: meta.server,
         protocol: meta.proto,
         qname: query.qname.clone(),
-        qtypes: vec![query.qtype.to_string()],
+        qtype: u16::from(query.qtype),
         rcode: None,
         ips: Vec::new(),
         ttl: None,
         cnames: Vec::new(),
         rrtypes: Vec::new(),
-        policy: asker.policy().map(|p| p.to_string()),
+        policy: asker.policy().cloned(),
         latency: None,
     }
 }

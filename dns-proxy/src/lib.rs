@@ -35,7 +35,7 @@ pub mod wire;
 
 pub use config::{Mode, ProxyConfig, RejectCode};
 pub use error::ProxyError;
-pub use flow::{DnsFlow, DnsFlowKind, FlowSink, Verdict};
+pub use flow::{DnsFlow, DnsFlowKind, FlowSink, Verdict, rcode_name, type_name};
 pub use fqdn_cache::Learner;
 pub use handler::QueryMeta;
 pub use server::{Bound, ListenerInfo, Proxy, Sockets};

@@ -104,7 +104,7 @@ mod tests {
             let bytes = query(rd, cd);
             let q = parse_query(&bytes).unwrap();
             let err = ProxyError::Refused {
-                qname: q.qname.clone(),
+                qname: q.qname.to_string(),
                 policy: PolicyRef { namespace: Some("default".into()), name: "p".into() },
             };
             let code = response_code(&err, reject).unwrap();

@@ -2,6 +2,8 @@
 //! the one question, the client's EDNS UDP size, and the message ID. Everything else is forwarded
 //! as bytes, so a query costs one decode of its question and no re-encoding.
 
+use std::sync::Arc;
+
 use hickory_proto::op::{Header, MessageType, Metadata};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, DecodeError};
@@ -19,7 +21,7 @@ pub struct ParsedQuery {
     pub metadata: Metadata,
     /// The question name, lower case with one trailing dot (`www.example.com.`), in the
     /// presentation form (`\DDD` escapes for odd bytes) so it never matches a pattern by accident.
-    pub qname: String,
+    pub qname: Arc<str>,
     pub qtype: RecordType,
     pub qclass: DNSClass,
     /// Offset just past the question: `packet[HEADER_LEN..question_end]` is the question on the wire.
@@ -78,7 +80,18 @@ pub fn parse_query(packet: &[u8]) -> Result<ParsedQuery, QueryParseError> {
         return Err(QueryParseError::QuestionCount { metadata, count: header.counts.queries });
     }
     let malformed = |source| QueryParseError::Malformed { metadata, source };
-    let name = Name::read(&mut decoder).map_err(malformed)?;
+    // Plain names (letters, digits, `-`, `_`, no pointer) are read straight from the wire; anything
+    // else goes through hickory, which escapes it into the presentation form.
+    let (qname, name) = match plain_name(packet, HEADER_LEN) {
+        Some((qname, end)) => {
+            decoder.read_slice(end - HEADER_LEN).map_err(malformed)?;
+            (qname, None)
+        }
+        None => {
+            let name = Name::read(&mut decoder).map_err(malformed)?;
+            (Arc::from(fqdn_cache::normalize_owned(name.to_ascii())), Some(name))
+        }
+    };
     let qtype = RecordType::read(&mut decoder).map_err(malformed)?;
     let qclass = DNSClass::read(&mut decoder).map_err(malformed)?;
     let question_end = decoder.index();
@@ -94,7 +107,7 @@ pub fn parse_query(packet: &[u8]) -> Result<ParsedQuery, QueryParseError> {
         }
     }
 
-    let uncompressed_question = has_pointer(&packet[HEADER_LEN..question_end]).then(|| {
+    let uncompressed_question = name.filter(|_| has_pointer(&packet[HEADER_LEN..question_end])).map(|name| {
         let mut q = Vec::with_capacity(question_end);
         for label in name.iter() {
             q.push(label.len() as u8);
@@ -105,8 +118,52 @@ pub fn parse_query(packet: &[u8]) -> Result<ParsedQuery, QueryParseError> {
         q.extend_from_slice(&u16::from(qclass).to_be_bytes());
         q
     });
-    let qname = fqdn_cache::normalize_owned(name.to_ascii());
     Ok(ParsedQuery { metadata, qname, qtype, qclass, question_end, edns_udp_size, uncompressed_question })
+}
+
+/// The name at `start`, lower case with its trailing dot, and the offset past it, if it is plain:
+/// uncompressed, labels of letters, digits, `-` (not first) and `_` only, within RFC 1035's lengths. Such a
+/// name reads the same in hickory's presentation form (the proptest below holds them together).
+fn plain_name(packet: &[u8], start: usize) -> Option<(Arc<str>, usize)> {
+    let mut out = [0u8; 255];
+    let mut n = 0;
+    let mut i = start;
+    loop {
+        let len = usize::from(*packet.get(i)?);
+        if len == 0 {
+            break;
+        }
+        // Pointers (0xc0) and the reserved label types (0x40, 0x80) take hickory's path.
+        if len > 63 {
+            return None;
+        }
+        let label = packet.get(i + 1..i + 1 + len)?;
+        // The wire name (length bytes and all) is at most 255 bytes: `n + len + 1` plus the root.
+        if n + len + 2 > 255 {
+            return None;
+        }
+        // hickory escapes a leading `-`.
+        if label[0] == b'-' {
+            return None;
+        }
+        for &b in label {
+            if !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return None;
+            }
+            out[n] = b.to_ascii_lowercase();
+            n += 1;
+        }
+        out[n] = b'.';
+        n += 1;
+        i += 1 + len;
+    }
+    if n == 0 {
+        out[0] = b'.';
+        n = 1;
+    }
+    // Every byte written is ASCII.
+    let name = std::str::from_utf8(&out[..n]).ok()?;
+    Some((Arc::from(name), i + 1))
 }
 
 /// Whether the name at the start of `question` (already decoded, so well formed) ends in a
@@ -219,7 +276,7 @@ pub(crate) mod tests {
         for &(name, qtype, edns, want_name, want_limit) in cases {
             let bytes = query_bytes(name, qtype, edns);
             let q = parse_query(&bytes).unwrap();
-            assert_eq!(q.qname, want_name, "{name}");
+            assert_eq!(&*q.qname, want_name, "{name}");
             assert_eq!(q.qtype, qtype, "{name}");
             assert_eq!(q.udp_limit(), want_limit, "{name}");
             assert_eq!(q.metadata.id, 0x1234);
@@ -248,7 +305,7 @@ pub(crate) mod tests {
         let mut bytes = query_bytes("ab.example.", RecordType::A, None);
         bytes[HEADER_LEN + 1] = b'.';
         let q = parse_query(&bytes).unwrap();
-        assert_ne!(q.qname, "a.b.example.");
+        assert_ne!(&*q.qname, "a.b.example.");
         assert!(q.qname.ends_with(".example."), "{}", q.qname);
     }
 
@@ -264,7 +321,7 @@ pub(crate) mod tests {
     fn compressed_question_is_echoed_uncompressed() {
         let packet = pointer_into_header();
         let q = parse_query(&packet).unwrap();
-        assert_eq!(q.qname, "a.");
+        assert_eq!(&*q.qname, "a.");
         assert!(q.question_compressed());
         assert_eq!(q.question(&packet), [1, b'a', 0, 0, 1, 0, 1]);
         // Case survives the rewrite: it comes from the name as decoded, not the lower-cased qname.
@@ -307,12 +364,34 @@ pub(crate) mod tests {
             let _ = parse_query(&bytes);
         }
 
+        /// The wire fast path and hickory read every name alike: where the fast path takes a
+        /// name, it reads what hickory's presentation form says, and it never reads past it.
+        #[test]
+        fn plain_names_read_as_hickory_reads_them(
+            labels in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![4 => b'a'..=b'z', 2 => b'A'..=b'Z', 2 => b'0'..=b'9', 1 => Just(b'-'), 1 => Just(b'_'), 1 => any::<u8>()], 0..70),
+                0..6),
+        ) {
+            let mut wire = vec![0u8; HEADER_LEN];
+            for l in &labels {
+                wire.push(l.len() as u8);
+                wire.extend_from_slice(l);
+            }
+            wire.push(0);
+            let fast = plain_name(&wire, HEADER_LEN);
+            let mut d = BinDecoder::new(&wire[HEADER_LEN..]);
+            let slow = Name::read(&mut d).ok().map(|n| (fqdn_cache::normalize_owned(n.to_ascii()), HEADER_LEN + d.index()));
+            if let Some((name, end)) = fast {
+                prop_assert_eq!(Some((name.to_string(), end)), slow);
+            }
+        }
+
         #[test]
         fn round_trip_names(labels in proptest::collection::vec("[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,18}[a-zA-Z0-9])?", 1..6), qtype in 1u16..300) {
             let name = format!("{}.", labels.join("."));
             let bytes = query_bytes(&name, RecordType::from(qtype), Some(1400));
             let q = parse_query(&bytes).unwrap();
-            prop_assert_eq!(q.qname, name.to_ascii_lowercase());
+            prop_assert_eq!(&*q.qname, name.to_ascii_lowercase());
             prop_assert_eq!(u16::from(q.qtype), qtype);
             prop_assert_eq!(q.question_end, bytes.len() - 11);
         }

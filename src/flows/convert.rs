@@ -165,31 +165,21 @@ pub fn dns_flow_of(
     let is_reply = f.kind == DnsFlowKind::Response;
     let (src, dst, src_ep, dst_ep) =
         if is_reply { (f.server, f.client, server_ep, client_ep) } else { (f.client, f.server, client_ep, server_ep) };
-    let rcode = f.rcode.as_deref().map(rcode_number).unwrap_or(0);
+    let rcode = f.rcode.map_or(0, u32::from);
     let dns = Dns {
-        query: f.qname.clone(),
+        query: f.qname.to_string(),
         ips: f.ips.iter().map(IpAddr::to_string).collect(),
         ttl: f.ttl.unwrap_or(0),
         cnames: f.cnames.clone(),
         observation_source: OBSERVATION_SOURCE_PROXY.to_string(),
         rcode,
-        qtypes: f.qtypes.clone(),
-        rrtypes: f.rrtypes.clone(),
+        qtypes: vec![f.qtype_name()],
+        rrtypes: f.rrtypes.iter().map(|&t| dns_proxy::type_name(t)).collect(),
     };
     let summary = dns_summary(f, &dns);
     // The policy whose DNS rules refused the query (or would have: audit).
     let egress_denied_by = match f.verdict {
-        dns_proxy::Verdict::Dropped | dns_proxy::Verdict::Audit => f
-            .policy
-            .as_deref()
-            .map(|p| {
-                let policy = match p.split_once('/') {
-                    Some((ns, name)) => PolicyRef { namespace: Some(ns.into()), name: name.into() },
-                    None => PolicyRef { namespace: None, name: p.into() },
-                };
-                vec![Policy::of(&policy)]
-            })
-            .unwrap_or_default(),
+        dns_proxy::Verdict::Dropped | dns_proxy::Verdict::Audit => f.policy.iter().map(Policy::of).collect(),
         _ => Vec::new(),
     };
     Flow {
@@ -317,22 +307,6 @@ const RCODES: &[(u32, &str, &str)] = &[
     (10, "NotZone", "Name not contained in zone"),
 ];
 
-/// The rcode number from the proxy's name (`NXDomain`), Hubble's text, or digits; unknown: 0.
-pub fn rcode_number(name: &str) -> u32 {
-    if let Ok(n) = name.parse() {
-        return n;
-    }
-    RCODES
-        .iter()
-        .find(|(_, short, long)| short.eq_ignore_ascii_case(name) || long.eq_ignore_ascii_case(name))
-        .map(|(n, _, _)| *n)
-        .unwrap_or(0)
-}
-
-fn is_no_error(name: &str) -> bool {
-    name == "0" || name.eq_ignore_ascii_case("NoError") || name.eq_ignore_ascii_case("No Error")
-}
-
 fn rcode_text(n: u32) -> String {
     RCODES.iter().find(|(c, _, _)| *c == n).map(|(_, _, t)| t.to_string()).unwrap_or_else(|| format!("{n}"))
 }
@@ -343,10 +317,8 @@ fn dns_summary(f: &DnsFlow, dns: &Dns) -> String {
     match f.kind {
         DnsFlowKind::Request => format!("DNS Query {} {qtypes}", dns.query),
         DnsFlowKind::Response => {
-            let answer = match f.rcode.as_deref() {
-                _ if dns.rcode != 0 => format!("RCode: {}", rcode_text(dns.rcode)),
-                Some(raw) if !is_no_error(raw) => format!("RCode: {raw}"),
-                _ => {
+            let answer = match dns.rcode {
+                0 => {
                     let mut a = format!("{:?}", dns.ips.join(","));
                     if !dns.cnames.is_empty() {
                         a.push_str(&format!(" CNAMEs: {:?}", dns.cnames.join(",")));
@@ -354,6 +326,7 @@ fn dns_summary(f: &DnsFlow, dns: &Dns) -> String {
                     a.push_str(&format!(" TTL: {}", dns.ttl));
                     a
                 }
+                n => format!("RCode: {}", rcode_text(n)),
             };
             format!("DNS Answer {answer} (Proxy {} {qtypes})", dns.query)
         }
@@ -397,13 +370,13 @@ pub(crate) mod tests {
             server: "10.96.0.10:53".parse().unwrap(),
             protocol: L4Proto::Udp,
             qname: "www.microsoft.com.".into(),
-            qtypes: vec!["A".into()],
-            rcode: Some("NoError".into()),
+            qtype: 1,
+            rcode: Some(0),
             ips: vec!["13.107.1.1".parse().unwrap()],
             ttl: Some(300),
             cnames: vec![],
-            rrtypes: vec!["A".into()],
-            policy: Some("default/allow-ms".into()),
+            rrtypes: vec![1],
+            policy: Some(PolicyRef { namespace: Some("default".into()), name: "allow-ms".into() }),
             latency: Some(Duration::from_micros(1500)),
         }
     }
@@ -476,21 +449,21 @@ pub(crate) mod tests {
         let base = dns_response();
         for (flow, want) in [
             (
-                DnsFlow { rcode: Some("NXDomain".into()), ips: vec![], ttl: None, ..base.clone() },
+                DnsFlow { rcode: Some(3), ips: vec![], ttl: None, ..base.clone() },
                 "DNS Answer RCode: Non-Existent Domain (Proxy www.microsoft.com. A)",
             ),
             (
-                DnsFlow { rcode: Some("Refused".into()), ..base.clone() },
+                DnsFlow { rcode: Some(5), ..base.clone() },
                 "DNS Answer RCode: Query Refused (Proxy www.microsoft.com. A)",
             ),
             (
                 DnsFlow {
                     cnames: vec!["a.msedge.net.".into()],
                     ips: vec!["13.107.1.1".parse().unwrap(), "13.107.1.2".parse().unwrap()],
-                    qtypes: vec!["A".into(), "AAAA".into()],
+                    qtype: 28,
                     ..base.clone()
                 },
-                r#"DNS Answer "13.107.1.1,13.107.1.2" CNAMEs: "a.msedge.net." TTL: 300 (Proxy www.microsoft.com. A,AAAA)"#,
+                r#"DNS Answer "13.107.1.1,13.107.1.2" CNAMEs: "a.msedge.net." TTL: 300 (Proxy www.microsoft.com. AAAA)"#,
             ),
             (
                 DnsFlow { ips: vec![], ttl: None, ..base.clone() },
@@ -498,13 +471,6 @@ pub(crate) mod tests {
             ),
         ] {
             assert_eq!(dns_flow(&flow, &table(), "").summary, want);
-        }
-    }
-
-    #[test]
-    fn rcode_numbers() {
-        for (name, n) in [("NoError", 0), ("NXDomain", 3), ("nxdomain", 3), ("Refused", 5), ("5", 5), ("Bogus", 0)] {
-            assert_eq!(rcode_number(name), n, "{name}");
         }
     }
 

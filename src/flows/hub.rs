@@ -80,7 +80,12 @@ pub struct Entry {
 
 enum EntryKind {
     Ready(Arc<Flow>),
-    Dns { flow: DnsFlow, client: Option<Arc<EndpointInfo>>, server: Option<Arc<EndpointInfo>>, shaped: OnceLock<Arc<Flow>> },
+    Dns {
+        flow: DnsFlow,
+        client: Option<Arc<EndpointInfo>>,
+        server: Option<Arc<EndpointInfo>>,
+        shaped: OnceLock<Arc<Flow>>,
+    },
 }
 
 impl Entry {

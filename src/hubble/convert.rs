@@ -327,15 +327,15 @@ pub(crate) mod tests {
             qname: "www.microsoft.com.".into(),
             ips: vec!["13.107.1.1".parse().unwrap(), "2620:1ec::1".parse().unwrap()],
             cnames: vec!["www.microsoft.com-c-3.edgekey.net.".into(), "e13678.dscb.akamaiedge.net.".into()],
-            qtypes: vec!["A".into()],
-            rrtypes: vec!["CNAME".into(), "A".into()],
+            qtype: 1,
+            rrtypes: vec![5, 1],
             ..dns_response()
         };
-        let nx = DnsFlow { rcode: Some("NXDomain".into()), ips: vec![], ttl: None, rrtypes: vec![], ..dns_response() };
+        let nx = DnsFlow { rcode: Some(3), ips: vec![], ttl: None, rrtypes: vec![], ..dns_response() };
         let refused_req = DnsFlow { verdict: dns_proxy::Verdict::Dropped, ..dns_request() };
         let refused_resp = DnsFlow {
             verdict: dns_proxy::Verdict::Dropped,
-            rcode: Some("NXDomain".into()),
+            rcode: Some(3),
             ips: vec![],
             ttl: None,
             rrtypes: vec![],
@@ -346,7 +346,7 @@ pub(crate) mod tests {
             client: "[fd00::5]:5353".parse().unwrap(),
             server: "[fd00::a]:53".parse().unwrap(),
             endpoint: None,
-            qtypes: vec!["AAAA".into()],
+            qtype: 28,
             ..dns_request()
         };
         let udp_drop = ebpf_redirect::DropEvent { proto: fqdn_cache::L4Proto::Udp, tcp_flags: 0, ..drop_event() };

@@ -42,6 +42,14 @@ fn at(s: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
 }
 
+fn rcode_of(name: &str) -> u16 {
+    match name {
+        "NoError" => 0,
+        "NXDomain" => 3,
+        other => panic!("no rcode {other} in these tests"),
+    }
+}
+
 fn query(t: u64, name: &str, kind: DnsFlowKind, rcode: &str, ips: &[&str]) -> DnsFlow {
     DnsFlow {
         time: at(t),
@@ -51,9 +59,9 @@ fn query(t: u64, name: &str, kind: DnsFlowKind, rcode: &str, ips: &[&str]) -> Dn
         client: format!("{ALPINE}:40000").parse().unwrap(),
         server: format!("{KUBE_DNS}:53").parse().unwrap(),
         protocol: L4Proto::Udp,
-        qname: format!("{name}."),
-        qtypes: vec!["A".into()],
-        rcode: (kind == DnsFlowKind::Response).then(|| rcode.to_string()),
+        qname: format!("{name}.").into(),
+        qtype: 1,
+        rcode: (kind == DnsFlowKind::Response).then(|| rcode_of(rcode)),
         ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
         ttl: Some(300),
         cnames: vec![],
