@@ -34,7 +34,7 @@ fuzz_target!(|packet: &[u8]| {
         Decision::Drop => {}
         Decision::Forward { qname, question } => {
             let q = parsed.expect("a forwarded query parsed");
-            assert_eq!(qname, q.qname);
+            assert_eq!(qname, &*q.qname);
             assert!(!q.question_compressed(), "a compressed question is never forwarded");
             assert_eq!(question, packet[12..q.question_end], "the question forwarded is the one sent");
         }
@@ -49,7 +49,7 @@ fuzz_target!(|packet: &[u8]| {
                     assert_eq!(msg.queries.len(), 1, "the question is echoed");
                     let echoed = &msg.queries[0];
                     let name = fqdn_cache::normalize_owned(echoed.name().to_ascii());
-                    assert_eq!(name, q.qname, "the same name");
+                    assert_eq!(name, &*q.qname, "the same name");
                     assert_eq!((echoed.query_type(), echoed.query_class()), (q.qtype, q.qclass));
                 }
                 Err(_) => assert!(msg.queries.is_empty(), "no question when none could be read"),
