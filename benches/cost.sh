@@ -109,7 +109,8 @@ blocks() { # flows queries -> heap blocks allocated over the whole run
     local port pid
     port=$(free_port)
     head -n "$2" "$WORK/allowed.txt" >"$WORK/allowed-$2.txt"
-    FQDND_WRAP="valgrind --tool=dhat --dhat-out-file=/dev/null" start_fqdnd "dhat-$1-$2" "$port" "$1"
+    # The C library's malloc, where dhat counts (fqdnd's own allocator is mimalloc).
+    FQDND_WRAP="env FQDND_MALLOC=system valgrind --tool=dhat --dhat-out-file=/dev/null" start_fqdnd "dhat-$1-$2" "$port" "$1"
     pid=$!
     PIDS+=("$pid")
     wait_slow "$port"

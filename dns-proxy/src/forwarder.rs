@@ -6,14 +6,15 @@
 //! anything else is dropped and counted (cache-poisoning defence). TCP queries go over a fresh TCP
 //! connection per query.
 
-use foldhash::HashMap;
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Notify, oneshot};
@@ -37,6 +38,11 @@ pub struct Outgoing<'a> {
     pub question_end: usize,
     pub upstream: SocketAddr,
 }
+
+/// What runs when a query forwarded with [`Forwarder::udp_then`] is answered (the reply, its
+/// client's ID restored) or has failed, with the query's bytes back: on the upstream socket's
+/// reader task, without a task of its own.
+pub type Done = Box<dyn FnOnce(Result<Vec<u8>, ForwardError>, Vec<u8>) + Send>;
 
 /// Why forwarding failed.
 #[derive(Debug)]
@@ -96,6 +102,45 @@ impl Forwarder {
         drop(guard);
         wire::set_id(&mut reply, client_id);
         Ok(reply)
+    }
+
+    /// Forward over UDP without a task, a timer or a channel of the query's own: the query waits
+    /// in its socket's table of queries in flight, whose reader runs `done` when the reply comes
+    /// or the timeout passes (one timer per socket, the deadlines in order: every query on a
+    /// forwarder has the same timeout).
+    /// `packet` is the client's query; it leaves with the proxy's ID and comes back to `done`.
+    pub fn udp_then(&self, mut packet: Vec<u8>, question_end: usize, upstream: SocketAddr, done: Done) {
+        let sock = match self.pool(upstream).pick(upstream, self.pool_size, &self.stats) {
+            Ok(sock) => sock,
+            Err(e) => return done(Err(ForwardError::Io(e)), packet),
+        };
+        let client_id = wire::id(&packet).unwrap_or(0);
+        let question = Bytes::copy_from_slice(&packet[HEADER_LEN..question_end]);
+        let deadline = Instant::now() + self.timeout;
+        let mut pending = sock.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let id = sock.free_id(&pending);
+        wire::set_id(&mut packet, id);
+        // Sent under the table's lock: the entry is complete before any reply can be read.
+        let later = match sock.socket.try_send(&packet) {
+            Ok(_) => None,
+            // The socket's send buffer is full: this one waits for room in a task.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(packet.clone()),
+            Err(e) => {
+                drop(pending);
+                return done(Err(ForwardError::Io(e)), packet);
+            }
+        };
+        pending.insert(id, Pending { upstream, question, reply: Reply::Then { done, client_id, deadline, packet } });
+        drop(pending);
+        sock.add_deadline(deadline, id);
+        if let Some(bytes) = later {
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sock.socket.send(&bytes).await {
+                    sock.fail(id, e);
+                }
+            });
+        }
     }
 
     /// Forward over a new TCP connection and return the reply with the client's ID restored.
@@ -170,12 +215,43 @@ impl Pool {
 struct Pending {
     upstream: SocketAddr,
     question: Bytes,
-    reply: oneshot::Sender<Vec<u8>>,
+    reply: Reply,
+}
+
+/// Who waits for a reply.
+enum Reply {
+    /// A task, woken through a channel (it keeps its own timeout).
+    Channel(oneshot::Sender<Vec<u8>>),
+    /// A callback, run by the reader; its deadline is also in the socket's `deadlines`.
+    Then { done: Done, client_id: u16, deadline: Instant, packet: Vec<u8> },
+}
+
+impl Reply {
+    fn deliver(self, mut reply: Vec<u8>) {
+        match self {
+            // The query may have timed out just now; then nobody listens and that is fine.
+            Reply::Channel(tx) => drop(tx.send(reply)),
+            Reply::Then { done, client_id, packet, .. } => {
+                wire::set_id(&mut reply, client_id);
+                done(Ok(reply), packet);
+            }
+        }
+    }
+
+    fn fail(self, e: ForwardError) {
+        if let Reply::Then { done, packet, .. } = self {
+            done(Err(e), packet);
+        }
+    }
 }
 
 struct UpstreamSocket {
     socket: UdpSocket,
     pending: Mutex<HashMap<u16, Pending>>,
+    /// Deadlines of the callback queries, oldest first, with their IDs.
+    deadlines: Mutex<VecDeque<(Instant, u16)>>,
+    /// The first deadline after none: the reader starts its timer.
+    armed: Notify,
     uses: AtomicU32,
     retired: AtomicBool,
     retire: Notify,
@@ -195,6 +271,8 @@ impl UpstreamSocket {
         let sock = Arc::new(UpstreamSocket {
             socket,
             pending: Mutex::default(),
+            deadlines: Mutex::default(),
+            armed: Notify::new(),
             uses: AtomicU32::new(1),
             retired: AtomicBool::new(false),
             retire: Notify::new(),
@@ -207,12 +285,66 @@ impl UpstreamSocket {
     /// Register a waiting query under a random ID not in use on this socket.
     fn register(&self, upstream: SocketAddr, question: Bytes, reply: oneshot::Sender<Vec<u8>>) -> u16 {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.free_id(&pending);
+        pending.insert(id, Pending { upstream, question, reply: Reply::Channel(reply) });
+        id
+    }
+
+    /// A random ID not in use on this socket.
+    fn free_id(&self, pending: &HashMap<u16, Pending>) -> u16 {
         let mut id: u16 = rand::random();
         while pending.contains_key(&id) {
             id = rand::random();
         }
-        pending.insert(id, Pending { upstream, question, reply });
         id
+    }
+
+    fn add_deadline(&self, deadline: Instant, id: u16) {
+        let mut deadlines = self.deadlines.lock().unwrap_or_else(|e| e.into_inner());
+        deadlines.push_back((deadline, id));
+        if deadlines.len() == 1 {
+            self.armed.notify_one();
+        }
+    }
+
+    /// Sending query `id` failed: its waiter hears it now.
+    fn fail(&self, id: u16, e: io::Error) {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if let Some(p) = p {
+            p.reply.fail(ForwardError::Io(e));
+        }
+    }
+
+    /// Fail the callback queries whose deadline has passed; the next deadline, if any.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut expired = Vec::new();
+        let next = {
+            let mut deadlines = self.deadlines.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(&(deadline, id)) = deadlines.front() {
+                if deadline > now {
+                    break;
+                }
+                deadlines.pop_front();
+                // The ID may have been answered and reused since: only the entry with this deadline.
+                let due = matches!(
+                    pending.get(&id),
+                    Some(Pending { reply: Reply::Then { deadline: d, .. }, .. }) if *d == deadline
+                );
+                if due && let Some(p) = pending.remove(&id) {
+                    expired.push(p.reply);
+                }
+            }
+            deadlines.front().map(|&(d, _)| d)
+        };
+        for reply in expired {
+            reply.fail(ForwardError::Timeout);
+        }
+        next
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.lock().unwrap_or_else(|e| e.into_inner()).front().map(|&(d, _)| d)
     }
 
     fn retire(&self) {
@@ -234,8 +366,8 @@ impl UpstreamSocket {
         match wire::check_reply(reply, id, &p.question) {
             ReplyCheck::Match => {
                 if let Some(p) = pending.remove(&id) {
-                    // The query may have timed out just now; then nobody listens and that is fine.
-                    let _ = p.reply.send(reply.to_vec());
+                    drop(pending);
+                    p.reply.deliver(reply.to_vec());
                 }
             }
             ReplyCheck::WrongId | ReplyCheck::NotAResponse => inc(&self.stats.spoofed_unknown_id),
@@ -244,26 +376,64 @@ impl UpstreamSocket {
     }
 }
 
+/// How late a callback query's timeout may fire: the reader's timer is set once per tick, not
+/// once per query.
+const TIMEOUT_TICK: Duration = Duration::from_millis(50);
+
 async fn read_replies(sock: Arc<UpstreamSocket>) {
     let mut batch = RecvBatch::new(REPLY_BATCH, MAX_MESSAGE);
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    // When the timer fires, if set: at most a tick after the oldest deadline.
+    let mut armed: Option<Instant> = None;
     loop {
+        let now = Instant::now();
+        let mut next = sock.next_deadline();
+        if next.is_some_and(|d| d <= now) {
+            next = sock.expire(now);
+        }
+        match next {
+            Some(d) if armed.is_none_or(|a| a < d || a > d + TIMEOUT_TICK) => {
+                sleep.as_mut().reset((d + TIMEOUT_TICK).into());
+                armed = Some(d + TIMEOUT_TICK);
+            }
+            Some(_) => {}
+            None => armed = None,
+        }
+        let timer = async {
+            if armed.is_some() {
+                sleep.as_mut().await;
+            } else {
+                sock.armed.notified().await;
+            }
+        };
         let ready = if sock.retired.load(Ordering::Acquire) {
             if sock.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
                 return;
             }
             // Queries still waiting time out on their own; a quiet retired socket just goes away.
-            match tokio::time::timeout(Duration::from_secs(1), sock.socket.readable()).await {
-                Ok(r) => r,
-                Err(_) => continue,
+            tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(1), sock.socket.readable()) => match r {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                },
+                () = timer => continue,
             }
         } else {
             tokio::select! {
                 r = sock.socket.readable() => r,
                 () = sock.retire.notified() => continue,
+                () = timer => continue,
             }
         };
         if let Err(e) = ready {
             tracing::warn!(error = %e, "upstream socket failed");
+            // Nothing more will be read here: the callback queries fail now rather than never.
+            let ids: Vec<u16> =
+                sock.deadlines.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(|(_, id)| id).collect();
+            for id in ids {
+                sock.fail(id, io::Error::other("upstream socket failed"));
+            }
             return;
         }
         if let Err(e) = batch.recv_ready(&sock.socket) {

@@ -7,19 +7,21 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use fqdn_cache::{EndpointId, L4Proto, Learner};
 use hickory_proto::op::{OpCode, ResponseCode};
 use policy_sync::{PolicyRef, ResolvedEndpoint, RuleVerdict, Snapshot};
+use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Admit};
 use crate::answer::{Chain, extract_chain_wire};
 use crate::config::{Mode, ProxyConfig};
 use crate::error::ProxyError;
 use crate::flow::{DnsFlow, DnsFlowKind, FlowSink, Verdict};
-use crate::forwarder::{ForwardError, Forwarder, Outgoing};
+use crate::forwarder::{Done, ForwardError, Forwarder, Outgoing};
 use crate::limits::{Busy, Limiter, Owner, Permit};
 use crate::log_limit::LogLimit;
 use crate::metrics::ProxyMetrics;
@@ -110,6 +112,11 @@ impl Pending {
     /// The query as parsed in [`Shared::decide`] (for [`crate::decision`]).
     pub(crate) fn query(&self) -> &ParsedQuery {
         &self.query
+    }
+
+    /// Whether it holds its permit (UDP, the pool not used up): it can go without a task.
+    pub(crate) fn has_permit(&self) -> bool {
+        self.permit.is_some()
     }
 }
 
@@ -286,27 +293,79 @@ impl Shared {
             L4Proto::Tcp => fwd.tcp(outgoing).await,
             _ => fwd.udp(outgoing).await,
         };
+        let out = self.answered(fwd.timeout(), packet, &query, &asker, meta, result, sent).await;
+        drop(permit);
+        out
+    }
+
+    /// [`Shared::forward`] for a UDP query that holds its permit, without a task of its own: the
+    /// query waits in its upstream socket's table, and the reply is learned from and released
+    /// on that socket's reader (a task only if the datapath makes it wait). `then` gets the
+    /// answer to send; the tracker's token keeps a stopping proxy waiting for it.
+    pub(crate) fn forward_then<F>(
+        self: &Arc<Self>,
+        fwd: &Forwarder,
+        packet: Vec<u8>,
+        pending: Pending,
+        tracker: &TaskTracker,
+        then: F,
+    ) where
+        F: FnOnce(&Arc<Shared>, Option<Vec<u8>>) + Send + 'static,
+    {
+        inc(&self.stats.forwarded);
+        let (question_end, upstream, timeout) = (pending.query.question_end, pending.meta.server, fwd.timeout());
+        let shared = self.clone();
+        let token = tracker.token();
+        let tracker = tracker.clone();
+        let sent = Instant::now();
+        let done: Done = Box::new(move |result, packet| {
+            let finish = async move {
+                let Pending { query, asker, meta, permit, .. } = pending;
+                let out = shared.answered(timeout, &packet, &query, &asker, meta, result, sent).await;
+                drop(permit);
+                then(&shared, out);
+                drop(token);
+            };
+            let mut finish = Box::pin(finish);
+            // Ready at once unless the datapath has yet to acknowledge what was learned.
+            if finish.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
+                tracker.spawn(finish);
+            }
+        });
+        fwd.udp_then(packet, question_end, upstream, done);
+    }
+
+    /// What a forwarded query's answer (or failure) becomes.
+    #[allow(clippy::too_many_arguments)]
+    async fn answered(
+        &self,
+        timeout: Duration,
+        packet: &[u8],
+        query: &ParsedQuery,
+        asker: &Asker,
+        meta: QueryMeta,
+        result: Result<Vec<u8>, ForwardError>,
+        sent: Instant,
+    ) -> Option<Vec<u8>> {
         if result.is_ok() {
             self.metrics.upstream_latency(sent.elapsed());
         }
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
-                let err = self.forward_error(e, &query, meta, fwd);
-                return self.fail(&query, packet, &err, meta, &asker);
+                let err = self.forward_error(e, query, meta, timeout);
+                return self.fail(query, packet, &err, meta, asker);
             }
         };
-        let out = self.release(&query, packet, reply, meta, &asker).await;
-        drop(permit);
-        Some(out)
+        Some(self.release(query, packet, reply, meta, asker).await)
     }
 
-    fn forward_error(&self, e: ForwardError, query: &ParsedQuery, meta: QueryMeta, fwd: &Forwarder) -> ProxyError {
+    fn forward_error(&self, e: ForwardError, query: &ParsedQuery, meta: QueryMeta, timeout: Duration) -> ProxyError {
         let qname = query.qname.to_string();
         match e {
             ForwardError::Timeout => {
                 inc(&self.stats.upstream_timeouts);
-                ProxyError::UpstreamTimeout { upstream: meta.server, qname, timeout: fwd.timeout() }
+                ProxyError::UpstreamTimeout { upstream: meta.server, qname, timeout }
             }
             ForwardError::Io(source) => {
                 inc(&self.stats.upstream_errors);

@@ -699,3 +699,38 @@ async fn a_quiet_endpoint_gets_a_slot_when_flooders_hold_the_pool() {
     h.stop().await;
     fake.abort();
 }
+
+/// An upstream that reads every query and never answers.
+async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let sock = UdpSocket::bind("127.0.0.8:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        while sock.recv_from(&mut buf).await.is_ok() {}
+    });
+    (addr, task)
+}
+
+/// A forwarded query waits in its upstream socket's table, not in a task with a timer: the
+/// socket's one timer must still end it. Each query gets SERVFAIL with its own ID once the upstream
+/// timeout passes, counted, and gives its permit back (one permit: the second query is only
+/// forwarded once the first is done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_times_out_each_query_and_frees_its_permit() {
+    let (upstream, silent) = silent_upstream().await;
+    let h = Harness::start(upstream, &["*.microsoft.com"], |c| {
+        c.upstream_timeout = Duration::from_millis(200);
+        c.max_inflight = 1;
+    })
+    .await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (i, id) in [0x7001u16, 0x7002].into_iter().enumerate() {
+        client.send_to(&query(id, "www.microsoft.com.", RecordType::A, None), h.addr).await.unwrap();
+        let reply = recv(&client).await;
+        assert_eq!((reply.metadata.id, reply.metadata.response_code), (id, ResponseCode::ServFail));
+        assert_eq!(h.proxy.stats().upstream_timeouts, i as u64 + 1);
+    }
+    assert_eq!(h.proxy.stats().forwarded, 2);
+    h.stop().await;
+    silent.abort();
+}

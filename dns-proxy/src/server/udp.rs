@@ -1,6 +1,8 @@
 //! UDP serving: each socket has its own thread with a single-threaded runtime (and its own
 //! upstream sockets), so a query never crosses threads. The receive loop answers refusals and
-//! malformed queries itself; only forwarded queries become tasks.
+//! malformed queries itself; forwarded queries wait in their upstream socket's table and are
+//! answered from its reader, without a task each (only a query waiting for a permit, or for the
+//! datapath's acknowledgement, gets one).
 
 use std::collections::HashMap;
 use std::io;
@@ -110,6 +112,21 @@ impl UdpServer {
                 ReplyVia::Listener(_) => outbox.push(client, reply),
                 via => via.send_now(&self.shared, reply, meta, &self.tracker),
             },
+            Step::Forward(pending) if pending.has_permit() => {
+                let tracker = self.tracker.clone();
+                self.shared.forward_then(
+                    &self.forwarder,
+                    packet.to_vec(),
+                    *pending,
+                    &self.tracker,
+                    move |shared, reply| {
+                        if let Some(reply) = reply {
+                            reply_via.send_now(shared, reply, meta, &tracker);
+                        }
+                    },
+                );
+            }
+            // Waiting for a permit: a task of its own.
             Step::Forward(pending) => {
                 let packet = packet.to_vec();
                 let (shared, fwd) = (self.shared.clone(), self.forwarder.clone());
