@@ -30,8 +30,72 @@ impl Chain {
 }
 
 /// [`extract_chain`] straight from a reply's bytes: only the question name and the answer
-/// section are decoded (no authority/additional records, no message structure).
+/// section are decoded (no authority/additional records, no message structure). The common
+/// answer, addresses of the question name itself, is read from the wire without decoding;
+/// anything else goes through hickory.
 pub fn extract_chain_wire(reply: &[u8]) -> Result<Chain, DecodeError> {
+    if let Some(chain) = direct_addresses(reply) {
+        return Ok(chain);
+    }
+    extract_chain_decoded(reply)
+}
+
+/// The answer when every record in it is an A or AAAA record (class IN) of the question name,
+/// named by a compression pointer to the question (as servers write them): nothing to follow,
+/// nothing to decode. `None` for any other answer, or anything out of the ordinary.
+fn direct_addresses(reply: &[u8]) -> Option<Chain> {
+    const QUESTION_POINTER: [u8; 2] = [0xc0, 0x0c];
+    let u16_at = |i: usize| Some(u16::from_be_bytes([*reply.get(i)?, *reply.get(i + 1)?]));
+    if u16_at(4)? != 1 {
+        return None;
+    }
+    let answers = u16_at(6)?;
+    // The question name: uncompressed labels within RFC 1035's lengths, as hickory reads it.
+    let mut i = 12;
+    loop {
+        let len = usize::from(*reply.get(i)?);
+        if len == 0 {
+            break;
+        }
+        if len > 63 || i + len + 1 - 12 > 254 {
+            return None;
+        }
+        i += 1 + len;
+    }
+    // Its type and class.
+    reply.get(i + 1..i + 5)?;
+    i += 5;
+    let mut chain = Chain::default();
+    let mut ttl: Option<u32> = None;
+    for _ in 0..answers {
+        let fixed = reply.get(i..i + 12)?;
+        if fixed[..2] != QUESTION_POINTER || fixed[4..6] != [0, 1] {
+            return None;
+        }
+        let rtype = u16::from_be_bytes([fixed[2], fixed[3]]);
+        let t = u32::from_be_bytes([fixed[6], fixed[7], fixed[8], fixed[9]]);
+        let rdlen = usize::from(u16::from_be_bytes([fixed[10], fixed[11]]));
+        let data = reply.get(i + 12..i + 12 + rdlen)?;
+        let (ip, record_type) = match (rtype, rdlen) {
+            (1, 4) => (IpAddr::from(<[u8; 4]>::try_from(data).ok()?), RecordType::A),
+            (28, 16) => (IpAddr::from(<[u8; 16]>::try_from(data).ok()?), RecordType::AAAA),
+            _ => return None,
+        };
+        if !chain.rrtypes.contains(&record_type) {
+            chain.rrtypes.push(record_type);
+        }
+        ttl = Some(ttl.map_or(t, |v| v.min(t)));
+        if !chain.ips.contains(&ip) {
+            chain.ips.push(ip);
+        }
+        i += 12 + rdlen;
+    }
+    chain.ttl = ttl;
+    Some(chain)
+}
+
+/// [`extract_chain_wire`] through hickory's decoder, for every answer.
+pub fn extract_chain_decoded(reply: &[u8]) -> Result<Chain, DecodeError> {
     let mut d = BinDecoder::new(reply);
     let header = Header::read(&mut d)?;
     if header.counts.queries != 1 {
@@ -179,6 +243,7 @@ mod tests {
         m.add_additional(a("ns.example.", [10, 0, 0, 53], 1));
         let bytes = m.to_vec().unwrap();
         let wire = extract_chain_wire(&bytes).unwrap();
+        assert!(direct_addresses(&bytes).is_none(), "a chain is decoded");
         assert_eq!(wire, extract_chain(&m, &n("www.example.com.")));
         assert_eq!(wire.ttl, Some(30));
         assert!(extract_chain_wire(&bytes[..bytes.len() - 30]).is_err());
@@ -191,7 +256,46 @@ mod tests {
         assert!(c.ips.is_empty());
     }
 
+    /// An answer section drawn from addresses and CNAMEs of a few names, some the question's.
+    fn answer_records() -> impl Strategy<Value = Vec<Record>> {
+        let names = prop_oneof![3 => Just("q.example."), 1 => Just("Q.EXAMPLE."), 1 => Just("c.example."), 1 => Just("x.example.")];
+        let record = (names.clone(), names, 0u8..4, any::<u32>(), any::<[u8; 16]>()).prop_map(
+            |(owner, target, kind, ttl, ip)| {
+                let name = n(owner);
+                match kind {
+                    0 | 1 => Record::from_rdata(name, ttl, RData::A(A::new(ip[0], ip[1], ip[2], ip[3] % 4))),
+                    2 => Record::from_rdata(name, ttl, RData::AAAA(AAAA::from(std::net::Ipv6Addr::from(ip)))),
+                    _ => Record::from_rdata(name, ttl, RData::CNAME(CNAME(n(target)))),
+                }
+            },
+        );
+        proptest::collection::vec(record, 0..6)
+    }
+
     proptest! {
+        /// The wire fast path and hickory's decoder read every answer alike: whole replies as
+        /// servers write them, and the same cut short or with a byte changed anywhere.
+        #[test]
+        fn direct_addresses_read_as_hickory_reads_them(
+            records in answer_records(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<(prop::sample::Index, u8)>(),
+        ) {
+            let mut m = msg(records);
+            m.add_query(hickory_proto::op::Query::query(n("q.example."), RecordType::A));
+            let bytes = m.to_vec().unwrap();
+            let short = &bytes[..cut.index(bytes.len() + 1)];
+            let mut changed = bytes.clone();
+            let at = flip.0.index(changed.len());
+            changed[at] ^= flip.1.max(1);
+            for reply in [&bytes[..], short, &changed[..]] {
+                if let Some(fast) = direct_addresses(reply) {
+                    prop_assert_eq!(Some(fast), extract_chain_decoded(reply).ok(), "{:02x?}", reply);
+                }
+            }
+            prop_assert_eq!(extract_chain_wire(&bytes).unwrap(), extract_chain(&m, &n("q.example.")));
+        }
+
         /// The TTL is the minimum over every CNAME and address on the chain.
         #[test]
         fn ttl_is_lowest_along_chain(ttls in proptest::collection::vec(0u32..1_000_000, 1..8), a_ttl in 0u32..1_000_000) {

@@ -31,10 +31,12 @@ pub struct RecvBatch {
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     got: Vec<Datagram>,
+    /// Headers the last call let the kernel write into: only those need their lengths reset.
+    dirty: usize,
 }
 
-// SAFETY: the raw pointers in iovs/hdrs only ever point into this struct's own buffers and are
-// rebuilt before every use.
+// SAFETY: the raw pointers in iovs/hdrs only ever point into this struct's own heap buffers, which
+// are never resized or freed while it lives, so they stay valid wherever the struct moves.
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
@@ -50,6 +52,7 @@ impl RecvBatch {
             iovs: vec![unsafe { mem::zeroed() }; count],
             hdrs: vec![unsafe { mem::zeroed() }; count],
             got: Vec::with_capacity(count),
+            dirty: count,
         }
     }
 
@@ -62,7 +65,11 @@ impl RecvBatch {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.got.clear();
         let count = self.hdrs.len();
-        for i in 0..count {
+        // The buffers never move (they are this struct's heap allocations, never resized): set up
+        // once, a header needs only the fields the kernel wrote reset. Those are the ones of the
+        // datagrams the last call received and the one after (the kernel touches no other), or all
+        // of them at first.
+        for i in 0..self.dirty {
             self.iovs[i] = libc::iovec { iov_base: self.data[i * self.size..].as_mut_ptr().cast(), iov_len: self.size };
             let hdr = &mut self.hdrs[i].msg_hdr;
             hdr.msg_name = (&raw mut self.names[i]).cast();
@@ -79,8 +86,12 @@ impl RecvBatch {
             libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), count as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
         };
         if n < 0 {
+            // The first header may hold what the kernel wrote before it failed.
+            self.dirty = 1;
             return Err(io::Error::last_os_error());
         }
+        // The header after the last one received may hold the same.
+        self.dirty = (n as usize + 1).min(count);
         for i in 0..n as usize {
             let hdr = &self.hdrs[i].msg_hdr;
             // SAFETY: the kernel wrote a source address of its family into names[i].
@@ -153,11 +164,19 @@ mod tests {
     }
 }
 
-/// Replies gathered while a received batch is processed, sent with one `sendmmsg`.
+/// Replies gathered while a received batch is processed, sent with one `sendmmsg`. Its scratch
+/// space is kept from one batch to the next: a flush allocates nothing.
 #[derive(Default)]
 pub struct SendBatch {
     items: Vec<(SocketAddr, Vec<u8>)>,
+    names: Vec<socket2::SockAddr>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
 }
+
+// SAFETY: the raw pointers in iovs/hdrs are written and used only inside `flush`, pointing into
+// `items` and `names`, which it owns and leaves alone while they are in use.
+unsafe impl Send for SendBatch {}
 
 impl SendBatch {
     pub fn push(&mut self, to: SocketAddr, payload: Vec<u8>) {
@@ -174,28 +193,32 @@ impl SendBatch {
         if self.items.is_empty() {
             return Vec::new();
         }
-        let names: Vec<socket2::SockAddr> = self.items.iter().map(|(to, _)| socket2::SockAddr::from(*to)).collect();
-        let mut iovs: Vec<libc::iovec> = self
-            .items
-            .iter()
-            .map(|(_, p)| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
-            .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = (0..self.items.len())
-            .map(|i| {
-                // SAFETY: plain C data; all-zero is a valid header before the fields are set.
-                let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-                h.msg_hdr.msg_name = names[i].as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = names[i].len();
-                h.msg_hdr.msg_iov = &raw mut iovs[i];
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
+        self.names.clear();
+        self.names.extend(self.items.iter().map(|(to, _)| socket2::SockAddr::from(*to)));
+        self.iovs.clear();
+        self.iovs.extend(
+            self.items.iter().map(|(_, p)| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() }),
+        );
+        self.hdrs.clear();
+        for i in 0..self.items.len() {
+            // SAFETY: plain C data; all-zero is a valid header before the fields are set.
+            let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
+            h.msg_hdr.msg_name = self.names[i].as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = self.names[i].len();
+            h.msg_hdr.msg_iov = &raw mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
+        }
         // SAFETY: every header points at an address and a payload that outlive the call.
-        let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
-        let sent = usize::try_from(sent).unwrap_or(0);
-        let mut rest = std::mem::take(&mut self.items);
-        rest.drain(..sent.min(rest.len()));
+        let sent =
+            unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        let sent = usize::try_from(sent).unwrap_or(0).min(self.items.len());
+        if sent == self.items.len() {
+            self.items.clear();
+            return Vec::new();
+        }
+        let rest = self.items.split_off(sent);
+        self.items.clear();
         rest
     }
 }
