@@ -50,7 +50,10 @@ fn flows() -> Vec<(&'static str, Flow)> {
         ttl: Some(300),
         cnames: vec!["www.microsoft.com-c-3.edgekey.net.".into()],
         rrtypes: vec![5, 1],
-        policy: Some(policy_sync::PolicyRef { namespace: Some("default".into()), name: "allow".into() }),
+        policy: Some(std::sync::Arc::new(policy_sync::PolicyRef {
+            namespace: Some("default".into()),
+            name: "allow".into(),
+        })),
         latency: Some(Duration::from_micros(900)),
     };
     let drop = ebpf_redirect::DropEvent {

@@ -60,7 +60,7 @@ pub struct DnsFlow {
     /// Response only: record types present in the answer section ([`type_name`]).
     pub rrtypes: Vec<u16>,
     /// The policy that allowed or refused the query.
-    pub policy: Option<PolicyRef>,
+    pub policy: Option<Arc<PolicyRef>>,
     /// Response only: time from receiving the query to releasing the answer.
     pub latency: Option<Duration>,
 }

@@ -11,7 +11,7 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use fqdn_cache::{EndpointId, L4Proto, Learner};
+use fqdn_cache::{Answer, EndpointId, L4Proto, Learner};
 use hickory_proto::op::{OpCode, ResponseCode};
 use policy_sync::{PolicyRef, ResolvedEndpoint, RuleVerdict, Snapshot};
 use tokio_util::task::TaskTracker;
@@ -78,7 +78,7 @@ impl Asker {
         if self.audited { Verdict::Audit } else { Verdict::Forwarded }
     }
 
-    fn policy(&self) -> Option<&PolicyRef> {
+    fn policy(&self) -> Option<&Arc<PolicyRef>> {
         let ep = self.endpoint.as_ref()?;
         match self.verdict {
             RuleVerdict::NotProxied => None,
@@ -203,7 +203,7 @@ impl Shared {
 
         if refused {
             inc(&self.stats.refused);
-            let policy = asker.policy().cloned().expect("a refusal names its policy");
+            let policy = asker.policy().map(|p| PolicyRef::clone(p)).expect("a refusal names its policy");
             let err = ProxyError::Refused { qname: query.qname.to_string(), policy };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
@@ -406,9 +406,7 @@ impl Shared {
             && let (Some(c), Some(ep)) = (&mut chain, &asker.endpoint)
             && !c.ips.is_empty()
         {
-            // The flow wants the chain too; otherwise it moves into the answer without a copy.
-            let owned = if want_flow { c.clone() } else { std::mem::take(c) };
-            self.learn(ep.id, query, owned).await;
+            self.learn(ep.id, query, c).await;
         }
 
         let out = if meta.proto == L4Proto::Udp && reply.len() > query.udp_limit() {
@@ -424,14 +422,29 @@ impl Shared {
         out
     }
 
-    async fn learn(&self, endpoint: EndpointId, query: &ParsedQuery, chain: Chain) {
-        let answer = chain.into_answer(endpoint, query.qname.to_string());
+    /// Learn the chain's names and addresses; they are lent to the learner and come back to the
+    /// chain (the response flow shows them), never copied.
+    async fn learn(&self, endpoint: EndpointId, query: &ParsedQuery, chain: &mut Chain) {
+        let answer = Answer {
+            endpoint,
+            qname: query.qname.to_string(),
+            cnames: std::mem::take(&mut chain.cnames),
+            ips: std::mem::take(&mut chain.ips),
+            ttl: chain.ttl.unwrap_or(0),
+        };
+        self.learn_answer(&answer, query).await;
+        chain.cnames = answer.cnames;
+        chain.ips = answer.ips;
+    }
+
+    async fn learn_answer(&self, answer: &Answer, query: &ParsedQuery) {
+        let endpoint = answer.endpoint;
         let names = std::iter::once(answer.qname.as_str()).chain(answer.cnames.iter().map(String::as_str));
         let _serialized = self.names.lock(names).await;
         inc(&self.stats.learned);
         let started = Instant::now();
         let max = self.config.response_max_delay;
-        match tokio::time::timeout(max, self.learner.learn(&answer)).await {
+        match tokio::time::timeout(max, self.learner.learn(answer)).await {
             Ok(Ok(false)) => {}
             Ok(Ok(true)) => self.metrics.datapath_ack_latency(started.elapsed()),
             Ok(Err(e)) => {

@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use fqdn_cache::L4Proto;
 use fqdn_cache::pattern::{NamePattern, PatternSet};
@@ -195,7 +196,7 @@ impl DnsRules {
     }
 
     /// The policy of rule `index` (from a [`RuleVerdict`] of these rules).
-    pub fn policy(&self, index: u32) -> &PolicyRef {
+    pub fn policy(&self, index: u32) -> &Arc<PolicyRef> {
         match self.decider(index) {
             Decider::Rule(r) => &r.policy,
             Decider::Wildcard(w) => &w.policy,
@@ -206,8 +207,8 @@ impl DnsRules {
     pub fn verdict(&self, server: IpAddr, port: u16, proto: L4Proto, qname: &str) -> DnsVerdict {
         match self.decide(server, port, proto, qname) {
             RuleVerdict::NotProxied => DnsVerdict::NotProxied,
-            RuleVerdict::Allowed(r) => DnsVerdict::Allowed { policy: self.policy(r).clone() },
-            RuleVerdict::Refused(r) => DnsVerdict::Refused { policy: self.policy(r).clone() },
+            RuleVerdict::Allowed(r) => DnsVerdict::Allowed { policy: PolicyRef::clone(self.policy(r)) },
+            RuleVerdict::Refused(r) => DnsVerdict::Refused { policy: PolicyRef::clone(self.policy(r)) },
         }
     }
 }
@@ -225,7 +226,7 @@ mod tests {
             server,
             ports,
             patterns: patterns.iter().map(|p| NamePattern::match_pattern(p).unwrap()).collect(),
-            policy: PolicyRef { namespace: Some("default".into()), name: policy.into() },
+            policy: Arc::new(PolicyRef { namespace: Some("default".into()), name: policy.into() }),
         }
     }
 
@@ -262,7 +263,11 @@ mod tests {
     }
 
     fn wildcard(server: Peer, ports: Vec<PortProto>, policy: &str) -> DnsWildcard {
-        DnsWildcard { server, ports, policy: PolicyRef { namespace: Some("default".into()), name: policy.into() } }
+        DnsWildcard {
+            server,
+            ports,
+            policy: Arc::new(PolicyRef { namespace: Some("default".into()), name: policy.into() }),
+        }
     }
 
     fn kube_dns() -> Peer {

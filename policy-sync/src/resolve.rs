@@ -238,7 +238,7 @@ impl<'a> Resolver<'a> {
                             server: peer.clone(),
                             ports: dns.ports.clone(),
                             patterns: dns.patterns.clone(),
-                            policy: policy.reference.clone(),
+                            policy: Arc::new(policy.reference.clone()),
                         });
                         if trace {
                             out.dns_rules.push(origin(&r.path));
@@ -248,7 +248,7 @@ impl<'a> Resolver<'a> {
                         wildcards.push(DnsWildcard {
                             server: peer.clone(),
                             ports: ports.clone(),
-                            policy: policy.reference.clone(),
+                            policy: Arc::new(policy.reference.clone()),
                         });
                         if trace {
                             out.dns_wildcards.push(origin(&r.path));

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use fqdn_cache::pattern::NamePattern;
 use fqdn_cache::{L4Proto, PortProto};
@@ -143,7 +144,8 @@ pub struct DnsRule {
     pub ports: Vec<PortProto>,
     /// Empty for `rules.dns: []`, which restricts no name (the queries are still proxied).
     pub patterns: Vec<NamePattern>,
-    pub policy: PolicyRef,
+    /// Shared: every DNS flow names it.
+    pub policy: Arc<PolicyRef>,
 }
 
 /// A plain allow (no L7 rules) of `server` on `ports` (empty = every port). Where `rules.dns`
@@ -155,7 +157,7 @@ pub struct DnsRule {
 pub struct DnsWildcard {
     pub server: Peer,
     pub ports: Vec<PortProto>,
-    pub policy: PolicyRef,
+    pub policy: Arc<PolicyRef>,
 }
 
 /// One `toFQDNs` selector with the ports of its rule (empty = every port).

@@ -179,7 +179,7 @@ pub fn dns_flow_of(
     let summary = dns_summary(f, &dns);
     // The policy whose DNS rules refused the query (or would have: audit).
     let egress_denied_by = match f.verdict {
-        dns_proxy::Verdict::Dropped | dns_proxy::Verdict::Audit => f.policy.iter().map(Policy::of).collect(),
+        dns_proxy::Verdict::Dropped | dns_proxy::Verdict::Audit => f.policy.iter().map(|p| Policy::of(p)).collect(),
         _ => Vec::new(),
     };
     Flow {
@@ -376,7 +376,7 @@ pub(crate) mod tests {
             ttl: Some(300),
             cnames: vec![],
             rrtypes: vec![1],
-            policy: Some(PolicyRef { namespace: Some("default".into()), name: "allow-ms".into() }),
+            policy: Some(std::sync::Arc::new(PolicyRef { namespace: Some("default".into()), name: "allow-ms".into() })),
             latency: Some(Duration::from_micros(1500)),
         }
     }
