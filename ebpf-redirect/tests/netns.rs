@@ -251,7 +251,7 @@ fn dns_policy(servers: &[IpAddr]) -> EndpointPolicy {
         server: Peer::Endpoints { ips: servers.to_vec() },
         ports: vec![PortProto { port: 53, proto: L4Proto::Any }],
         patterns: vec![NamePattern::match_pattern("*").unwrap()],
-        policy,
+        policy: policy.into(),
     }]);
     p
 }
