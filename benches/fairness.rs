@@ -8,12 +8,18 @@
 //! - the quiet pod sends 50 q/s for DURATION seconds, each query waited for up to 3 s;
 //! - fast upstream: each flooder runs like dnsperf at full rate (200 queries outstanding, a
 //!   query not answered within 1 s is given up and replaced);
-//! - slow upstream: each flooder sends 2,500 q/s open loop (it never waits for answers).
+//! - slow upstream: each flooder sends 2,500 q/s open loop (it never waits for answers);
+//! - "even" (fast upstream): each flooder sends 900 q/s open loop, within its quota, so nothing
+//!   is shed: the quiet pod's latency under the same load without any unfairness to correct;
+//! - the control pod (127.0.0.11) asks the upstream directly at 50 q/s at the same time: its
+//!   latency is the upstream's own under this load, the machine's scheduling included (the
+//!   flooders, the upstream and the proxy share its cores), which no proxy can remove.
 //!
 //! Prints, per scenario: the quiet pod's answered rate, answered/sent, p50 and p99 latency; the
-//! flooders' offered and answered rates; what the proxy shed. Reports only, asserts nothing.
+//! control pod's p50 and p99 ("direct"); the flooders' offered and answered rates; what the proxy
+//! shed. Reports only, asserts nothing.
 //!
-//! `cargo bench --bench fairness` (env: DURATION=10 seconds per scenario, SCENARIOS=fast,slow,
+//! `cargo bench --bench fairness` (env: DURATION=10 seconds per scenario, SCENARIOS=fast,slow (also: even),
 //! FQDND_BIN=another fqdnd binary to measure, e.g. a build of main, FLOODERS=0,1,4,
 //! FQDND_ARGS="--max-qps-per-endpoint 1000": more flags for `fqdnd run`).
 
@@ -28,12 +34,17 @@ use std::time::{Duration, Instant};
 
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const QUIET: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 10);
+/// The control: a pod like the quiet one asking the upstream directly, at the same time.
+const DIRECT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 const QUIET_RATE: u32 = 50;
 const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
 const SLOW_DELAY: Duration = Duration::from_millis(500);
 const SLOW_FLOOD_RATE: u32 = 2_500;
 const FAST_WINDOW: usize = 200;
 const FAST_GIVE_UP: Duration = Duration::from_secs(1);
+/// "even": the same number of busy pods, each within the default quota (1,000 q/s): nothing
+/// is shed, so what the quiet pod sees is the cost of the load alone.
+const EVEN_FLOOD_RATE: u32 = 900;
 
 fn flooder_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 20 + i as u8)
@@ -295,9 +306,10 @@ struct Quiet {
     latencies: Vec<Duration>,
 }
 
-/// 50 q/s for `duration`, each answer matched by ID; what is not answered within 3 s is lost.
-fn quiet(to: SocketAddr, duration: Duration) -> Quiet {
-    let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(QUIET), 0)).unwrap();
+/// 50 q/s from `from` for `duration`, each answer matched by ID; what is not answered within 3 s
+/// is lost.
+fn quiet(from: Ipv4Addr, to: SocketAddr, duration: Duration) -> Quiet {
+    let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(from), 0)).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
     big_buffers(&sock);
     let every = Duration::from_secs(1) / QUIET_RATE;
@@ -356,14 +368,26 @@ fn main() {
         "fast: flooders like dnsperf (200 outstanding, 1 s give-up); slow: 500 ms upstream, flooders 2,500 q/s open loop\n"
     );
     println!(
-        "{:<6} {:>8} | {:>9} {:>10} {:>8} {:>8} | {:>12} {:>12} | {:>8}",
-        "up", "flooders", "quiet q/s", "answered", "p50 ms", "p99 ms", "flood sent/s", "flood ans/s", "shed"
+        "{:<6} {:>8} | {:>9} {:>10} {:>8} {:>8} | {:>10} {:>10} | {:>12} {:>12} | {:>8}",
+        "up",
+        "flooders",
+        "quiet q/s",
+        "answered",
+        "p50 ms",
+        "p99 ms",
+        "direct p50",
+        "direct p99",
+        "flood sent/s",
+        "flood ans/s",
+        "shed"
     );
     for scenario in scenarios.split(',') {
-        let slow = match scenario.trim() {
-            "fast" => false,
-            "slow" => true,
-            other => panic!("SCENARIOS: {other:?} is neither fast nor slow"),
+        let name = scenario.trim();
+        let (slow, open_rate) = match name {
+            "fast" => (false, None),
+            "slow" => (true, Some(SLOW_FLOOD_RATE)),
+            "even" => (false, Some(EVEN_FLOOD_RATE)),
+            other => panic!("SCENARIOS: {other:?} is not fast, slow or even"),
         };
         for &flooders in &flooder_counts {
             let stop = Arc::new(AtomicBool::new(false));
@@ -378,10 +402,9 @@ fn main() {
                 .map(|(i, n)| {
                     let (n, to) = (n.clone(), agent.dns);
                     std::thread::spawn(move || {
-                        if slow {
-                            flood_open(flooder_addr(i), to, SLOW_FLOOD_RATE, until, n)
-                        } else {
-                            flood_closed(flooder_addr(i), to, FAST_WINDOW, FAST_GIVE_UP, until, n)
+                        match open_rate {
+                            Some(rate) => flood_open(flooder_addr(i), to, rate, until, n),
+                            None => flood_closed(flooder_addr(i), to, FAST_WINDOW, FAST_GIVE_UP, until, n),
                         }
                     })
                 })
@@ -392,7 +415,9 @@ fn main() {
             let flood_start = counts.iter().map(|n| n.sent.load(Ordering::Relaxed)).sum::<u64>();
             let flood_ans_start = counts.iter().map(|n| n.answered.load(Ordering::Relaxed)).sum::<u64>();
             let t0 = Instant::now();
-            let q = quiet(agent.dns, duration);
+            let control = std::thread::spawn(move || quiet(DIRECT, up, duration));
+            let q = quiet(QUIET, agent.dns, duration);
+            let direct = control.join().expect("control pod");
             let elapsed = t0.elapsed().as_secs_f64();
             let flood_sent = counts.iter().map(|n| n.sent.load(Ordering::Relaxed)).sum::<u64>() - flood_start;
             let flood_ans = counts.iter().map(|n| n.answered.load(Ordering::Relaxed)).sum::<u64>() - flood_ans_start;
@@ -403,13 +428,15 @@ fn main() {
             stop.store(true, Ordering::Relaxed);
             drop(agent);
             println!(
-                "{:<6} {:>8} | {:>9.1} {:>10} {:>8} {:>8} | {:>12.0} {:>12.0} | {:>8}",
-                if slow { "slow" } else { "fast" },
+                "{:<6} {:>8} | {:>9.1} {:>10} {:>8} {:>8} | {:>10} {:>10} | {:>12.0} {:>12.0} | {:>8}",
+                name,
                 flooders,
                 q.latencies.len() as f64 / duration.as_secs_f64(),
                 format!("{}/{}", q.latencies.len(), q.sent),
                 pct(&q.latencies, 0.50),
                 pct(&q.latencies, 0.99),
+                pct(&direct.latencies, 0.50),
+                pct(&direct.latencies, 0.99),
                 flood_sent as f64 / elapsed,
                 flood_ans as f64 / elapsed,
                 shed,

@@ -45,10 +45,14 @@ impl RecvBatch {
         let count = count.max(1);
         RecvBatch {
             size,
+            // Zeroed allocations: pages the kernel never writes into (the slots past the
+            // largest burst seen) cost address space, not memory.
             data: vec![0; count * size],
-            // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C data; all-zero is valid.
-            names: vec![unsafe { mem::zeroed() }; count],
-            controls: vec![[0; CONTROL_WORDS]; count],
+            // SAFETY: sockaddr_storage is plain C data; all-zero is valid.
+            names: unsafe { Box::<[libc::sockaddr_storage]>::new_zeroed_slice(count).assume_init() }.into_vec(),
+            // SAFETY: as above, for integers.
+            controls: unsafe { Box::<[[u64; CONTROL_WORDS]]>::new_zeroed_slice(count).assume_init() }.into_vec(),
+            // SAFETY: iovec and mmsghdr are plain C data; all-zero is valid.
             iovs: vec![unsafe { mem::zeroed() }; count],
             hdrs: vec![unsafe { mem::zeroed() }; count],
             got: Vec::with_capacity(count),
@@ -58,6 +62,15 @@ impl RecvBatch {
 
     pub fn capacity(&self) -> usize {
         self.hdrs.len()
+    }
+
+    /// Datagrams the last receive returned.
+    pub fn len(&self) -> usize {
+        self.got.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.got.is_empty()
     }
 
     /// Receive what is queued (non-blocking), up to the capacity. `Ok(0)` is never returned:
@@ -133,7 +146,13 @@ impl RecvBatch {
 
     /// The datagrams of the last `recv`, with their bytes.
     pub fn datagrams(&self) -> impl Iterator<Item = (&Datagram, &[u8])> {
-        self.got.iter().enumerate().map(|(i, d)| (d, &self.data[i * self.size..i * self.size + d.len.min(self.size)]))
+        (0..self.got.len()).map(|i| self.get(i))
+    }
+
+    /// The `i`th datagram of the last `recv` (`i < len()`), with its bytes.
+    pub fn get(&self, i: usize) -> (&Datagram, &[u8]) {
+        let d = &self.got[i];
+        (d, &self.data[i * self.size..i * self.size + d.len.min(self.size)])
     }
 }
 

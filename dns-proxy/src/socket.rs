@@ -130,6 +130,24 @@ pub fn grow_recv_buffer(fd: RawFd, bytes: usize) {
     tracing::debug!(error = %io::Error::last_os_error(), bytes, "could not grow a UDP receive buffer");
 }
 
+/// Send one datagram without waiting (to `to`, or to the connected peer). The kernel is asked
+/// directly: tokio's `try_send` answers `WouldBlock` without trying for a socket its reactor has
+/// not yet seen writable, which is every fresh socket (an upstream socket just rotated, a new
+/// transparent reply socket) until the runtime next polls, so their first datagrams would all
+/// wait for a task of their own. `WouldBlock` here means the send buffer is really full.
+pub fn send_nowait(sock: &tokio::net::UdpSocket, buf: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
+    let fd = sock.as_raw_fd();
+    let n = match to.map(socket2::SockAddr::from) {
+        // SAFETY: sendto(2) on a socket we own, with a buffer and an address that live for the call.
+        Some(addr) => unsafe {
+            libc::sendto(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT, addr.as_ptr().cast(), addr.len())
+        },
+        // SAFETY: send(2) on a socket we own, with a buffer that lives for the call.
+        None => unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) },
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 /// A non-blocking TCP listener bound to `addr`.
 pub fn tcp_listener(addr: SocketAddr, opts: Options) -> Result<std::net::TcpListener, ProxyError> {
     let sock = bound(addr, L4Proto::Tcp, opts)?;

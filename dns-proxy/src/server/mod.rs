@@ -195,6 +195,7 @@ impl Bound {
                 forwarder,
                 socket: Arc::new(socket),
                 transparent,
+                recv_batch: udp::RECV_BATCH,
                 replies: replies.clone(),
                 tracker: TaskTracker::new(),
                 shutdown: shutdown.clone(),
