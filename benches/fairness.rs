@@ -401,11 +401,9 @@ fn main() {
                 .enumerate()
                 .map(|(i, n)| {
                     let (n, to) = (n.clone(), agent.dns);
-                    std::thread::spawn(move || {
-                        match open_rate {
-                            Some(rate) => flood_open(flooder_addr(i), to, rate, until, n),
-                            None => flood_closed(flooder_addr(i), to, FAST_WINDOW, FAST_GIVE_UP, until, n),
-                        }
+                    std::thread::spawn(move || match open_rate {
+                        Some(rate) => flood_open(flooder_addr(i), to, rate, until, n),
+                        None => flood_closed(flooder_addr(i), to, FAST_WINDOW, FAST_GIVE_UP, until, n),
                     })
                 })
                 .collect();

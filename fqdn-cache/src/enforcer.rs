@@ -39,6 +39,8 @@ pub struct Enforcer {
     /// The endpoints of the last [`Enforcer::set_endpoints`]: the ones whose allow sets exist.
     endpoints: Mutex<BTreeSet<EndpointId>>,
     snapshot: PathBuf,
+    /// Held by [`Enforcer::save`] (not the cache's lock) while the file is written.
+    saving: Mutex<()>,
     orphans: Mutex<Orphans>,
 }
 
@@ -73,6 +75,7 @@ impl Enforcer {
             datapath,
             endpoints: Mutex::default(),
             snapshot,
+            saving: Mutex::new(()),
             orphans: Mutex::new(Orphans::new(Instant::now())),
         }
     }
@@ -164,8 +167,14 @@ impl Enforcer {
     }
 
     /// Write the snapshot (temp file + rename, by the cache).
+    /// The cache is locked only to serialize it: learning goes on while the file is written and
+    /// synced (which on a busy disk takes long enough to stall every endpoint's answers).
     pub fn save(&self) {
-        let result = self.lock().write_snapshot(&self.snapshot, SystemTime::now(), Instant::now());
+        // One writer at a time, in order: the temporary file is shared, and a later snapshot
+        // must not be overwritten by an earlier one.
+        let _writing = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes = self.lock().snapshot_bytes(SystemTime::now(), Instant::now());
+        let result = Cache::write_snapshot_file(&self.snapshot, &bytes);
         match result {
             Ok(()) => tracing::debug!(path = %self.snapshot.display(), "cache snapshot written"),
             Err(e) => tracing::warn!(error = %e, "writing the cache snapshot"),

@@ -47,6 +47,12 @@ impl Cache {
     /// Write the cache to `path` atomically: a temporary file beside it, fsynced, renamed over
     /// it, and the directory fsynced. A crash leaves the old snapshot or the new one, never half.
     pub fn write_snapshot(&self, path: &Path, now_wall: SystemTime, now: Instant) -> Result<(), CacheError> {
+        Cache::write_snapshot_file(path, &self.snapshot_bytes(now_wall, now))
+    }
+
+    /// The snapshot's bytes: the part of writing one that needs the cache (and whatever lock
+    /// guards it). The file is written afterwards, without it ([`Cache::write_snapshot_file`]).
+    pub fn snapshot_bytes(&self, now_wall: SystemTime, now: Instant) -> Vec<u8> {
         let mut payload = Vec::with_capacity(64 + self.store.len() * 40);
         let mut dense: HashMap<u32, u32> = HashMap::new();
         let mut names: Vec<&str> = Vec::new();
@@ -85,7 +91,12 @@ impl Cache {
         file_bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         file_bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         file_bytes.extend_from_slice(&payload);
+        file_bytes
+    }
 
+    /// Write snapshot bytes to `path` durably: a temporary file, fsync, rename, fsync of the
+    /// directory. Milliseconds to seconds on a busy disk: never under the cache's lock.
+    pub fn write_snapshot_file(path: &Path, file_bytes: &[u8]) -> Result<(), CacheError> {
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{file_name}.tmp"));
         // 0600: the snapshot names every host every pod resolved. The mode is set on the open
@@ -98,7 +109,7 @@ impl Cache {
             .open(&tmp)
             .map_err(io_err(&tmp, "create"))?;
         file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io_err(&tmp, "set mode 0600 on"))?;
-        file.write_all(&file_bytes).map_err(io_err(&tmp, "write"))?;
+        file.write_all(file_bytes).map_err(io_err(&tmp, "write"))?;
         file.sync_all().map_err(io_err(&tmp, "fsync"))?;
         drop(file);
         fs::rename(&tmp, path).map_err(io_err(path, "rename temporary file over"))?;

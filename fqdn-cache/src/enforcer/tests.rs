@@ -100,3 +100,83 @@ async fn orphans_keep_their_stored_expiry() {
     assert!(orphans.expire(&cache, start + Duration::from_secs(29), &[]).is_empty(), "its TTL is 30 s");
     assert_eq!(orphans.expire(&cache, start + Duration::from_secs(31), &[]), vec![timed]);
 }
+
+/// Saving holds the cache only while serializing it: answers are learned while the snapshot is
+/// written. The temporary file is a FIFO here, so the write stays stuck (the pipe full) until the
+/// test reads the rest; learning during that must not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learning_goes_on_while_a_snapshot_is_written() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let state = tempfile::tempdir().unwrap();
+    let dp = Arc::new(MemoryDatapath::new());
+    let enforcer = Arc::new(Enforcer::open(CacheConfig::default(), state.path(), dp));
+    let rule = SelectorRule { pattern: NamePattern::match_pattern("*.example").unwrap(), ports: vec![] };
+    enforcer.set_endpoints(vec![(EndpointId(7), vec![rule])]).await.unwrap();
+    // Well over a pipe's 64 KiB of snapshot.
+    for i in 0..8_000u32 {
+        let ip = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let answer = Answer {
+            endpoint: EndpointId(7),
+            qname: format!("h{i}.example."),
+            cnames: vec![],
+            ips: vec![ip],
+            ttl: 300,
+        };
+        enforcer.learn(&answer).await.unwrap();
+    }
+    let name = enforcer.snapshot.file_name().unwrap().to_string_lossy().into_owned();
+    let tmp = enforcer.snapshot.with_file_name(format!(".{name}.tmp"));
+    let c_tmp = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_tmp.as_ptr(), 0o600) }, 0, "mkfifo {}", tmp.display());
+    let mut reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&tmp).unwrap();
+
+    let saver = std::thread::spawn({
+        let e = enforcer.clone();
+        move || e.save()
+    });
+    // The first bytes: the snapshot is serialized and being written; the pipe then fills.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut first = 0;
+    while first == 0 {
+        match reader.read(&mut buf) {
+            Ok(n) => first = n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("reading the FIFO: {e}"),
+        }
+    }
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let learner = std::thread::spawn({
+        let e = enforcer.clone();
+        move || {
+            let answer = Answer {
+                endpoint: EndpointId(7),
+                qname: "late.example.".into(),
+                cnames: vec![],
+                ips: vec!["192.0.2.200".parse().unwrap()],
+                ttl: 300,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _ = tx.send(rt.block_on(e.learn(&answer)).is_ok());
+        }
+    });
+    // A liveness bound, not a timing: with the lock held by the writer this never returns.
+    let learned = rx.recv_timeout(Duration::from_secs(60));
+    // Let the writer finish either way.
+    let mut total = first;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("reading the FIFO: {e}"),
+        }
+    }
+    assert_eq!(learned, Ok(true), "an answer was learned while the snapshot was being written");
+    saver.join().unwrap();
+    learner.join().unwrap();
+    assert!(total > 64 * 1024, "the snapshot outgrew the pipe ({total} bytes)");
+}
