@@ -91,6 +91,17 @@ fn answer(e: u32, k: u32) -> Answer {
     }
 }
 
+/// Answer `k` of the endpoint at its quota: a new name, one address.
+fn quota_answer(k: u32) -> Answer {
+    Answer {
+        endpoint: EndpointId(1),
+        qname: format!("n{k}.quota.example."),
+        cnames: Vec::new(),
+        ips: vec![v4(k)],
+        ttl: 3_600,
+    }
+}
+
 /// A cache of `names` names x `ips_per_name` IPs spread over the endpoints, TTLs 60..=360 s.
 fn filled(names: u32, ips_per_name: u32, t0: Instant) -> Cache {
     let mut cache = Cache::new(CacheConfig::default(), t0);
@@ -170,6 +181,41 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(cache.learn(black_box(&a), t0)))
         });
     }
+
+    // One endpoint at its quota (10,000 learned entries) learning name after name: each new
+    // name makes room by evicting its own oldest idle entries. The mean is criterion's; the
+    // worst single answer over 20,000 is what every other endpoint's answers wait behind (the
+    // cache lock), printed apart.
+    let at_quota = || {
+        let mut cache = Cache::new(CacheConfig::default(), t0);
+        cache.set_selectors_many([(
+            EndpointId(1),
+            vec![SelectorRule { pattern: NamePattern::match_pattern("*.quota.example.").unwrap(), ports: vec![] }],
+        )]);
+        let quota = CacheConfig::DEFAULT_MAX_LEARNED as u32;
+        for k in 0..quota {
+            cache.learn(&quota_answer(k), t0 + Duration::from_millis(u64::from(k)));
+        }
+        (cache, quota)
+    };
+    let (mut cache, mut k) = at_quota();
+    let mut worst = Duration::ZERO;
+    for _ in 0..20_000 {
+        let now = t0 + Duration::from_millis(u64::from(k));
+        let start = Instant::now();
+        black_box(cache.learn(&quota_answer(k), now));
+        worst = worst.max(start.elapsed());
+        k += 1;
+    }
+    println!("cache_learn/new_name_at_quota_10k: worst single answer of 20,000: {worst:?}");
+    let (mut cache, mut k) = at_quota();
+    group.bench_function("new_name_at_quota_10k", |b| {
+        b.iter(|| {
+            let now = t0 + Duration::from_millis(u64::from(k));
+            k += 1;
+            black_box(cache.learn(black_box(&quota_answer(k)), now))
+        })
+    });
     group.finish();
 
     let big = filled(250_000, 4, t0);

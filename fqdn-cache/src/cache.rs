@@ -435,9 +435,9 @@ impl Cache {
                 && let Some(idx) = self.store.find(owner, id, ip)
             {
                 // Never shorten: the client may hold the earlier answer for its full TTL.
-                self.quota.looked_up(owner, idx);
+                self.store.get_mut(idx).looked_up = now_s;
+                self.quota.looked_up(owner, idx, &self.store);
                 let e = self.store.get_mut(idx);
-                e.looked_up = now_s;
                 let longer = expires > e.expires;
                 e.expires = e.expires.max(expires);
                 if e.zombie {
@@ -456,7 +456,7 @@ impl Cache {
             self.make_quota_room(owner, changes);
             let idx = self.store.insert(owner, id, ip, expires);
             self.store.get_mut(idx).looked_up = now_s;
-            self.quota.looked_up(owner, idx);
+            self.quota.looked_up(owner, idx, &self.store);
             self.schedule(idx);
             self.grant(idx, true, changes);
         }

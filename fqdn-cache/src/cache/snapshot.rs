@@ -230,7 +230,7 @@ impl Cache {
         self.make_room(owner, id, changes);
         self.make_quota_room(owner, changes);
         let idx = self.store.insert(owner, id, ip, expires);
-        self.quota.looked_up(owner, idx);
+        self.quota.looked_up(owner, idx, &self.store);
         if zombie {
             let e = self.store.get_mut(idx);
             e.zombie = true;
