@@ -11,7 +11,7 @@ N=${N:-5000}
 TOP=${TOP:-25}
 FLOWS=${FLOWS:-4096}
 
-awk 'NR % 4 == 1 || NR % 4 == 2' "$WORK/queries.txt" | head -n "$N" >"$WORK/allowed.txt"
+awk -v n="$N" '(NR % 4 == 1 || NR % 4 == 2) && c++ < n' "$WORK/queries.txt" >"$WORK/allowed.txt"
 port=$(free_port)
 FQDND_WRAP="env FQDND_MALLOC=system valgrind --tool=dhat --dhat-out-file=$WORK/dhat.json" \
     start_fqdnd dhat "$port" "$FLOWS"

@@ -19,8 +19,8 @@ pub struct Chain {
     pub ips: Vec<IpAddr>,
     /// Lowest TTL of the CNAMEs followed and the addresses found; `None` if the chain has no records.
     pub ttl: Option<u32>,
-    /// Record types present in the answer section (for flows).
-    pub rrtypes: Vec<RecordType>,
+    /// Record types present in the answer section, as numbers (for flows, which take them so).
+    pub rrtypes: Vec<u16>,
 }
 
 impl Chain {
@@ -81,6 +81,7 @@ fn direct_addresses(reply: &[u8]) -> Option<Chain> {
             (28, 16) => (IpAddr::from(<[u8; 16]>::try_from(data).ok()?), RecordType::AAAA),
             _ => return None,
         };
+        let record_type = u16::from(record_type);
         if !chain.rrtypes.contains(&record_type) {
             chain.rrtypes.push(record_type);
         }
@@ -119,7 +120,7 @@ pub fn extract_chain(msg: &Message, qname: &Name) -> Chain {
 fn chain_of(answers: &[Record], qname: &Name) -> Chain {
     let mut chain = Chain::default();
     for r in answers {
-        let t = r.record_type();
+        let t = u16::from(r.record_type());
         if !chain.rrtypes.contains(&t) {
             chain.rrtypes.push(t);
         }

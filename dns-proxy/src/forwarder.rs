@@ -115,7 +115,6 @@ impl Forwarder {
             Err(e) => return done(Err(ForwardError::Io(e)), packet),
         };
         let client_id = wire::id(&packet).unwrap_or(0);
-        let question = Bytes::copy_from_slice(&packet[HEADER_LEN..question_end]);
         let deadline = Instant::now() + self.timeout;
         let mut pending = sock.pending.lock().unwrap_or_else(|e| e.into_inner());
         let id = sock.free_id(&pending);
@@ -130,7 +129,8 @@ impl Forwarder {
                 return done(Err(ForwardError::Io(e)), packet);
             }
         };
-        pending.insert(id, Pending { upstream, question, reply: Reply::Then { done, client_id, deadline, packet } });
+        let reply = Reply::Then { done, client_id, deadline, packet, question_end };
+        pending.insert(id, Pending { upstream, reply });
         drop(pending);
         sock.add_deadline(deadline, id);
         if let Some(bytes) = later {
@@ -214,23 +214,33 @@ impl Pool {
 
 struct Pending {
     upstream: SocketAddr,
-    question: Bytes,
     reply: Reply,
+}
+
+impl Pending {
+    /// The question a reply must echo.
+    fn question(&self) -> &[u8] {
+        match &self.reply {
+            Reply::Channel { question, .. } => question,
+            Reply::Then { packet, question_end, .. } => &packet[HEADER_LEN..*question_end],
+        }
+    }
 }
 
 /// Who waits for a reply.
 enum Reply {
-    /// A task, woken through a channel (it keeps its own timeout).
-    Channel(oneshot::Sender<Vec<u8>>),
-    /// A callback, run by the reader; its deadline is also in the socket's `deadlines`.
-    Then { done: Done, client_id: u16, deadline: Instant, packet: Vec<u8> },
+    /// A task, woken through a channel (it keeps its own timeout and the query).
+    Channel { tx: oneshot::Sender<Vec<u8>>, question: Bytes },
+    /// A callback, run by the reader; its deadline is also in the socket's `deadlines`. The
+    /// query (the proxy's ID in it) is kept for the callback: the question is read from it.
+    Then { done: Done, client_id: u16, deadline: Instant, packet: Vec<u8>, question_end: usize },
 }
 
 impl Reply {
     fn deliver(self, mut reply: Vec<u8>) {
         match self {
             // The query may have timed out just now; then nobody listens and that is fine.
-            Reply::Channel(tx) => drop(tx.send(reply)),
+            Reply::Channel { tx, .. } => drop(tx.send(reply)),
             Reply::Then { done, client_id, packet, .. } => {
                 wire::set_id(&mut reply, client_id);
                 done(Ok(reply), packet);
@@ -286,7 +296,7 @@ impl UpstreamSocket {
     fn register(&self, upstream: SocketAddr, question: Bytes, reply: oneshot::Sender<Vec<u8>>) -> u16 {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let id = self.free_id(&pending);
-        pending.insert(id, Pending { upstream, question, reply: Reply::Channel(reply) });
+        pending.insert(id, Pending { upstream, reply: Reply::Channel { tx: reply, question } });
         id
     }
 
@@ -363,7 +373,7 @@ impl UpstreamSocket {
             inc(&self.stats.spoofed_wrong_source);
             return;
         }
-        match wire::check_reply(reply, id, &p.question) {
+        match wire::check_reply(reply, id, p.question()) {
             ReplyCheck::Match => {
                 if let Some(p) = pending.remove(&id) {
                     drop(pending);

@@ -550,7 +550,7 @@ impl Shared {
         flow.latency = Some(meta.received.elapsed());
         if let Some(c) = chain {
             flow.ttl = c.ttl;
-            flow.rrtypes = c.rrtypes.iter().map(|&t| u16::from(t)).collect();
+            flow.rrtypes = c.rrtypes;
             flow.ips = c.ips;
             flow.cnames = c.cnames;
         }
