@@ -142,7 +142,7 @@ impl UdpServer {
                 self.shared.forward_then(
                     &self.forwarder,
                     packet.to_vec(),
-                    *pending,
+                    pending,
                     &self.tracker,
                     move |shared, reply| {
                         if let Some(reply) = reply {
@@ -156,7 +156,7 @@ impl UdpServer {
                 let packet = packet.to_vec();
                 let (shared, fwd) = (self.shared.clone(), self.forwarder.clone());
                 self.tracker.spawn(async move {
-                    if let Some(reply) = shared.forward(&fwd, &packet, *pending).await {
+                    if let Some(reply) = shared.forward(&fwd, &packet, pending).await {
                         reply_via.send(&shared, &reply, meta).await;
                     }
                 });
