@@ -167,6 +167,7 @@ impl Enforcer {
     }
 
     /// Write the snapshot (temp file + rename, by the cache).
+    ///
     /// The cache is locked only to serialize it: learning goes on while the file is written and
     /// synced (which on a busy disk takes long enough to stall every endpoint's answers).
     pub fn save(&self) {

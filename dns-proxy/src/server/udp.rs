@@ -77,7 +77,7 @@ impl UdpServer {
                     self.flush(&mut outbox, fd);
                     tokio::task::yield_now().await;
                 }
-                let (d, packet) = batch.get((key & u64::from(u32::MAX)) as usize);
+                let (d, packet) = batch.get(index_of(key));
                 if d.truncated {
                     inc(&self.shared.stats.malformed);
                     continue;
@@ -260,6 +260,11 @@ impl ReplySockets {
 /// order within a round. One source (the usual case, or a single busy pod) keeps arrival order.
 fn round_robin(batch: &RecvBatch, rounds: &mut foldhash::HashMap<std::net::IpAddr, u32>, order: &mut Vec<u64>) {
     order.clear();
+    if batch.len() < 2 {
+        // Nothing to reorder (most batches at low load): no hashing on the way.
+        order.extend((0..batch.len()).map(|i| i as u64));
+        return;
+    }
     rounds.clear();
     for i in 0..batch.len() {
         let (d, _) = batch.get(i);
@@ -269,6 +274,11 @@ fn round_robin(batch: &RecvBatch, rounds: &mut foldhash::HashMap<std::net::IpAdd
     }
     // Already sorted when every datagram has its own source or all share one: linear then.
     order.sort_unstable();
+}
+
+/// The batch index a [`round_robin`] key stands for.
+fn index_of(key: u64) -> usize {
+    (key & u64::from(u32::MAX)) as usize
 }
 
 #[cfg(test)]
@@ -297,7 +307,7 @@ mod tests {
         let served: Vec<String> = order
             .iter()
             .map(|k| {
-                let b = batch.get((k & u64::from(u32::MAX)) as usize).1;
+                let b = batch.get(index_of(*k)).1;
                 if b[0] == b'f' { format!("f{}", b[1]) } else { String::from_utf8_lossy(b).into_owned() }
             })
             .collect();
