@@ -19,9 +19,15 @@
 //! control pod's p50 and p99 ("direct"); the flooders' offered and answered rates; what the proxy
 //! shed. Reports only, asserts nothing.
 //!
+//! CPUs: with two or more, the agent runs on CPU 0 and this process (flooders, upstream, quiet
+//! and control pods) on the others, as pods and the agent would on a node's separate cores; on
+//! one shared set the quiet pod's latency is mostly the bench's own threads waiting for a CPU
+//! (seen with `perf sched`), which says nothing about the proxy. PIN=0 shares them.
+//!
 //! `cargo bench --bench fairness` (env: DURATION=10 seconds per scenario, SCENARIOS=fast,slow (also: even),
 //! FQDND_BIN=another fqdnd binary to measure, e.g. a build of main, FLOODERS=0,1,4,
-//! FQDND_ARGS="--max-qps-per-endpoint 1000": more flags for `fqdnd run`).
+//! FQDND_ARGS="--max-qps-per-endpoint 1000": more flags for `fqdnd run`, PIN=0,
+//! TAIL=1: also the quiet pod's 10 slowest answers and when each was sent).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -164,7 +170,30 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_agent(bin: &Path, upstream: SocketAddr, flooders: usize) -> Agent {
+/// Which CPUs the agent and this process get: `None` to share them all (PIN=0, or one CPU).
+fn cpu_split() -> Option<(libc::cpu_set_t, libc::cpu_set_t)> {
+    if std::env::var("PIN").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut all) } != 0 {
+        return None;
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &all) }).collect();
+    if cpus.len() < 2 {
+        return None;
+    }
+    // SAFETY: as above, plain data set bit by bit.
+    let (mut agent, mut rest): (libc::cpu_set_t, libc::cpu_set_t) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    unsafe { libc::CPU_SET(cpus[0], &mut agent) };
+    for &c in &cpus[1..] {
+        unsafe { libc::CPU_SET(c, &mut rest) };
+    }
+    Some((agent, rest))
+}
+
+fn start_agent(bin: &Path, upstream: SocketAddr, flooders: usize, cpus: Option<libc::cpu_set_t>) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     std::fs::write(
@@ -201,7 +230,20 @@ spec:
     std::fs::write(dir.path().join("endpoints.yaml"), eps).unwrap();
     let port = free_port();
     let mport = free_port();
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if let Some(set) = cpus {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: sched_setaffinity(2) is a plain system call, safe between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd
         .args(["run", "--mode", "plain", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &upstream.to_string(), "--metrics-addr", &format!("127.0.0.1:{mport}")])
         .arg("--policies")
@@ -304,6 +346,8 @@ fn flood_open(from: Ipv4Addr, to: SocketAddr, rate: u32, until: Instant, n: Arc<
 struct Quiet {
     sent: usize,
     latencies: Vec<Duration>,
+    /// The slowest answers: (when the query was sent, from the start; its latency).
+    slowest: Vec<(Duration, Duration)>,
 }
 
 /// 50 q/s from `from` for `duration`, each answer matched by ID; what is not answered within 3 s
@@ -317,6 +361,7 @@ fn quiet(from: Ipv4Addr, to: SocketAddr, duration: Duration) -> Quiet {
     let start = Instant::now();
     let mut pending: HashMap<u16, Instant> = HashMap::new();
     let mut latencies = Vec::with_capacity(count);
+    let mut timed = Vec::with_capacity(count);
     let mut buf = [0u8; 512];
     let mut next = 0usize;
     loop {
@@ -332,6 +377,7 @@ fn quiet(from: Ipv4Addr, to: SocketAddr, duration: Duration) -> Quiet {
             && let Some(t) = pending.remove(&u16::from_be_bytes([buf[0], buf[1]]))
         {
             latencies.push(t.elapsed());
+            timed.push((t - start, t.elapsed()));
         }
         pending.retain(|_, t| t.elapsed() < QUIET_TIMEOUT);
         if next == count && pending.is_empty() {
@@ -339,7 +385,9 @@ fn quiet(from: Ipv4Addr, to: SocketAddr, duration: Duration) -> Quiet {
         }
     }
     latencies.sort_unstable();
-    Quiet { sent: count, latencies }
+    timed.sort_unstable_by_key(|&(_, l)| std::cmp::Reverse(l));
+    timed.truncate(10);
+    Quiet { sent: count, latencies, slowest: timed }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> String {
@@ -364,6 +412,24 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     println!("fairness: fqdnd {}, {secs}s per scenario; quiet pod 50 q/s (3 s timeout)", bin.display());
+    let split = cpu_split();
+    match &split {
+        Some((agent, rest)) => {
+            let list = |set: &libc::cpu_set_t| {
+                (0..libc::CPU_SETSIZE as usize)
+                    .filter(|&c| unsafe { libc::CPU_ISSET(c, set) })
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            println!("CPUs: agent on {}, this bench on {} (PIN=0 to share)", list(agent), list(rest));
+            // SAFETY: sets this thread's affinity; the threads spawned below inherit it.
+            if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), rest) } != 0 {
+                panic!("sched_setaffinity: {}", std::io::Error::last_os_error());
+            }
+        }
+        None => println!("CPUs: agent and bench share them"),
+    }
     println!(
         "fast: flooders like dnsperf (200 outstanding, 1 s give-up); slow: 500 ms upstream, flooders 2,500 q/s open loop\n"
     );
@@ -392,7 +458,7 @@ fn main() {
         for &flooders in &flooder_counts {
             let stop = Arc::new(AtomicBool::new(false));
             let up = upstream(slow.then_some(SLOW_DELAY), stop.clone());
-            let agent = start_agent(&bin, up, flooders);
+            let agent = start_agent(&bin, up, flooders, split.map(|(a, _)| a));
             let counts: Vec<Arc<FloodCount>> = (0..flooders).map(|_| Arc::default()).collect();
             // The flood runs from a second before the quiet pod starts until it is done.
             let until = Instant::now() + duration + Duration::from_secs(1) + QUIET_TIMEOUT;
@@ -439,6 +505,14 @@ fn main() {
                 flood_ans as f64 / elapsed,
                 shed,
             );
+            if std::env::var_os("TAIL").is_some() {
+                let tail: Vec<String> = q
+                    .slowest
+                    .iter()
+                    .map(|(at, l)| format!("{:.3}s:{:.2}", at.as_secs_f64(), l.as_secs_f64() * 1000.0))
+                    .collect();
+                println!("    slowest quiet answers (sent at: ms): {}", tail.join(" "));
+            }
         }
     }
 }
