@@ -2,6 +2,7 @@
 //! validated and grouped. Built by [`crate::validate`]; consumed by [`crate::resolve`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use fqdn_cache::PortProto;
 use fqdn_cache::pattern::NamePattern;
@@ -27,7 +28,9 @@ pub struct Policy {
     /// The file it came from and its 1-based document number there.
     pub source: PathBuf,
     pub doc: usize,
-    pub rules: Vec<Rule>,
+    /// Shared: a loaded policy is held by the parse cache, the last good set and the set in
+    /// force at once, and a clone must not copy its rules (10,000 policies are tens of MB).
+    pub rules: Arc<[Rule]>,
     /// What is valid but worth a word (`policy check` prints them): e.g. a rule newer Cilium
     /// versions refuse.
     pub warnings: Vec<FieldProblem>,

@@ -121,7 +121,7 @@ pub fn validate_document(
         kind,
         source: source.to_path_buf(),
         doc: doc_no,
-        rules,
+        rules: rules.into(),
         warnings: warnings.0,
     })
 }
