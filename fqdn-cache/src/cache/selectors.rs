@@ -2,14 +2,17 @@
 //! [`PatternSet`], with the endpoints (and ports) using it. One match per learned name finds
 //! every endpoint rule it feeds, however many selectors are in force.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::pattern::{NamePattern, PatternKind, PatternSet, is_selectable_name};
 use crate::{EndpointId, PortProto};
 
 /// One toFQDNs selector of an endpoint with the ports of its rule (empty: every port, i.e.
 /// [`PortProto::ANY`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SelectorRule {
     pub pattern: NamePattern,
     pub ports: Vec<PortProto>,
@@ -17,23 +20,34 @@ pub struct SelectorRule {
 
 impl SelectorRule {
     /// The ports the rule opens, never empty.
-    fn effective_ports(&self) -> Vec<PortProto> {
-        let mut ports = if self.ports.is_empty() { vec![PortProto::ANY] } else { self.ports.clone() };
+    fn effective_ports(&self) -> Ports {
+        let mut ports: Ports = if self.ports.is_empty() {
+            smallvec::smallvec![PortProto::ANY]
+        } else {
+            self.ports.iter().copied().collect()
+        };
         ports.sort_unstable();
         ports.dedup();
         ports
     }
 }
 
+/// One rule's ports: one or two nearly always, so kept inline (a node has a user per endpoint
+/// and pattern: 100,000 of them with 1,000 endpoints under 100 policies each).
+type Ports = SmallVec<[PortProto; 2]>;
+
 #[derive(Default)]
 pub(crate) struct Selectors {
-    rules: BTreeMap<EndpointId, Vec<SelectorRule>>,
+    /// Endpoints with the same rules (pods of one deployment) share one list.
+    rules: BTreeMap<EndpointId, Arc<[SelectorRule]>>,
+    /// Every distinct list in `rules`, for that sharing; pruned at each build.
+    lists: HashSet<Arc<[SelectorRule]>>,
     /// Rules changed since `set` and `users` were built.
     dirty: bool,
     /// The distinct patterns in force, sorted, compiled.
     set: PatternSet,
     /// By pattern index in `set`: the endpoints using it, sorted by endpoint, with their ports.
-    users: Vec<Vec<(EndpointId, Vec<PortProto>)>>,
+    users: Vec<Vec<(EndpointId, Ports)>>,
     scratch: Vec<usize>,
 }
 
@@ -43,7 +57,7 @@ fn pattern_order(p: &NamePattern) -> (bool, &str) {
 
 impl Selectors {
     pub(crate) fn rules(&self, endpoint: EndpointId) -> &[SelectorRule] {
-        self.rules.get(&endpoint).map_or(&[], Vec::as_slice)
+        self.rules.get(&endpoint).map_or(&[], |r| r)
     }
 
     /// Replace one endpoint's rules (empty: the endpoint has none). The index is rebuilt by
@@ -52,7 +66,15 @@ impl Selectors {
         let changed = if rules.is_empty() {
             self.rules.remove(&endpoint).is_some()
         } else {
-            self.rules.insert(endpoint, rules.clone()).is_none_or(|before| before != rules)
+            let list = match self.lists.get(rules.as_slice()) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let list: Arc<[SelectorRule]> = rules.into();
+                    self.lists.insert(list.clone());
+                    list
+                }
+            };
+            self.rules.insert(endpoint, list.clone()).is_none_or(|before| before != list)
         };
         self.dirty |= changed;
     }
@@ -70,14 +92,16 @@ impl Selectors {
             return;
         }
         self.dirty = false;
-        let mut distinct: Vec<&NamePattern> = self.rules.values().flatten().map(|r| &r.pattern).collect();
+        // Lists no endpoint uses any more (only this table holds them).
+        self.lists.retain(|list| Arc::strong_count(list) > 1);
+        let mut distinct: Vec<&NamePattern> = self.lists.iter().flat_map(|l| l.iter()).map(|r| &r.pattern).collect();
         distinct.sort_unstable_by(|a, b| pattern_order(a).cmp(&pattern_order(b)));
         distinct.dedup();
         let index: HashMap<&NamePattern, usize> = distinct.iter().enumerate().map(|(i, p)| (*p, i)).collect();
-        let mut users: Vec<Vec<(EndpointId, Vec<PortProto>)>> = vec![Vec::new(); distinct.len()];
+        let mut users: Vec<Vec<(EndpointId, Ports)>> = vec![Vec::new(); distinct.len()];
         // BTreeMap order: users come out sorted by endpoint.
         for (&endpoint, rules) in &self.rules {
-            for rule in rules {
+            for rule in rules.iter() {
                 let i = index[&rule.pattern];
                 let ports = rule.effective_ports();
                 match users[i].last_mut() {
@@ -132,7 +156,7 @@ impl Selectors {
 /// One endpoint's rules compiled on their own, for re-deriving its allows after a policy change.
 pub(crate) struct EndpointRules {
     set: PatternSet,
-    ports: Vec<Vec<PortProto>>,
+    ports: Vec<Ports>,
 }
 
 impl EndpointRules {
@@ -141,7 +165,7 @@ impl EndpointRules {
     pub(crate) fn new(rules: &[SelectorRule]) -> Self {
         let mut index: HashMap<&NamePattern, usize> = HashMap::new();
         let mut patterns: Vec<NamePattern> = Vec::new();
-        let mut ports: Vec<Vec<PortProto>> = Vec::new();
+        let mut ports: Vec<Ports> = Vec::new();
         for rule in rules {
             match index.get(&rule.pattern).copied() {
                 Some(i) => {
@@ -174,5 +198,36 @@ impl EndpointRules {
         for &i in scratch.iter() {
             out.extend_from_slice(&self.ports[i]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(patterns: &[&str]) -> Vec<SelectorRule> {
+        patterns
+            .iter()
+            .map(|p| SelectorRule { pattern: NamePattern::parse(PatternKind::Pattern, p).unwrap(), ports: vec![] })
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_with_the_same_rules_share_one_list_and_lists_gone_are_dropped() {
+        let mut s = Selectors::default();
+        s.set(EndpointId(1), rules(&["*.a.com", "*.b.com"]));
+        s.set(EndpointId(2), rules(&["*.a.com", "*.b.com"]));
+        s.set(EndpointId(3), rules(&["*.c.com"]));
+        assert!(std::ptr::eq(s.rules(EndpointId(1)), s.rules(EndpointId(2))), "one list for equal rules");
+        assert!(!std::ptr::eq(s.rules(EndpointId(1)), s.rules(EndpointId(3))));
+        assert_eq!(s.lists.len(), 2);
+        s.set(EndpointId(3), rules(&["*.d.com"]));
+        s.set(EndpointId(2), Vec::new());
+        s.build();
+        assert_eq!(s.lists.len(), 2, "*.c.com's list is no one's now");
+        assert_eq!(s.len(), 3, "*.a.com, *.b.com, *.d.com");
+        let mut got = Vec::new();
+        s.grants("x.a.com", None, |e, p| got.push((e, p)));
+        assert_eq!(got, [(EndpointId(1), PortProto::ANY)]);
     }
 }
