@@ -213,7 +213,7 @@ impl FlowHub {
                 observer.observe(&shaped);
             }
         }
-        self.keep(Arc::new(entry));
+        self.keep(entry);
     }
 
     pub fn ingest_drop(&self, ev: &DropEvent, lookup: &dyn EndpointLookup, names: &dyn NamesLookup) {
@@ -242,18 +242,33 @@ impl FlowHub {
         for observer in &self.observers {
             observer.observe(&flow);
         }
-        self.keep(Arc::new(Entry { kind: EntryKind::Ready(Arc::new(flow)) }));
+        self.keep(Entry { kind: EntryKind::Ready(Arc::new(flow)) });
     }
 
-    fn keep(&self, entry: Arc<Entry>) {
+    fn keep(&self, entry: Entry) {
         self.seen.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
-        // The evicted entry is freed after the lock is let go.
+        // What the ring lets go of is freed after the lock is let go.
         let mut evicted = None;
-        if self.config.ring_capacity > 0 {
-            if inner.ring.len() >= self.config.ring_capacity {
-                evicted = inner.ring.pop_front();
+        let mut replaced = None;
+        let entry = if self.config.ring_capacity > 0 && inner.ring.len() >= self.config.ring_capacity {
+            let mut oldest = inner.ring.pop_front().expect("a full ring has a front");
+            match Arc::get_mut(&mut oldest) {
+                // No reader holds the oldest entry: its allocation takes the new one, so a full
+                // ring allocates nothing per flow.
+                Some(slot) => {
+                    replaced = Some(std::mem::replace(slot, entry));
+                    oldest
+                }
+                None => {
+                    evicted = Some(oldest);
+                    Arc::new(entry)
+                }
             }
+        } else {
+            Arc::new(entry)
+        };
+        if self.config.ring_capacity > 0 {
             inner.ring.push_back(entry.clone());
         }
         if !inner.followers.is_empty() {
@@ -270,6 +285,7 @@ impl FlowHub {
         }
         drop(inner);
         drop(evicted);
+        drop(replaced);
     }
 
     /// The matching flows in the ring (the last `last` of them if given) and, if `follow`, a
@@ -439,6 +455,28 @@ mod tests {
         assert_eq!(stuck.take_lost(), 1000 - 8);
         assert_eq!(metrics.flows_dropped_slow_reader.get(), 1000 - 8);
         assert_eq!(hub.stats().buffered, 16);
+    }
+
+    #[test]
+    fn a_full_ring_reuses_its_oldest_entry_unless_someone_still_holds_it() {
+        let cfg = HubConfig { ring_capacity: 2, follower_queue: 8, node_name: "n".into() };
+        let hub = FlowHub::with_config(cfg, AgentMetrics::default());
+        let ptrs = |hub: &FlowHub| hub.lock().ring.iter().map(Arc::as_ptr).collect::<Vec<_>>();
+        hub.publish(numbered(0));
+        hub.publish(numbered(1));
+        let before = ptrs(&hub);
+        hub.publish(numbered(2));
+        assert_eq!(ptrs(&hub), [before[1], before[0]], "flow 2 lives where flow 0 did");
+        // A follower's queue holds entries the ring has let go of: those stay as they were.
+        let mut follower = hub.subscribe(&FlowFilter::default(), None, true).follower.unwrap();
+        for i in 3..10 {
+            hub.publish(numbered(i));
+        }
+        let got: Vec<u64> = std::iter::from_fn(|| follower.try_recv()).map(|f| secs(&f)).collect();
+        assert_eq!(got, (3..10).collect::<Vec<_>>());
+        let history: Vec<u64> =
+            hub.subscribe(&FlowFilter::default(), None, false).history.iter().map(|f| secs(f)).collect();
+        assert_eq!(history, [8, 9]);
     }
 
     #[test]
