@@ -198,7 +198,25 @@ pub(crate) fn split_labels(name: &str) -> Vec<&str> {
 /// `\DDD` in presentation form; such names are proxied (a DNS allow-all allows them) but no
 /// selector learns their IPs.
 pub fn is_selectable_name(name: &str) -> bool {
-    split_labels(name).iter().all(|l| valid_label(l))
+    // Once per learned name and selector lookup: a byte loop, no label list.
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() {
+        return true;
+    }
+    let mut label_len = 0usize;
+    for &b in trimmed.as_bytes() {
+        if b == b'.' {
+            if label_len == 0 {
+                return false;
+            }
+            label_len = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label_len += 1;
+        } else {
+            return false;
+        }
+    }
+    label_len > 0
 }
 
 pub(crate) fn valid_label(label: &str) -> bool {
@@ -288,6 +306,15 @@ mod tests {
         }
         for text in ["*", "*.", "**.a.com", "*.a.com."] {
             assert!(NamePattern::match_pattern(text).is_ok(), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The byte loop says what "every label non-empty and of name characters" says.
+        #[test]
+        fn selectable_is_every_label_valid(name in "(a|B|7|-|_|\\.|\\.|\\.|\\*| |\\\\|\u{e9}){0,10}") {
+            let by_labels = split_labels(&name).iter().all(|l| valid_label(l));
+            proptest::prop_assert_eq!(is_selectable_name(&name), by_labels, "{:?}", name);
         }
     }
 
