@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fqdn_cache::{EndpointId, L4Proto};
@@ -53,24 +54,24 @@ pub enum ProxyError {
         "query from {client} for {qname}: its question uses a compression pointer (into the header, \
          which the proxy rewrites); not forwarded"
     )]
-    CompressedQuestion { client: SocketAddr, qname: String },
+    CompressedQuestion { client: SocketAddr, qname: Arc<str> },
     #[error("query from {client} has opcode {opcode}; only QUERY is proxied")]
     UnsupportedOpcode { client: SocketAddr, opcode: OpCode },
     #[error("{qname} refused by the DNS rules of {policy}")]
-    Refused { qname: String, policy: PolicyRef },
+    Refused { qname: Arc<str>, policy: Arc<PolicyRef> },
     #[error("query for {qname} from {client} refused: its endpoint is not established ({reason})")]
-    UnverifiedOrigin { client: SocketAddr, qname: String, reason: crate::origin::Unverified },
+    UnverifiedOrigin { client: SocketAddr, qname: Arc<str>, reason: crate::origin::Unverified },
     #[error("too many queries in flight (endpoint {endpoint:?}); query for {qname} from {client} not served")]
-    Overloaded { client: SocketAddr, endpoint: Option<EndpointId>, qname: String },
+    Overloaded { client: SocketAddr, endpoint: Option<EndpointId>, qname: Arc<str> },
     #[error("upstream {upstream} did not answer {qname} within {timeout:?}")]
-    UpstreamTimeout { upstream: SocketAddr, qname: String, timeout: Duration },
+    UpstreamTimeout { upstream: SocketAddr, qname: Arc<str>, timeout: Duration },
     #[error("forwarding {qname} to upstream {upstream}")]
     UpstreamIo {
         upstream: SocketAddr,
-        qname: String,
+        qname: Arc<str>,
         #[source]
         source: io::Error,
     },
     #[error("upstream {upstream} answered {qname} over TCP with something that is not a DNS response")]
-    UpstreamNotAResponse { upstream: SocketAddr, qname: String },
+    UpstreamNotAResponse { upstream: SocketAddr, qname: Arc<str> },
 }

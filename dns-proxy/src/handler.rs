@@ -205,14 +205,14 @@ impl Shared {
 
         if refused {
             inc(&self.stats.refused);
-            let policy = asker.policy().map(|p| PolicyRef::clone(p)).expect("a refusal names its policy");
-            let err = ProxyError::Refused { qname: query.qname.to_string(), policy };
+            let policy = asker.policy().cloned().expect("a refusal names its policy");
+            let err = ProxyError::Refused { qname: query.qname.clone(), policy };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
         if query.question_compressed() {
             // Forwarded, the pointer would be read against the header with the proxy's ID.
             inc(&self.stats.malformed);
-            let err = ProxyError::CompressedQuestion { client: meta.client, qname: query.qname.to_string() };
+            let err = ProxyError::CompressedQuestion { client: meta.client, qname: query.qname.clone() };
             return Step::Reply(self.fail(&query, packet, &err, meta, &asker));
         }
 
@@ -267,7 +267,7 @@ impl Shared {
         inc(&self.stats.unverified);
         let asker = Asker { endpoint: None, verdict: RuleVerdict::NotProxied, audited: false };
         self.request_flow(query, meta, &asker, Verdict::Dropped);
-        let err = ProxyError::UnverifiedOrigin { client: meta.client, qname: query.qname.to_string(), reason };
+        let err = ProxyError::UnverifiedOrigin { client: meta.client, qname: query.qname.clone(), reason };
         tracing::debug!(dns.qname = %query.qname, src.ip = %meta.client.ip(), ifindex = ?meta.ifindex, error = %err, "query refused");
         self.fail(query, packet, &err, meta, &asker)
     }
@@ -275,7 +275,7 @@ impl Shared {
     fn overloaded(&self, query: &ParsedQuery, packet: &[u8], meta: QueryMeta, asker: &Asker) -> Option<Vec<u8>> {
         inc(&self.stats.overloaded);
         let endpoint = asker.endpoint.as_ref().map(|e| e.id);
-        let err = ProxyError::Overloaded { client: meta.client, endpoint, qname: query.qname.to_string() };
+        let err = ProxyError::Overloaded { client: meta.client, endpoint, qname: query.qname.clone() };
         self.fail(query, packet, &err, meta, asker)
     }
 
@@ -363,7 +363,7 @@ impl Shared {
     }
 
     fn forward_error(&self, e: ForwardError, query: &ParsedQuery, meta: QueryMeta, timeout: Duration) -> ProxyError {
-        let qname = query.qname.to_string();
+        let qname = query.qname.clone();
         match e {
             ForwardError::Timeout => {
                 inc(&self.stats.upstream_timeouts);
@@ -429,7 +429,7 @@ impl Shared {
     async fn learn(&self, endpoint: EndpointId, query: &ParsedQuery, chain: &mut Chain) {
         let answer = Answer {
             endpoint,
-            qname: query.qname.to_string(),
+            qname: String::from(&*query.qname),
             cnames: std::mem::take(&mut chain.cnames),
             ips: std::mem::take(&mut chain.ips),
             ttl: chain.ttl.unwrap_or(0),

@@ -104,8 +104,8 @@ mod tests {
             let bytes = query(rd, cd);
             let q = parse_query(&bytes).unwrap();
             let err = ProxyError::Refused {
-                qname: q.qname.to_string(),
-                policy: PolicyRef { namespace: Some("default".into()), name: "p".into() },
+                qname: q.qname.clone(),
+                policy: PolicyRef { namespace: Some("default".into()), name: "p".into() }.into(),
             };
             let code = response_code(&err, reject).unwrap();
             let reply = Message::from_vec(&error_reply(&q.metadata, q.question(&bytes), code)).unwrap();
