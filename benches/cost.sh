@@ -9,7 +9,7 @@
 #                       (blocks(N2) - blocks(N1)) / (N2 - N1), so start-up cancels out.
 #
 # Reports only, asserts nothing. Usage: benches/cost.sh   (env: RATE=5000 DURATION=10
-# CG_QUERIES=4000 N1=1000 N2=5000 FQDND_BIN=path)
+# CG_QUERIES=4000 N1=1000 N2=5000 FQDND_BIN=path CG_KEEP=dir: keep the callgrind dumps)
 set -euo pipefail
 
 for tool in valgrind callgrind_control perf; do
@@ -63,6 +63,8 @@ for flows in 0 4096; do
     wait_slow "$port"
     IPQ[$name]=$(instructions "$port" "$pid" "$WORK/cg.$name")
     kill "$pid"; wait "$pid" 2>/dev/null || true
+    # CG_KEEP=dir: keep the measured dump for callgrind_annotate.
+    if [ -n "${CG_KEEP:-}" ]; then mkdir -p "$CG_KEEP" && cp "$WORK/cg.$name.$pid.1" "$CG_KEEP/$name.callgrind"; fi
 done
 port=$(free_port)
 sed "s/setLocal('127.0.0.1:$DNSDIST_PORT')/setLocal('127.0.0.1:$port')/" "$WORK/dnsdist.conf" >"$WORK/dnsdist-cg.conf"

@@ -169,7 +169,7 @@ pub struct Flags {
     /// Queries in flight at once per endpoint (default: a quarter of --max-inflight).
     #[arg(long, value_name = "N")]
     pub max_inflight_per_endpoint: Option<usize>,
-    /// How often the policy directory and endpoints file are checked for changes (default 1s).
+    /// How often the policy directory and endpoints file are rescanned for changes (default 10s). Changes apply at once through inotify; this rescan catches what inotify cannot see (or all of it, where inotify is unavailable), and costs about 50 ms of CPU per 10,000 files.
     #[arg(long, value_name = "DURATION")]
     pub policy_poll_interval: Option<String>,
     /// Plain mode: UDP receive threads per listen address (0, the default: half the CPUs).
