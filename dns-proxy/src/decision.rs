@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fqdn_cache::{Answer, BoxFuture, DatapathError, L4Proto, Learner};
+use fqdn_cache::{Answer, Completion, DatapathError, L4Proto, Learner};
 use policy_sync::Snapshot;
 
 use crate::config::ProxyConfig;
@@ -31,8 +31,8 @@ pub enum Decision {
 struct NoLearner;
 
 impl Learner for NoLearner {
-    fn learn(&self, _: &Answer) -> BoxFuture<'_, Result<bool, DatapathError>> {
-        Box::pin(async { Ok(false) })
+    fn learn(&self, _: &Answer) -> Completion<'_, Result<bool, DatapathError>> {
+        Completion::ready(Ok(false))
     }
 }
 

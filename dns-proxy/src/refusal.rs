@@ -125,8 +125,12 @@ mod tests {
                         let mut metadata = Metadata::response_from_request(&query);
                         metadata.recursion_available = true;
                         metadata.response_code = rcode;
-                        let counts =
-                            HeaderCounts { queries: u16::from(!q.is_empty()), answers: 0, authorities: 0, additionals: 0 };
+                        let counts = HeaderCounts {
+                            queries: u16::from(!q.is_empty()),
+                            answers: 0,
+                            authorities: 0,
+                            additionals: 0,
+                        };
                         let want = encode(Header { metadata, counts }, q);
                         assert_eq!(error_reply(&query, q, rcode), want, "{op_code:?} rd {rd} cd {cd} {rcode:?}");
                     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dns_proxy::{Proxy, ProxyConfig};
-use fqdn_cache::{Answer, BoxFuture, DatapathError, Learner};
+use fqdn_cache::{Answer, Completion, DatapathError, Learner};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -21,8 +21,8 @@ const BURST: usize = 300;
 struct NoLearning;
 
 impl Learner for NoLearning {
-    fn learn(&self, _: &Answer) -> BoxFuture<'_, Result<bool, DatapathError>> {
-        Box::pin(std::future::ready(Ok(false)))
+    fn learn(&self, _: &Answer) -> Completion<'_, Result<bool, DatapathError>> {
+        Completion::ready(Ok(false))
     }
 }
 

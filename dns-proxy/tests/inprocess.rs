@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dns_proxy::{DnsFlow, DnsFlowKind, FlowSink, Proxy, ProxyConfig, Verdict};
 use fqdn_cache::{
-    AllowKey, Answer, BoxFuture, Datapath, DatapathError, Delta, EndpointId, L4Proto, Learner, MemoryDatapath,
+    AllowKey, Answer, Completion, Datapath, DatapathError, Delta, EndpointId, L4Proto, Learner, MemoryDatapath,
     PortProto,
 };
 use fqdnd_testkit::dns_server::DnsServer;
@@ -32,12 +32,12 @@ struct Recorder {
 }
 
 impl Learner for Recorder {
-    fn learn(&self, answer: &Answer) -> BoxFuture<'_, Result<bool, DatapathError>> {
+    fn learn(&self, answer: &Answer) -> Completion<'_, Result<bool, DatapathError>> {
         self.answers.lock().unwrap().push(answer.clone());
         let add =
             answer.ips.iter().map(|&ip| AllowKey { endpoint: answer.endpoint, ip, port: PortProto::ANY }).collect();
         let apply = self.datapath.apply(Delta { add, remove: vec![], ..Delta::default() });
-        Box::pin(async move { apply.await.map(|()| true) })
+        Completion::later(async move { apply.await.map(|()| true) })
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dns_proxy::{DnsFlow, DnsFlowKind, FlowSink, Mode, Proxy, ProxyConfig, Verdict};
-use fqdn_cache::{Answer, BoxFuture, DatapathError, EndpointId, Learner};
+use fqdn_cache::{Answer, Completion, DatapathError, EndpointId, Learner};
 use fqdnd_testkit::dig::parse;
 use fqdnd_testkit::dns_server::DnsServer;
 use fqdnd_testkit::fqdnd::dns_policy;
@@ -27,8 +27,8 @@ const KUBE_DNS: &str = "10.96.0.10";
 struct NoLearning;
 
 impl Learner for NoLearning {
-    fn learn(&self, _: &Answer) -> BoxFuture<'_, Result<bool, DatapathError>> {
-        Box::pin(std::future::ready(Ok(false)))
+    fn learn(&self, _: &Answer) -> Completion<'_, Result<bool, DatapathError>> {
+        Completion::ready(Ok(false))
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{Map, MapData, RingBuf};
-use fqdn_cache::{AllowKey, BoxFuture, Datapath, DatapathError, Delta, EndpointId, Expiry, LastUsed, PortProto};
+use fqdn_cache::{AllowKey, Completion, Datapath, DatapathError, Delta, EndpointId, Expiry, LastUsed, PortProto};
 use policy_sync::resolved::EndpointPolicy;
 
 use crate::events::{DropEvents, monotonic_ns};
@@ -440,7 +440,7 @@ impl Inner {
 }
 
 impl Datapath for AyaDatapath {
-    fn apply(&self, delta: Delta) -> BoxFuture<'_, Result<(), DatapathError>> {
+    fn apply(&self, delta: Delta) -> Completion<'_, Result<(), DatapathError>> {
         // Map writes are syscalls of a few microseconds: done inline, the ack is the return.
         let result = (|| {
             let mut inner = self.lock();
@@ -468,7 +468,7 @@ impl Datapath for AyaDatapath {
             }
             Ok(())
         })();
-        Box::pin(std::future::ready(result))
+        Completion::ready(result)
     }
 
     fn last_used(&self) -> Result<Vec<LastUsed>, DatapathError> {

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use thiserror::Error;
 
@@ -17,6 +18,34 @@ pub use memory::MemoryDatapath;
 
 /// A boxed future, so the traits stay object-safe (`Arc<dyn Datapath>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a datapath (or learner) call gives back: its result at once, or a future for it. Map
+/// writes are system calls done in the call, so the query path allocates no future for them.
+pub enum Completion<'a, T> {
+    Ready(std::future::Ready<T>),
+    Later(BoxFuture<'a, T>),
+}
+
+impl<'a, T> Completion<'a, T> {
+    pub fn ready(value: T) -> Self {
+        Completion::Ready(std::future::ready(value))
+    }
+
+    pub fn later(future: impl Future<Output = T> + Send + 'a) -> Self {
+        Completion::Later(Box::pin(future))
+    }
+}
+
+impl<T> Future for Completion<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.get_mut() {
+            Completion::Ready(value) => Pin::new(value).poll(cx),
+            Completion::Later(future) => future.as_mut().poll(cx),
+        }
+    }
+}
 
 /// Why a delta (or a read of the datapath's state) failed. Every variant names the map.
 #[derive(Debug, Error)]
@@ -40,7 +69,7 @@ pub enum DatapathError {
 /// Where learned IPs go. `apply` resolves once the entries are enforceable: the proxy releases a
 /// DNS answer only after that (or after `--response-max-delay`).
 pub trait Datapath: Send + Sync + 'static {
-    fn apply(&self, delta: Delta) -> BoxFuture<'_, Result<(), DatapathError>>;
+    fn apply(&self, delta: Delta) -> Completion<'_, Result<(), DatapathError>>;
 
     /// Last-used times of the allow entries of learned IPs, for the cache's zombie pass.
     fn last_used(&self) -> Result<Vec<LastUsed>, DatapathError>;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
-use crate::datapath::{BoxFuture, Datapath, DatapathError};
+use crate::datapath::{Completion, Datapath, DatapathError};
 use crate::{
     AllowKey, Answer, Cache, CacheConfig, CacheCounters, Delta, EndpointId, EntryView, ListFilter, SelectorRule,
 };
@@ -29,7 +29,7 @@ pub const SNAPSHOT_FILE: &str = "cache.snapshot";
 /// adds are enforceable: `Ok(true)` after the datapath's ack, `Ok(false)` at once when the answer
 /// changes nothing. Called on the query path: it must not block on I/O.
 pub trait Learner: Send + Sync + 'static {
-    fn learn(&self, answer: &Answer) -> BoxFuture<'_, Result<bool, DatapathError>>;
+    fn learn(&self, answer: &Answer) -> Completion<'_, Result<bool, DatapathError>>;
 }
 
 /// The cache behind a lock, the datapath it feeds, and the snapshot file it persists to.
@@ -89,7 +89,7 @@ impl Enforcer {
     }
 
     /// Start applying `delta` (caller holds the cache lock); the future is the ack.
-    fn start_apply(&self, delta: Delta) -> Option<BoxFuture<'_, Result<(), DatapathError>>> {
+    fn start_apply(&self, delta: Delta) -> Option<Completion<'_, Result<(), DatapathError>>> {
         (!delta.is_noop()).then(|| self.datapath.apply(delta))
     }
 
@@ -198,7 +198,7 @@ impl Enforcer {
 }
 
 impl Learner for Enforcer {
-    fn learn(&self, answer: &Answer) -> BoxFuture<'_, Result<bool, DatapathError>> {
+    fn learn(&self, answer: &Answer) -> Completion<'_, Result<bool, DatapathError>> {
         let (ack, changes) = {
             let mut cache = self.lock();
             let delta = cache.learn(answer, Instant::now());
@@ -206,12 +206,11 @@ impl Learner for Enforcer {
             let changes = !delta.is_empty();
             (self.start_apply(delta), changes)
         };
-        Box::pin(async move {
-            match ack {
-                Some(ack) => ack.await.map(|()| changes),
-                None => Ok(false),
-            }
-        })
+        match ack {
+            None => Completion::ready(Ok(false)),
+            Some(Completion::Ready(done)) => Completion::ready(done.into_inner().map(|()| changes)),
+            Some(Completion::Later(ack)) => Completion::later(async move { ack.await.map(|()| changes) }),
+        }
     }
 }
 

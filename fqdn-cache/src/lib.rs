@@ -15,7 +15,7 @@ pub mod types;
 pub use cache::{
     Cache, CacheConfig, CacheCounters, DEFAULT_MAX_TTL, EntryView, ListFilter, Scope, SelectorRule, Source,
 };
-pub use datapath::{BoxFuture, Datapath, DatapathError, MemoryDatapath};
+pub use datapath::{BoxFuture, Completion, Datapath, DatapathError, MemoryDatapath};
 pub use enforcer::{Enforcer, Learner};
 pub use error::CacheError;
 pub use types::{

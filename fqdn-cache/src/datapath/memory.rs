@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, Datapath, DatapathError};
+use super::{Completion, Datapath, DatapathError};
 use crate::{AllowKey, Delta, EndpointId, Expiry, LastUsed};
 
 #[derive(Debug, Default)]
@@ -49,28 +49,36 @@ impl MemoryDatapath {
     }
 }
 
+impl MemoryDatapath {
+    fn apply_now(&self, delta: &Delta) {
+        let now = Instant::now();
+        {
+            let mut entries = self.entries.lock().unwrap();
+            let mut expiry = self.expiry.lock().unwrap();
+            for key in &delta.remove {
+                entries.remove(key);
+                expiry.remove(key);
+            }
+            entries.extend(delta.add.iter().copied());
+            for e in delta.expires.iter().filter(|e| entries.contains(&e.key)) {
+                let at = expiry.entry(e.key).or_insert(now + e.ttl);
+                *at = (*at).max(now + e.ttl);
+            }
+        }
+        *self.applied.lock().unwrap() += 1;
+    }
+}
+
 impl Datapath for MemoryDatapath {
-    fn apply(&self, delta: Delta) -> BoxFuture<'_, Result<(), DatapathError>> {
-        Box::pin(async move {
-            let delay = *self.ack_delay.lock().unwrap();
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let now = Instant::now();
-            {
-                let mut entries = self.entries.lock().unwrap();
-                let mut expiry = self.expiry.lock().unwrap();
-                for key in &delta.remove {
-                    entries.remove(key);
-                    expiry.remove(key);
-                }
-                entries.extend(delta.add.iter().copied());
-                for e in delta.expires.iter().filter(|e| entries.contains(&e.key)) {
-                    let at = expiry.entry(e.key).or_insert(now + e.ttl);
-                    *at = (*at).max(now + e.ttl);
-                }
-            }
-            *self.applied.lock().unwrap() += 1;
+    fn apply(&self, delta: Delta) -> Completion<'_, Result<(), DatapathError>> {
+        let delay = *self.ack_delay.lock().unwrap();
+        if delay.is_zero() {
+            self.apply_now(&delta);
+            return Completion::ready(Ok(()));
+        }
+        Completion::later(async move {
+            tokio::time::sleep(delay).await;
+            self.apply_now(&delta);
             Ok(())
         })
     }
