@@ -38,6 +38,18 @@ struct Owned {
     /// the default quota, a millisecond or so, several times a second for a pod at its quota:
     /// every endpoint's answers waited meanwhile).
     heap: BinaryHeap<Candidate>,
+    /// An activity went down since the heap was built (a datapath report older than the last, or
+    /// none for an address that had one): a candidate can then sit behind others it should go
+    /// before, so the heap is rebuilt before the next victims are taken.
+    stale: bool,
+}
+
+impl Owned {
+    fn rebuild(&mut self, seen: &HashMap<(EndpointId, IpAddr), u32>, owner: EndpointId, store: &Store) {
+        self.heap =
+            self.entries.iter().map(|(&idx, &seq)| Reverse((activity(seen, owner, idx, store), seq, idx))).collect();
+        self.stale = false;
+    }
 }
 
 impl Quota {
@@ -52,12 +64,7 @@ impl Quota {
         // Candidates of earlier lookups linger until they come up: rebuilt from the entries when
         // they outnumber them, so the heap stays within a small multiple of the entries.
         if owned.heap.len() > 2 * owned.entries.len() + 1024 {
-            let seen = &self.seen;
-            owned.heap = owned
-                .entries
-                .iter()
-                .map(|(&idx, &seq)| Reverse((activity(seen, owner, idx, store), seq, idx)))
-                .collect();
+            owned.rebuild(&self.seen, owner, store);
         }
     }
 
@@ -76,6 +83,11 @@ impl Quota {
 
     /// Remember the datapath's last-use report of a GC pass.
     pub(super) fn note_use(&mut self, used: &HashMap<(EndpointId, IpAddr), u32>) {
+        // A later activity is found when its candidate comes up; an earlier one is not.
+        let went_down = self.seen.iter().any(|(key, &was)| used.get(key).is_none_or(|&now| now < was));
+        if went_down {
+            self.owned.values_mut().for_each(|o| o.stale = true);
+        }
         self.seen.clone_from(used);
     }
 
@@ -86,6 +98,9 @@ impl Quota {
         let Some(owned) = self.owned.get_mut(&owner) else { return Vec::new() };
         if owned.entries.len() < quota {
             return Vec::new();
+        }
+        if owned.stale {
+            owned.rebuild(&self.seen, owner, store);
         }
         let batch = (quota / 64).max(1);
         let excess = owned.entries.len() + 1 - quota;
